@@ -1,0 +1,34 @@
+# The README's two commands: `make demo` and `make test`. Both set up everything they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint services-up services-down
+
+$(BIN)/outboxkit: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+## Start a local Kafka, then run the demo: app -> outbox -> relay -> Kafka -> sink -> DuckDB.
+demo: $(BIN)/outboxkit
+	scripts/services up kafka
+	$(BIN)/outboxkit demo
+
+## Lint, type-check, start Kafka/PostgreSQL/Redis, run the test suite against them.
+test: $(BIN)/outboxkit lint
+	scripts/services up
+	$(BIN)/pytest
+
+lint: $(BIN)/outboxkit
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+services-up:
+	scripts/services up
+
+services-down:
+	scripts/services down

@@ -1,0 +1,150 @@
+"""The demo: a tiny order service, its outbox, the relay, Kafka and the sink into DuckDB.
+
+Everything is real: the app database is an SQLite file, Kafka is the broker `scripts/services`
+started, the warehouse is a DuckDB file. Each run uses fresh topic, source and group names, so
+runs never see each other's events. The demo checks its own outcome: every committed event must
+be in the warehouse exactly once and the rolled-back one must not.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import Engine, String, create_engine, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from outbox import metadata as outbox_metadata
+from outbox import publish
+from outbox.kafka_settings import KafkaSettings
+from relay import RelaySettings, relay_from_settings
+from relay.topics import ensure_topic
+from sink import SinkSettings, sink_from_settings
+
+
+class DemoSettings(BaseSettings):
+    """`OUTBOXKIT_KAFKA_BOOTSTRAP` points the demo at another broker (as for scripts/services)."""
+
+    model_config = SettingsConfigDict(env_prefix="OUTBOXKIT_", env_file=".env", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer: Mapped[str] = mapped_column(String(100))
+    amount_cents: Mapped[int]
+
+
+@dataclass
+class DemoReport:
+    committed: list[str] = field(default_factory=list)
+    rolled_back: list[str] = field(default_factory=list)
+    landed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return sorted(self.landed) == sorted(self.committed) and not set(self.rolled_back) & set(self.landed)
+
+
+CUSTOMERS = ("ada", "grace", "edsger", "barbara", "donald")
+
+
+def run_demo(workdir: Path, orders: int, out: TextIO, kafka: KafkaSettings | None = None) -> DemoReport:
+    """Run the pipeline once, print what happens, and return what was committed and what landed."""
+    kafka = kafka or KafkaSettings(bootstrap_servers=DemoSettings().kafka_bootstrap)
+    run_id = uuid.uuid4().hex[:8]
+    topic, report = f"outboxkit-demo.{run_id}.orders", DemoReport()
+    workdir.mkdir(parents=True, exist_ok=True)
+    app = create_engine(f"sqlite:///{workdir / 'app.db'}")
+    Base.metadata.create_all(app)
+    outbox_metadata.create_all(app)
+    ensure_topic(kafka, topic, partitions=3)
+
+    report.committed = _place_orders(app, topic, orders)
+    out.write(f"app     committed {orders} orders and their {orders} outbox rows in one transaction\n")
+    report.rolled_back = _place_orders(app, topic, 1, roll_back=True)
+    out.write("app     rolled back 1 order: its event must never arrive\n")
+
+    relay_settings = RelaySettings(
+        database_url=f"sqlite:///{workdir / 'app.db'}", source_id=f"demo-{run_id}", kafka=kafka
+    )
+    for attempt in ("", " (restarted: must publish nothing twice)"):
+        relay = relay_from_settings(relay_settings)
+        relay.start()
+        stats = relay.run(lambda: False, drain=True)
+        out.write(
+            f"relay   published {stats.published} events in {stats.transactions} Kafka transaction(s), "
+            f"checkpoint at outbox position {stats.position}{attempt}\n"
+        )
+
+    warehouse = workdir / "warehouse.duckdb"
+    sink_settings = SinkSettings(
+        warehouse_url=f"duckdb:///{warehouse}",
+        kafka=kafka,
+        group_id=f"outboxkit-demo-{run_id}",
+        topics=[topic],
+    )
+    deadline = time.monotonic() + 60
+    sink_stats = sink_from_settings(sink_settings).run(lambda: time.monotonic() > deadline, drain=True)
+    out.write(f"sink    applied {sink_stats.applied} events to DuckDB at {warehouse}\n\n")
+
+    report.landed = _print_warehouse(
+        create_engine(f"duckdb:///{warehouse}"), topic, sink_settings.group_id, out
+    )
+    return report
+
+
+def _place_orders(app: Engine, topic: str, count: int, *, roll_back: bool = False) -> list[str]:
+    event_ids = []
+    with Session(app) as session:
+        for n in range(count):
+            order = Order(customer=CUSTOMERS[n % len(CUSTOMERS)], amount_cents=1000 + 250 * n)
+            session.add(order)
+            session.flush()  # assigns order.id, in the same transaction as the outbox row below
+            event_ids.append(
+                publish(
+                    session,
+                    topic=topic,
+                    event_type="OrderPlaced",
+                    aggregate_type="order",
+                    aggregate_id=str(order.id),
+                    payload={
+                        "order_id": order.id,
+                        "customer": order.customer,
+                        "amount_cents": order.amount_cents,
+                    },
+                )
+            )
+        if roll_back:
+            session.rollback()
+        else:
+            session.commit()
+    return event_ids
+
+
+def _print_warehouse(warehouse: Engine, topic: str, group_id: str, out: TextIO) -> list[str]:
+    query = text(
+        'select topic, partition, "offset", key, event_type, payload, event_id from outboxkit_events '
+        'where topic = :topic order by partition, "offset"'
+    )
+    with warehouse.connect() as conn:
+        rows = conn.execute(query, {"topic": topic}).all()
+        stored = conn.execute(
+            text("select count(*) from outboxkit_offsets where group_id = :group"), {"group": group_id}
+        ).scalar_one()
+    out.write(f"{'partition@offset':<17} {'key':<5} {'type':<12} payload\n")
+    for row in rows:
+        out.write(f"{f'{row.partition}@{row.offset}':<17} {row.key:<5} {row.event_type:<12} {row.payload}\n")
+    out.write(f"\nwarehouse holds {len(rows)} events of {topic} and offsets for {stored} partition(s)\n")
+    return [row.event_id for row in rows]

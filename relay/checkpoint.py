@@ -1,0 +1,87 @@
+"""The relay's checkpoint: the outbox position up to which events are in Kafka.
+
+It lives in a compacted Kafka topic, keyed by the outbox's source id, and is written **inside the
+same Kafka transaction** as the events it covers (the design of Kafka Connect's exactly-once
+sources, KIP-618). So the events of a batch and the checkpoint that says they were published
+become visible together or not at all; a crash anywhere leaves the committed checkpoint equal to
+what read_committed consumers can see.
+
+Reading it back is only correct after `init_transactions()` on the relay's transactional id: that
+call fences any older instance and aborts its open transaction, so the last stable offset moves
+past it and a read_committed read to the end sees the final word.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from outbox.kafka_settings import KafkaSettings
+from relay.errors import CheckpointError
+from relay.topics import ensure_topic
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    """The Kafka record that moves the checkpoint; produced inside the batch's transaction."""
+
+    topic: str
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoints:
+    """Reads and encodes the checkpoint of one outbox source."""
+
+    kafka: KafkaSettings
+    topic: str
+    source_id: str
+
+    def ensure_topic(self) -> None:
+        # Compaction keeps only the newest checkpoint per source, so start-up reads stay short.
+        ensure_topic(self.kafka, self.topic, config={"cleanup.policy": "compact"})
+
+    def record(self, position: int) -> CheckpointRecord:
+        value = json.dumps({"source": self.source_id, "position": position}).encode()
+        return CheckpointRecord(self.topic, self.source_id.encode(), value)
+
+    def read(self, timeout: float = 30.0) -> int:
+        """The last committed position of this source (0 if it never published)."""
+        consumer = Consumer(
+            self.kafka.client_config(
+                {
+                    "group.id": f"outboxkit-checkpoint-reader.{self.source_id}",
+                    "isolation.level": "read_committed",
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                }
+            )
+        )
+        try:
+            return self._read_to_end(consumer, timeout)
+        finally:
+            consumer.close()
+
+    def _read_to_end(self, consumer: Consumer, timeout: float) -> int:
+        consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
+        position, key, deadline = 0, self.source_id.encode(), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                return position
+            if error is not None:
+                raise CheckpointError(f"reading checkpoint topic {self.topic!r} failed: {error.str()}")
+            value = message.value()
+            if message.key() == key and value is not None:
+                position = int(json.loads(value)["position"])
+        raise CheckpointError(
+            f"could not read checkpoint topic {self.topic!r} to its end within {timeout:.0f}s; "
+            "is the broker reachable and the topic's partition online?"
+        )

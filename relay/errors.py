@@ -1,0 +1,50 @@
+"""The relay's exception tree and its process exit codes.
+
+Each class says what the operator should do; `exit_code` lets a supervisor (Kubernetes) tell a
+fenced zombie, which must not restart in a loop against a live successor, from a crash.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    ERROR = 1
+    CONFIG = 2
+    FENCED = 3  # another relay owns the transactional id now: this instance is a zombie
+
+
+class RelayError(Exception):
+    """Base of every error the relay raises."""
+
+    exit_code = ExitCode.ERROR
+
+
+class ConfigError(RelayError):
+    """Settings that cannot work together; the message names the fields."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class CaptureError(RelayError):
+    """The outbox cannot be read safely (wrong dialect, missing table, database down)."""
+
+
+class CheckpointError(RelayError):
+    """The relay's last committed position could not be read back from Kafka."""
+
+
+class PublishAbortedError(RelayError):
+    """A Kafka transaction was aborted; nothing of it is visible. The batch is retried."""
+
+
+class FencedError(RelayError):
+    """A newer relay with the same transactional id fenced this one. Stop; never retry."""
+
+    exit_code = ExitCode.FENCED
+
+
+class KafkaFatalError(RelayError):
+    """librdkafka raised a fatal error: the producer is unusable and the process must restart."""

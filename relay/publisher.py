@@ -1,0 +1,107 @@
+"""The transactional publisher: each batch of events and the relay's checkpoint, atomically.
+
+Error handling follows librdkafka's three classes exactly, because treating them alike is what
+breaks other relays:
+
+* **retriable** (e.g. a commit that timed out): the same call is repeated;
+* **abortable** (`txn_requires_abort`): the transaction is aborted — nothing of it becomes
+  visible — and `PublishAbortedError` tells the caller to re-send from its last checkpoint;
+* **fatal** (fenced by a newer instance, or anything librdkafka marks fatal): the producer is
+  unusable; `FencedError` / `KafkaFatalError` end the process with a named exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from outbox.envelope import Envelope
+from outbox.kafka_settings import KafkaSettings
+from relay.checkpoint import CheckpointRecord
+from relay.errors import FencedError, KafkaFatalError, PublishAbortedError, RelayError
+
+log = logging.getLogger("outboxkit.relay")
+T = TypeVar("T")
+_FENCED_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+
+
+class TransactionalPublisher:
+    """Owns one transactional producer. Not thread-safe: one relay loop drives it."""
+
+    def __init__(self, kafka: KafkaSettings, transactional_id: str, *, timeout: float = 30.0) -> None:
+        self._timeout = timeout
+        self._transactional_id = transactional_id
+        self._producer = Producer(
+            kafka.client_config(
+                {
+                    "transactional.id": transactional_id,
+                    "enable.idempotence": True,
+                    "linger.ms": 5,
+                    # Java-client compatible partitioning, so every consumer agrees on a key's partition.
+                    "partitioner": "murmur2_random",
+                }
+            )
+        )
+
+    def start(self) -> None:
+        """Register the transactional id. This fences every older producer with the same id and
+        aborts its open transaction — so call it before reading the checkpoint back."""
+        self._call(lambda: self._producer.init_transactions(self._timeout), "init_transactions")
+
+    def publish(self, envelopes: Sequence[Envelope], checkpoint: CheckpointRecord) -> None:
+        """Produce `envelopes` in order and move the checkpoint, in one Kafka transaction.
+
+        On return both are committed. On `PublishAbortedError` neither is visible.
+        """
+        self._call(self._producer.begin_transaction, "begin_transaction")
+        try:
+            for envelope in envelopes:
+                self._produce(envelope.topic, envelope.key, envelope.payload, envelope.kafka_headers())
+            self._produce(checkpoint.topic, checkpoint.key, checkpoint.value, [])
+        except KafkaException as exc:  # e.g. a record larger than the producer accepts
+            raise self._translate(exc, "produce", in_transaction=True) from exc
+        self._call(lambda: self._producer.commit_transaction(self._timeout), "commit", in_transaction=True)
+
+    def close(self) -> None:
+        self._producer.flush(self._timeout)
+
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> None:
+        wire_headers: list[tuple[str, str | bytes | None]] = list(headers)
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=wire_headers)
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self._producer.poll(0.1)
+            else:
+                return
+
+    def _call(self, operation: Callable[[], T], what: str, *, in_transaction: bool = False) -> T:
+        """Run one producer call, repeating it while librdkafka calls its error retriable."""
+        while True:
+            try:
+                return operation()
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.retriable() and not error.fatal() and not error.txn_requires_abort():
+                    log.warning("%s retriable error, retrying: %s", what, error.str())
+                    continue
+                raise self._translate(exc, what, in_transaction=in_transaction) from exc
+
+    def _translate(self, exc: KafkaException, what: str, *, in_transaction: bool) -> RelayError:
+        error: KafkaError = exc.args[0]
+        if error.code() in _FENCED_CODES:
+            return FencedError(
+                f"relay fenced during {what}: another relay now owns transactional.id "
+                f"{self._transactional_id!r}. This instance must stop; its open transaction is aborted."
+            )
+        if error.fatal():
+            return KafkaFatalError(f"fatal Kafka error during {what}: {error.str()}; restart the relay")
+        if in_transaction:  # abortable, or a local error: either way nothing of it may become visible
+            self._call(lambda: self._producer.abort_transaction(self._timeout), "abort_transaction")
+            return PublishAbortedError(f"Kafka transaction aborted after {what} failed: {error.str()}")
+        return RelayError(f"Kafka error during {what}: {error.str()}")

@@ -1,0 +1,109 @@
+"""The relay loop: capture -> publish (with checkpoint) -> repeat. Deliberately thin.
+
+All guarantees live in the parts: the capture source's commit order, and the publisher's
+transaction that carries the checkpoint. The loop only keeps the position in memory, retries
+what librdkafka calls retriable or abortable, and stops on anything fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import create_engine
+
+from relay.capture import CaptureSource, SqliteCapture
+from relay.checkpoint import Checkpoints
+from relay.errors import CaptureError, PublishAbortedError
+from relay.publisher import TransactionalPublisher
+from relay.settings import RelaySettings
+
+log = logging.getLogger("outboxkit.relay")
+
+
+@dataclass
+class RelayStats:
+    published: int = 0
+    transactions: int = 0
+    aborted: int = 0
+    position: int = 0
+
+
+class Relay:
+    """Publishes one outbox source to Kafka, exactly once for read_committed consumers."""
+
+    def __init__(
+        self,
+        capture: CaptureSource,
+        publisher: TransactionalPublisher,
+        checkpoints: Checkpoints,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 0.5,
+        max_backoff: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._capture = capture
+        self._publisher = publisher
+        self._checkpoints = checkpoints
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._max_backoff = max_backoff
+        self._sleep = sleep
+        self.stats = RelayStats()
+
+    def start(self) -> None:
+        """Fence older instances, then resume from the committed checkpoint (in that order)."""
+        self._checkpoints.ensure_topic()
+        self._publisher.start()
+        self.stats.position = self._checkpoints.read()
+        log.info("relay resuming after outbox position %d", self.stats.position)
+
+    def step(self) -> int:
+        """Publish the next batch, if any, in one transaction; return how many events it held."""
+        records = self._capture.fetch(self.stats.position, self._batch_size)
+        if not records:
+            return 0
+        last = records[-1].position
+        self._publisher.publish([r.envelope for r in records], self._checkpoints.record(last))
+        self.stats.position = last
+        self.stats.published += len(records)
+        self.stats.transactions += 1
+        return len(records)
+
+    def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> RelayStats:
+        """Loop until `should_stop()`; with `drain`, also stop once the outbox is empty."""
+        failures = 0
+        while not should_stop():
+            try:
+                published = self.step()
+                failures = 0
+            except (CaptureError, PublishAbortedError) as exc:
+                failures += 1
+                self.stats.aborted += isinstance(exc, PublishAbortedError)
+                delay = min(self._max_backoff, 0.1 * 2**failures)
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                self._sleep(delay)
+                continue
+            if published == 0:
+                if drain:
+                    break
+                self._sleep(self._poll_interval)
+        self._publisher.close()
+        return self.stats
+
+
+def relay_from_settings(settings: RelaySettings) -> Relay:
+    """Compose a relay from its settings: the one place that picks the parts."""
+    engine = create_engine(settings.database_url.get_secret_value())
+    checkpoints = Checkpoints(settings.kafka, settings.checkpoint_topic, settings.source_id)
+    return Relay(
+        SqliteCapture(engine),
+        TransactionalPublisher(settings.kafka, settings.transactional_id),
+        checkpoints,
+        batch_size=settings.batch_size,
+        poll_interval=settings.poll_interval,
+        max_backoff=settings.max_backoff,
+    )

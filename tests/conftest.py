@@ -1,0 +1,120 @@
+"""Session fixtures for the real services: Kafka, PostgreSQL, Redis on loopback.
+
+`scripts/services up` (run by `make test`) starts them; each can instead be an external instance
+named by OUTBOXKIT_KAFKA_BOOTSTRAP, OUTBOXKIT_PG_URL or OUTBOXKIT_REDIS_URL. A missing service
+skips its tests locally and fails them under CI=true, so CI can never pass by skipping.
+Tests are isolated by unique names (topics, databases, schemas, groups), never by restarts.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import OperationalError
+
+from outbox.kafka_settings import KafkaSettings
+from relay.topics import ensure_topic
+
+
+class Endpoints(BaseSettings):
+    """Where the test services are: the same variables scripts/services honours."""
+
+    model_config = SettingsConfigDict(env_prefix="OUTBOXKIT_", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    pg_url: str = "postgresql://outboxkit@127.0.0.1:55432/outboxkit"
+    redis_url: str = "redis://127.0.0.1:56379/0"
+    ci: bool = Field(False, validation_alias="CI")
+
+
+ENDPOINTS = Endpoints()
+
+
+def unavailable(service: str, why: object) -> None:
+    message = f"{service} is not reachable ({why}); start it with `scripts/services up`"
+    if ENDPOINTS.ci:
+        pytest.fail(f"CI=true: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def kafka() -> KafkaSettings:
+    settings = KafkaSettings(bootstrap_servers=ENDPOINTS.kafka_bootstrap)
+    try:
+        AdminClient(settings.client_config()).list_topics(timeout=10)
+    except KafkaException as exc:
+        unavailable(f"Kafka at {ENDPOINTS.kafka_bootstrap}", exc)
+    return settings
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Names that tie a resource to its test and never collide across runs."""
+    test = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+
+    def make(prefix: str) -> str:
+        return f"{prefix}-{test}-{uuid.uuid4().hex[:8]}"
+
+    return make
+
+
+@pytest.fixture
+def new_topic(kafka: KafkaSettings, unique_name: Callable[[str], str]) -> Callable[..., str]:
+    def make(partitions: int = 1) -> str:
+        name = unique_name("t")
+        ensure_topic(kafka, name, partitions=partitions)
+        return name
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A database of its own for this test session (dropped at the end), as a SQLAlchemy URL."""
+    server = make_url(ENDPOINTS.pg_url).set(drivername="postgresql+psycopg")
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    name = f"outboxkit_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        unavailable(f"PostgreSQL at {ENDPOINTS.pg_url}", exc.orig)
+    yield server.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_database: str, unique_name: Callable[[str], str]) -> Iterator[Engine]:
+    """An engine whose search_path is a fresh schema, so each test sees only its own tables."""
+    schema = unique_name("s").replace("-", "_")
+    engine = create_engine(pg_database, connect_args={"options": f"-csearch_path={schema}"})
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    yield engine
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis  # noqa: PLC0415 - comes with dramatiq[redis]
+
+    client = redis.Redis.from_url(ENDPOINTS.redis_url, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis at {ENDPOINTS.redis_url}", exc)
+    finally:
+        client.close()
+    return ENDPOINTS.redis_url

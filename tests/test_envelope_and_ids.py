@@ -1,0 +1,63 @@
+"""The wire contract (outbox.envelope) and event ids: what every consumer may rely on."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from outbox.envelope import HEADER_EVENT_ID, HEADER_EVENT_TYPE, Envelope, EnvelopeError
+from outbox.ids import EventIdGenerator, new_event_id
+
+
+def sample() -> Envelope:
+    return Envelope(
+        event_id=new_event_id(),
+        topic="orders",
+        key=b"42",
+        payload=b'{"order_id":42}',
+        event_type="OrderPlaced",
+        aggregate_type="order",
+        aggregate_id="42",
+        schema_version=3,
+        extra_headers=(("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),),
+    )
+
+
+def test_an_envelope_survives_the_trip_through_kafka_headers() -> None:
+    sent = sample()
+    received = Envelope.from_kafka(sent.topic, sent.key, sent.payload, sent.kafka_headers())
+    assert received == sent
+
+
+def test_a_record_without_identity_headers_is_refused_with_its_bytes_kept() -> None:
+    headers = [(name, value) for name, value in sample().kafka_headers() if name != HEADER_EVENT_ID]
+    with pytest.raises(EnvelopeError, match=HEADER_EVENT_ID) as caught:
+        Envelope.from_kafka("orders", b"42", b"raw bytes", headers)
+    assert caught.value.value == b"raw bytes"
+
+
+def test_a_tombstone_and_a_non_utf8_header_are_refused() -> None:
+    with pytest.raises(EnvelopeError, match="tombstone"):
+        Envelope.from_kafka("orders", b"42", None, sample().kafka_headers())
+    headers = [(HEADER_EVENT_TYPE, b"\xff\xfe"), *sample().kafka_headers()[:1]]
+    with pytest.raises(EnvelopeError, match="not UTF-8"):
+        Envelope.from_kafka("orders", b"42", b"{}", headers)
+
+
+def test_event_ids_are_uuid7_and_sort_in_mint_order_even_within_one_millisecond() -> None:
+    same_ms = 1_790_000_000_123_000_000
+    mint = EventIdGenerator(clock_ns=lambda: same_ms)
+    ids = [mint() for _ in range(5000)]  # more than the 4096 the per-millisecond counter holds
+    parsed = [uuid.UUID(value) for value in ids]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert parsed[0].int >> 80 == same_ms // 1_000_000
+
+
+def test_a_clock_that_steps_back_never_yields_a_smaller_id() -> None:
+    readings = iter([2_000_000_000_000_000_000, 1_000_000_000_000_000_000])
+    mint = EventIdGenerator(clock_ns=lambda: next(readings))
+    first, second = mint(), mint()
+    assert second > first

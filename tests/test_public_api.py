@@ -1,0 +1,57 @@
+"""Each package's public face is small and deliberate; changing it is a conscious act."""
+
+from __future__ import annotations
+
+import outbox
+import relay
+import sink
+
+
+def test_outbox_exports() -> None:
+    assert sorted(outbox.__all__) == [
+        "HeaderError",
+        "OutboxError",
+        "PayloadError",
+        "metadata",
+        "outbox_table",
+        "publish",
+    ]
+
+
+def test_relay_exports() -> None:
+    assert sorted(relay.__all__) == [
+        "CaptureSource",
+        "Checkpoints",
+        "ExitCode",
+        "FencedError",
+        "OutboxRecord",
+        "Relay",
+        "RelayError",
+        "RelaySettings",
+        "RelayStats",
+        "SqliteCapture",
+        "TransactionalPublisher",
+        "relay_from_settings",
+    ]
+
+
+def test_sink_exports() -> None:
+    assert sorted(sink.__all__) == [
+        "Delivered",
+        "PoisonRecordError",
+        "Sink",
+        "SinkError",
+        "SinkSettings",
+        "SinkStats",
+        "SinkWriter",
+        "SqlWriter",
+        "WarehouseConsumer",
+        "WarehouseError",
+        "sink_from_settings",
+    ]
+
+
+def test_every_exported_name_exists() -> None:
+    for module in (outbox, relay, sink):
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.{name}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import create_engine
 
+from outbox.backoff import Backoff
 from relay.capture import CaptureSource, SqliteCapture
 from relay.checkpoint import Checkpoints
 from relay.errors import CaptureError, PublishAbortedError
@@ -42,7 +43,7 @@ class Relay:
         *,
         batch_size: int = 500,
         poll_interval: float = 0.5,
-        max_backoff: float = 10.0,
+        backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._capture = capture
@@ -50,7 +51,7 @@ class Relay:
         self._checkpoints = checkpoints
         self._batch_size = batch_size
         self._poll_interval = poll_interval
-        self._max_backoff = max_backoff
+        self._backoff = backoff or Backoff(sleep=sleep)
         self._sleep = sleep
         self.stats = RelayStats()
 
@@ -75,18 +76,14 @@ class Relay:
 
     def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> RelayStats:
         """Loop until `should_stop()`; with `drain`, also stop once the outbox is empty."""
-        failures = 0
         while not should_stop():
             try:
                 published = self.step()
-                failures = 0
             except (CaptureError, PublishAbortedError) as exc:
-                failures += 1
                 self.stats.aborted += isinstance(exc, PublishAbortedError)
-                delay = min(self._max_backoff, 0.1 * 2**failures)
-                log.warning("%s; retrying in %.1fs", exc, delay)
-                self._sleep(delay)
+                log.warning("%s; retried after %.1fs", exc, self._backoff.wait())
                 continue
+            self._backoff.reset()
             if published == 0:
                 if drain:
                     break
@@ -105,5 +102,5 @@ def relay_from_settings(settings: RelaySettings) -> Relay:
         checkpoints,
         batch_size=settings.batch_size,
         poll_interval=settings.poll_interval,
-        max_backoff=settings.max_backoff,
+        backoff=Backoff(maximum=settings.max_backoff),
     )

@@ -8,12 +8,12 @@ retries the same in-memory batch with backoff; nothing partial is ever committed
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import create_engine
 
+from outbox.backoff import Backoff
 from sink.consumer import WarehouseConsumer
 from sink.errors import WarehouseError
 from sink.settings import SinkSettings
@@ -41,16 +41,14 @@ class Sink:
         *,
         batch_size: int = 1000,
         poll_timeout: float = 0.5,
-        max_backoff: float = 10.0,
-        sleep: Callable[[float], None] = time.sleep,
+        backoff: Backoff | None = None,
     ) -> None:
         self._consumer = consumer
         self._writer = writer
         self._group_id = group_id
         self._batch_size = batch_size
         self._poll_timeout = poll_timeout
-        self._max_backoff = max_backoff
-        self._sleep = sleep
+        self._backoff = backoff or Backoff()
         self.stats = SinkStats()
 
     def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> SinkStats:
@@ -68,18 +66,15 @@ class Sink:
         return self.stats
 
     def _write(self, batch: Sequence[Delivered], should_stop: Callable[[], bool]) -> None:
-        failures = 0
         while batch:
             try:
                 applied = self._writer.write(self._group_id, batch)
             except WarehouseError as exc:
-                failures += 1
                 if should_stop():
                     raise
-                delay = min(self._max_backoff, 0.1 * 2**failures)
-                log.warning("%s; retrying the same batch in %.1fs", exc, delay)
-                self._sleep(delay)
+                log.warning("%s; retried the same batch after %.1fs", exc, self._backoff.wait())
                 continue
+            self._backoff.reset()
             self.stats.received += len(batch)
             self.stats.applied += applied
             self.stats.duplicates += len(batch) - applied
@@ -103,5 +98,5 @@ def sink_from_settings(settings: SinkSettings) -> Sink:
         settings.group_id,
         batch_size=settings.batch_size,
         poll_timeout=settings.poll_timeout,
-        max_backoff=settings.max_backoff,
+        backoff=Backoff(maximum=settings.max_backoff),
     )

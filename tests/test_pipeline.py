@@ -7,13 +7,14 @@ relay and sink issues; these pin the mechanisms they build on.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine
 
 from outbox.kafka_settings import KafkaSettings
-from relay import FencedError, SqliteCapture
+from relay import FencedError, Relay, SqliteCapture
 from relay.errors import CaptureError, ExitCode
 from sink import PoisonRecordError, Sink, SqlWriter, WarehouseConsumer
 from sink.errors import SinkConfigError
@@ -23,50 +24,54 @@ from tests.helpers import committed_event_ids, emit, envelope, make_relay, produ
 Names = Callable[[str], str]
 
 
-def test_a_restarted_relay_resumes_after_its_checkpoint_and_publishes_nothing_twice(
-    kafka: KafkaSettings, new_topic: Callable[..., str], unique_name: Names, tmp_path: Path
-) -> None:
-    app, topic, source, checkpoints = (
-        sqlite_app(tmp_path),
-        new_topic(),
-        unique_name("src"),
-        unique_name("ckpt"),
-    )
-    first_ids = emit(app, topic, 3)
-    first = make_relay(app, kafka, source, checkpoints)
-    first.start()
-    assert first.run(lambda: False, drain=True).published == 3
+@dataclass
+class Source:
+    """One SQLite outbox, its topic, and a way to start relays for it (all with one source id)."""
 
-    later_ids = emit(app, topic, 2)
-    second = make_relay(app, kafka, source, checkpoints)
-    second.start()
+    app: Engine
+    topic: str
+    relay: Callable[[], Relay]
+
+
+@pytest.fixture
+def source(kafka: KafkaSettings, new_topic: Callable[..., str], unique_name: Names, tmp_path: Path) -> Source:
+    app, source_id, checkpoints = sqlite_app(tmp_path), unique_name("src"), unique_name("ckpt")
+
+    def started_relay() -> Relay:
+        relay = make_relay(app, kafka, source_id, checkpoints)
+        relay.start()
+        return relay
+
+    return Source(app, new_topic(), started_relay)
+
+
+def test_a_restarted_relay_resumes_after_its_checkpoint_and_publishes_nothing_twice(
+    kafka: KafkaSettings, source: Source
+) -> None:
+    first_ids = emit(source.app, source.topic, 3)
+    assert source.relay().run(lambda: False, drain=True).published == 3
+
+    later_ids = emit(source.app, source.topic, 2)
+    second = source.relay()
     assert second.stats.position == 3
     assert second.run(lambda: False, drain=True).published == 2
 
-    assert committed_event_ids(kafka, topic) == first_ids + later_ids
+    assert committed_event_ids(kafka, source.topic) == first_ids + later_ids
 
 
 def test_a_relay_fenced_by_a_newer_instance_stops_and_its_batch_never_becomes_visible(
-    kafka: KafkaSettings, new_topic: Callable[..., str], unique_name: Names, tmp_path: Path
+    kafka: KafkaSettings, source: Source
 ) -> None:
-    app, topic, source, checkpoints = (
-        sqlite_app(tmp_path),
-        new_topic(),
-        unique_name("src"),
-        unique_name("ckpt"),
-    )
-    ids = emit(app, topic, 4)
-    zombie = make_relay(app, kafka, source, checkpoints)
-    zombie.start()
-    successor = make_relay(app, kafka, source, checkpoints)
-    successor.start()  # same source, same transactional id: fences the first
+    ids = emit(source.app, source.topic, 4)
+    zombie = source.relay()
+    successor = source.relay()  # same source, same transactional id: fences the first
 
     with pytest.raises(FencedError) as fenced:
         zombie.step()
     assert fenced.value.exit_code == ExitCode.FENCED
 
     assert successor.run(lambda: False, drain=True).published == 4
-    assert committed_event_ids(kafka, topic) == ids
+    assert committed_event_ids(kafka, source.topic) == ids
 
 
 def test_sqlite_capture_refuses_a_database_where_id_order_is_not_commit_order() -> None:

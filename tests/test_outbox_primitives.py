@@ -1,4 +1,4 @@
-"""The wire contract (outbox.envelope) and event ids: what every consumer may rely on."""
+"""The small shared pieces: the wire contract, event ids and retry pacing."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from outbox.backoff import Backoff
 from outbox.envelope import HEADER_EVENT_ID, HEADER_EVENT_TYPE, Envelope, EnvelopeError
 from outbox.ids import EventIdGenerator, new_event_id
 
@@ -61,3 +62,13 @@ def test_a_clock_that_steps_back_never_yields_a_smaller_id() -> None:
     mint = EventIdGenerator(clock_ns=lambda: next(readings))
     first, second = mint(), mint()
     assert second > first
+
+
+def test_backoff_doubles_up_to_its_cap_and_starts_over_after_a_success() -> None:
+    slept: list[float] = []
+    backoff = Backoff(initial=0.5, maximum=3.0, sleep=slept.append)
+    for _ in range(5):
+        backoff.wait()
+    backoff.reset()
+    backoff.wait()
+    assert slept == [0.5, 1.0, 2.0, 3.0, 3.0, 0.5]

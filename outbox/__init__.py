@@ -1,8 +1,36 @@
 """outbox: the app-side library. Events are written into the outbox table in the same
 transaction as the business data, so what is rolled back emits nothing."""
 
-from outbox.errors import HeaderError, OutboxError, PayloadError
-from outbox.publish import publish
+from outbox.errors import (
+    BulkOperationError,
+    ConfigurationError,
+    HeaderError,
+    OutboxError,
+    PayloadError,
+    PayloadTooLargeError,
+    TopicError,
+)
+from outbox.event import Event
+from outbox.mixin import Outbox, OutboxMixin
+from outbox.publish import publish, publish_async
+from outbox.settings import SETTINGS_KEY, OutboxSettings
 from outbox.table import metadata, outbox_table
 
-__all__ = ["HeaderError", "OutboxError", "PayloadError", "metadata", "outbox_table", "publish"]
+__all__ = [
+    "SETTINGS_KEY",
+    "BulkOperationError",
+    "ConfigurationError",
+    "Event",
+    "HeaderError",
+    "Outbox",
+    "OutboxError",
+    "OutboxMixin",
+    "OutboxSettings",
+    "PayloadError",
+    "PayloadTooLargeError",
+    "TopicError",
+    "metadata",
+    "outbox_table",
+    "publish",
+    "publish_async",
+]

@@ -6,7 +6,10 @@ SQLAlchemy or pydantic. Everything that crosses Kafka is named here and nowhere 
 * the record **key** is the aggregate key (UTF-8), so all events of one aggregate share a partition;
 * the record **value** is the payload exactly as serialised at capture time (JSON by default);
 * the **headers** carry the event's identity (`outboxkit-event-id`, a time-ordered UUID), its type,
-  aggregate and schema version, plus user headers such as W3C `traceparent`.
+  aggregate, per-aggregate version and schema version, plus user headers such as W3C `traceparent`;
+* the **partition** of a key is Kafka's own rule (`partition_for`: murmur2 of the key bytes, as the
+  Java client's default partitioner and librdkafka's `murmur2_random` compute it), so a consumer in
+  any language can tell where an aggregate's events live.
 
 A consumer that finds a record without the required headers gets an `EnvelopeError` naming what is
 missing, with the raw bytes kept so it can be quarantined rather than lost.
@@ -22,11 +25,14 @@ HEADER_EVENT_ID: Final = "outboxkit-event-id"
 HEADER_EVENT_TYPE: Final = "outboxkit-event-type"
 HEADER_AGGREGATE_TYPE: Final = "outboxkit-aggregate-type"
 HEADER_AGGREGATE_ID: Final = "outboxkit-aggregate-id"
+HEADER_AGGREGATE_VERSION: Final = "outboxkit-aggregate-version"
 HEADER_SCHEMA_VERSION: Final = "outboxkit-schema-version"
 HEADER_CONTENT_TYPE: Final = "content-type"
 
 REQUIRED_HEADERS: Final = (HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_AGGREGATE_TYPE, HEADER_AGGREGATE_ID)
-RESERVED_HEADERS: Final = frozenset((*REQUIRED_HEADERS, HEADER_SCHEMA_VERSION, HEADER_CONTENT_TYPE))
+RESERVED_HEADERS: Final = frozenset(
+    (*REQUIRED_HEADERS, HEADER_AGGREGATE_VERSION, HEADER_SCHEMA_VERSION, HEADER_CONTENT_TYPE)
+)
 JSON: Final = "application/json"
 
 KafkaHeaders = Sequence[tuple[str, str | bytes | None]]
@@ -44,7 +50,11 @@ class EnvelopeError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One event as it travels through Kafka. `extra_headers` never holds a reserved name."""
+    """One event as it travels through Kafka. `extra_headers` never holds a reserved name.
+
+    `aggregate_version` counts the aggregate's events (1, 2, 3...) in commit order; it is None only
+    for records from producers that do not number their events.
+    """
 
     event_id: str
     topic: str
@@ -53,6 +63,7 @@ class Envelope:
     event_type: str
     aggregate_type: str
     aggregate_id: str
+    aggregate_version: int | None = None
     schema_version: int = 1
     content_type: str = JSON
     extra_headers: tuple[tuple[str, bytes], ...] = field(default=())
@@ -64,6 +75,11 @@ class Envelope:
             (HEADER_EVENT_TYPE, self.event_type),
             (HEADER_AGGREGATE_TYPE, self.aggregate_type),
             (HEADER_AGGREGATE_ID, self.aggregate_id),
+            *(
+                []
+                if self.aggregate_version is None
+                else [(HEADER_AGGREGATE_VERSION, str(self.aggregate_version))]
+            ),
             (HEADER_SCHEMA_VERSION, str(self.schema_version)),
             (HEADER_CONTENT_TYPE, self.content_type),
         ]
@@ -80,9 +96,7 @@ class Envelope:
         missing = [name for name in REQUIRED_HEADERS if name not in found]
         if missing:
             raise EnvelopeError(f"missing header(s) {', '.join(missing)}", key=key, value=value)
-        version = found.get(HEADER_SCHEMA_VERSION, "1")
-        if not version.isdigit():
-            raise EnvelopeError(f"{HEADER_SCHEMA_VERSION} is {version!r}, not a number", key=key, value=value)
+        numbers = _numbers(found, key=key, value=value)
         return cls(
             event_id=found[HEADER_EVENT_ID],
             topic=topic,
@@ -91,7 +105,8 @@ class Envelope:
             event_type=found[HEADER_EVENT_TYPE],
             aggregate_type=found[HEADER_AGGREGATE_TYPE],
             aggregate_id=found[HEADER_AGGREGATE_ID],
-            schema_version=int(version),
+            aggregate_version=numbers.get(HEADER_AGGREGATE_VERSION),
+            schema_version=numbers.get(HEADER_SCHEMA_VERSION, 1),
             content_type=found.get(HEADER_CONTENT_TYPE, JSON),
             extra_headers=tuple(
                 (name, raw.encode() if isinstance(raw, str) else raw)
@@ -110,3 +125,44 @@ def _decode_headers(headers: KafkaHeaders, *, key: bytes | None, value: bytes) -
             except UnicodeDecodeError:
                 raise EnvelopeError(f"header {name} is not UTF-8", key=key, value=value) from None
     return found
+
+
+def _numbers(found: dict[str, str], *, key: bytes | None, value: bytes) -> dict[str, int]:
+    numbers: dict[str, int] = {}
+    for name in (HEADER_AGGREGATE_VERSION, HEADER_SCHEMA_VERSION):
+        text = found.get(name)
+        if text is None:
+            continue
+        if not text.isdigit():
+            raise EnvelopeError(f"{name} is {text!r}, not a number", key=key, value=value)
+        numbers[name] = int(text)
+    return numbers
+
+
+_M: Final = 0x5BD1E995
+_MASK: Final = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """32-bit MurmurHash2 with Kafka's seed, as the signed int Java's `Utils.murmur2` returns."""
+    h = (0x9747B28C ^ len(data)) & _MASK
+    whole = len(data) - len(data) % 4
+    for i in range(0, whole, 4):
+        k = (int.from_bytes(data[i : i + 4], "little") * _M) & _MASK
+        k ^= k >> 24
+        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    tail = data[whole:]
+    if tail:
+        h ^= int.from_bytes(tail, "little")
+        h = (h * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives `key` among `partitions`."""
+    if partitions < 1:
+        raise ValueError(f"a topic has at least one partition, not {partitions}")
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -1,71 +1,33 @@
-"""`publish()`: add an event to the outbox inside the caller's transaction.
+"""`publish()`: add a domain event to the outbox inside the caller's transaction.
 
 The row is written with the session's own connection, so it commits or rolls back with the
 business data — there is no second system to fail in between (the dual-write problem). Nothing
 here talks to Kafka: only the relay publishes, and only what was committed.
+
+Order: pending ORM changes are flushed first (their outbox rows with them), then the event is
+written, so outbox rows follow the order of the application's calls.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from typing import Any
-
-from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from outbox.envelope import RESERVED_HEADERS
-from outbox.errors import HeaderError, PayloadError
-from outbox.ids import new_event_id
-from outbox.table import outbox_table
+from outbox import record
+from outbox.event import Event
+from outbox.settings import settings_for
 
 
-def publish(
-    session: Session,
-    *,
-    topic: str,
-    event_type: str,
-    aggregate_type: str,
-    aggregate_id: str,
-    payload: Mapping[str, Any],
-    key: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> str:
-    """Write one event into the outbox in `session`'s current transaction; return its event id.
+def publish(session: Session, event: Event, *, headers: dict[str, str] | None = None) -> str:
+    """Write `event` into the outbox in `session`'s current transaction; return its event id.
 
-    The event reaches Kafka only if the transaction commits. `key` defaults to `aggregate_id`, so
-    every event of one aggregate lands in one partition, in commit order.
-    Raises `PayloadError` or `HeaderError` at once, inside the transaction, for input the wire
-    cannot carry.
+    Raises an `OutboxError` at once, inside the transaction, for input the wire cannot carry.
     """
-    event_id = new_event_id()
-    session.execute(
-        insert(outbox_table).values(
-            event_id=event_id,
-            aggregatetype=aggregate_type,
-            aggregateid=aggregate_id,
-            type=event_type,
-            topic=topic,
-            key=aggregate_id if key is None else key,
-            payload=_serialise(payload, event_type),
-            headers=json.dumps(_checked_headers(headers or {})),
-        )
-    )
+    session.flush()
+    [event_id] = record.write(session.connection(), [event.to_draft(headers)], settings_for(session))
     return event_id
 
 
-def _serialise(payload: Mapping[str, Any], event_type: str) -> str:
-    try:
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise PayloadError(
-            f"the payload of a {event_type!r} event is not JSON-serialisable ({exc}); "
-            "convert it to plain dicts, lists, strings and numbers before publishing"
-        ) from exc
-
-
-def _checked_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    clashes = sorted(RESERVED_HEADERS.intersection(headers))
-    if clashes:
-        raise HeaderError(f"header name(s) {', '.join(clashes)} are reserved by outboxkit; rename them")
-    return dict(headers)
+async def publish_async(session: AsyncSession, event: Event, *, headers: dict[str, str] | None = None) -> str:
+    """`publish()` for an `AsyncSession`."""
+    return await session.run_sync(publish, event, headers=headers)

@@ -97,11 +97,11 @@ def _demo(orders: int, workdir: Path | None) -> int:
         report = run_demo(workdir or Path(tmp), orders, sys.stdout)
     if report.ok:
         print(
-            f"\nOK: {len(report.committed)} committed events arrived exactly once; "
-            "the rolled-back one did not."
+            f"\nOK: all {len(report.committed)} committed events arrived exactly once, "
+            "and nothing of the rolled-back transaction."
         )
         return ExitCode.OK
-    print(f"\nFAILED: committed {report.committed}, landed {report.landed}, rolled back {report.rolled_back}")
+    print(f"\nFAILED: committed {sorted(report.committed)}, landed {sorted(report.landed)}")
     return ExitCode.ERROR
 
 

@@ -1,6 +1,7 @@
 """The demo: a tiny order service, its outbox, the relay, Kafka and the sink into DuckDB.
 
-Everything is real: the app database is an SQLite file, Kafka is the broker `scripts/services`
+The orders table opts in to the outbox with `OutboxMixin`. Everything is real: the app database
+is an SQLite file, Kafka is the broker `scripts/services`
 started, the warehouse is a DuckDB file. Each run uses fresh topic, source and group names, so
 runs never see each other's events. The demo checks its own outcome: every committed event must
 be in the warehouse exactly once and the rolled-back one must not.
@@ -15,11 +16,11 @@ from pathlib import Path
 from typing import TextIO
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import Engine, String, create_engine, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import Engine, String, create_engine, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from outbox import SETTINGS_KEY, Outbox, OutboxMixin, OutboxSettings, outbox_table
 from outbox import metadata as outbox_metadata
-from outbox import publish
 from outbox.kafka_settings import KafkaSettings
 from relay import RelaySettings, relay_from_settings
 from relay.topics import ensure_topic
@@ -38,8 +39,11 @@ class Base(DeclarativeBase):
     pass
 
 
-class Order(Base):
+class Order(OutboxMixin, Base):
+    """A business table that emits OrderCreated / OrderUpdated / OrderDeleted through the outbox."""
+
     __tablename__ = "orders"
+    __outbox__ = Outbox(aggregate_type="order", created="OrderCreated", updated="OrderUpdated")
 
     id: Mapped[int] = mapped_column(primary_key=True)
     customer: Mapped[str] = mapped_column(String(100))
@@ -49,12 +53,11 @@ class Order(Base):
 @dataclass
 class DemoReport:
     committed: list[str] = field(default_factory=list)
-    rolled_back: list[str] = field(default_factory=list)
     landed: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return sorted(self.landed) == sorted(self.committed) and not set(self.rolled_back) & set(self.landed)
+        return sorted(self.landed) == sorted(self.committed)
 
 
 CUSTOMERS = ("ada", "grace", "edsger", "barbara", "donald")
@@ -64,16 +67,19 @@ def run_demo(workdir: Path, orders: int, out: TextIO, kafka: KafkaSettings | Non
     """Run the pipeline once, print what happens, and return what was committed and what landed."""
     kafka = kafka or KafkaSettings(bootstrap_servers=DemoSettings().kafka_bootstrap)
     run_id = uuid.uuid4().hex[:8]
-    topic, report = f"outboxkit-demo.{run_id}.orders", DemoReport()
+    # Fresh topics per run through the session's topic template: runs never see each other.
+    settings = OutboxSettings(topic_template=f"outboxkit-demo.{run_id}.{{aggregate_type}}")
+    topic = settings.topic_template.format(aggregate_type="order")
     workdir.mkdir(parents=True, exist_ok=True)
     app = create_engine(f"sqlite:///{workdir / 'app.db'}")
     Base.metadata.create_all(app)
     outbox_metadata.create_all(app)
     ensure_topic(kafka, topic, partitions=3)
+    sessions = sessionmaker(app, info={SETTINGS_KEY: settings})
 
-    report.committed = _place_orders(app, topic, orders)
-    out.write(f"app     committed {orders} orders and their {orders} outbox rows in one transaction\n")
-    report.rolled_back = _place_orders(app, topic, 1, roll_back=True)
+    _place_orders(sessions, orders)
+    out.write(f"app     committed {orders} new orders and a change to order 1, each with its outbox event\n")
+    _place_orders(sessions, 1, roll_back=True)
     out.write("app     rolled back 1 order: its event must never arrive\n")
 
     relay_settings = RelaySettings(
@@ -99,38 +105,24 @@ def run_demo(workdir: Path, orders: int, out: TextIO, kafka: KafkaSettings | Non
     sink_stats = sink_from_settings(sink_settings).run(lambda: time.monotonic() > deadline, drain=True)
     out.write(f"sink    applied {sink_stats.applied} events to DuckDB at {warehouse}\n\n")
 
-    report.landed = _print_warehouse(
-        create_engine(f"duckdb:///{warehouse}"), topic, sink_settings.group_id, out
-    )
-    return report
+    with app.connect() as conn:
+        committed = list(conn.execute(select(outbox_table.c.event_id)).scalars())
+    landed = _print_warehouse(create_engine(f"duckdb:///{warehouse}"), topic, sink_settings.group_id, out)
+    return DemoReport(committed=committed, landed=landed)
 
 
-def _place_orders(app: Engine, topic: str, count: int, *, roll_back: bool = False) -> list[str]:
-    event_ids = []
-    with Session(app) as session:
+def _place_orders(sessions: sessionmaker[Session], count: int, *, roll_back: bool = False) -> None:
+    with sessions() as session:
         for n in range(count):
-            order = Order(customer=CUSTOMERS[n % len(CUSTOMERS)], amount_cents=1000 + 250 * n)
-            session.add(order)
-            session.flush()  # assigns order.id, in the same transaction as the outbox row below
-            event_ids.append(
-                publish(
-                    session,
-                    topic=topic,
-                    event_type="OrderPlaced",
-                    aggregate_type="order",
-                    aggregate_id=str(order.id),
-                    payload={
-                        "order_id": order.id,
-                        "customer": order.customer,
-                        "amount_cents": order.amount_cents,
-                    },
-                )
-            )
+            session.add(Order(customer=CUSTOMERS[n % len(CUSTOMERS)], amount_cents=1000 + 250 * n))
         if roll_back:
             session.rollback()
-        else:
-            session.commit()
-    return event_ids
+            return
+        session.flush()
+        first = session.get(Order, 1)
+        if first is not None:
+            first.amount_cents += 99  # an update: the event carries the changed field and the new state
+        session.commit()
 
 
 def _print_warehouse(warehouse: Engine, topic: str, group_id: str, out: TextIO) -> list[str]:

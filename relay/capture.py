@@ -78,6 +78,7 @@ def _envelope(row: Row[tuple[object, ...]]) -> Envelope:
         event_type=row.type,
         aggregate_type=row.aggregatetype,
         aggregate_id=row.aggregateid,
+        aggregate_version=row.aggregateversion,
         schema_version=row.schema_version,
         extra_headers=tuple((name, value.encode()) for name, value in headers.items()),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 from confluent_kafka import KafkaException
@@ -93,16 +94,35 @@ def pg_database() -> Iterator[str]:
     admin.dispose()
 
 
+@dataclass(frozen=True)
+class PgSchema:
+    """A fresh schema in the session's database; connections see only it (search_path)."""
+
+    url: str
+    name: str
+
+    @property
+    def connect_args(self) -> dict[str, str]:
+        return {"options": f"-csearch_path={self.name}"}
+
+
 @pytest.fixture
-def pg_engine(pg_database: str, unique_name: Callable[[str], str]) -> Iterator[Engine]:
-    """An engine whose search_path is a fresh schema, so each test sees only its own tables."""
-    schema = unique_name("s").replace("-", "_")
-    engine = create_engine(pg_database, connect_args={"options": f"-csearch_path={schema}"})
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+def pg_schema(pg_database: str, unique_name: Callable[[str], str]) -> Iterator[PgSchema]:
+    schema = PgSchema(pg_database, unique_name("s").replace("-", "_"))
+    admin = create_engine(pg_database)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema.name}"'))
+    yield schema
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema.name}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_schema: PgSchema) -> Iterator[Engine]:
+    """A sync engine on a fresh schema, so each test sees only its own tables."""
+    engine = create_engine(pg_schema.url, connect_args=pg_schema.connect_args)
     yield engine
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     engine.dispose()
 
 

@@ -7,35 +7,31 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.orm import Session
 
-from outbox import metadata, publish
+from outbox import SETTINGS_KEY, OutboxSettings, metadata, outbox_table
 from outbox.envelope import HEADER_EVENT_ID, Envelope
 from outbox.kafka_settings import KafkaSettings
 from relay import Checkpoints, Relay, SqliteCapture, TransactionalPublisher
+from tests.models import Base, Thing
 
 
 def sqlite_app(tmp_path: Path) -> Engine:
     engine = create_engine(f"sqlite:///{tmp_path / 'app.db'}")
     metadata.create_all(engine)
+    Base.metadata.create_all(engine)
     return engine
 
 
 def emit(engine: Engine, topic: str, count: int, *, key: str = "k") -> list[str]:
-    """Commit `count` events in one application transaction; return their event ids in order."""
-    with Session(engine) as session, session.begin():
-        return [
-            publish(
-                session,
-                topic=topic,
-                event_type="Tested",
-                aggregate_type="thing",
-                aggregate_id=key,
-                payload={"n": n},
-            )
-            for n in range(count)
-        ]
+    """Commit `count` new things of aggregate `key` in one transaction; return their event ids in order."""
+    settings = OutboxSettings(topic_template=topic)
+    with Session(engine, info={SETTINGS_KEY: settings}) as session, session.begin():
+        session.add_all(Thing(group=key, n=n) for n in range(count))
+    with engine.connect() as conn:
+        rows = conn.execute(select(outbox_table.c.event_id).order_by(outbox_table.c.id.desc()).limit(count))
+        return [row.event_id for row in rows][::-1]
 
 
 def make_relay(engine: Engine, kafka: KafkaSettings, source_id: str, checkpoint_topic: str) -> Relay:

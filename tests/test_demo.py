@@ -30,7 +30,7 @@ def test_the_demo_delivers_every_committed_event_exactly_once_and_no_rolled_back
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "OK: 7 committed events arrived exactly once" in result.stdout
+    assert "OK: all 8 committed events arrived exactly once" in result.stdout
 
     with sqlite3.connect(tmp_path / "app.db") as app:
         committed = {row[0] for row in app.execute("select event_id from outbox")}
@@ -39,6 +39,7 @@ def test_the_demo_delivers_every_committed_event_exactly_once_and_no_rolled_back
         landed = [row[0] for row in warehouse.execute("select event_id from outboxkit_events").fetchall()]
 
     assert orders == 7  # the rolled-back order left no row...
-    assert len(committed) == 7  # ...and no event
+    assert len(committed) == 8  # ...and no event: 7 created, 1 updated
     assert sorted(landed) == sorted(committed)
-    assert result.stdout.count("OrderPlaced") == 7  # every landed event is shown to the user
+    assert result.stdout.count("OrderCreated") == 7  # every landed event is shown to the user
+    assert result.stdout.count("OrderUpdated") == 1

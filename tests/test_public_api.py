@@ -9,12 +9,22 @@ import sink
 
 def test_outbox_exports() -> None:
     assert sorted(outbox.__all__) == [
+        "BulkOperationError",
+        "ConfigurationError",
+        "Event",
         "HeaderError",
+        "Outbox",
         "OutboxError",
+        "OutboxMixin",
+        "OutboxSettings",
         "PayloadError",
+        "PayloadTooLargeError",
+        "SETTINGS_KEY",
+        "TopicError",
         "metadata",
         "outbox_table",
         "publish",
+        "publish_async",
     ]
 
 

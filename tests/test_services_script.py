@@ -7,6 +7,7 @@ never disturb the services the rest of the suite uses.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -23,18 +24,24 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def free_port(pair: bool = False) -> int:
-    """A loopback port that is free now (and, with `pair`, whose successor is free too)."""
+    """A loopback port that is free now (and, with `pair`, whose successor is free too).
+
+    Drawn from below Linux's ephemeral range (32768+), so no outgoing connection of this or any
+    other process can take it between now and the moment a service binds it.
+    """
     while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if not pair or port_is_free(port + 1):
+        port = random.randrange(20_000, 32_000)
+        if port_is_free(port) and (not pair or port_is_free(port + 1)):
             return port
 
 
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 @pytest.fixture

@@ -1,0 +1,122 @@
+"""Turning drafted events into outbox rows: validate, serialise, version, insert.
+
+Both entry points — `publish()` and the model mixin — end here, so every event meets the same
+checks and every check fails inside the application's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any
+
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+from sqlalchemy import Connection, insert
+
+from outbox.envelope import RESERVED_HEADERS
+from outbox.errors import HeaderError, PayloadError, PayloadTooLargeError, TopicError
+from outbox.ids import new_event_id
+from outbox.settings import OutboxSettings
+from outbox.table import outbox_table
+from outbox.tracing import current_trace_headers
+from outbox.versions import next_versions
+
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """An event about to become an outbox row. `key` None means: the aggregate id."""
+
+    topic: str
+    event_type: str
+    aggregate_type: str
+    aggregate_id: str
+    payload: Any
+    key: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    schema_version: int = 1
+
+
+def check_topic(topic: str) -> str:
+    """Return `topic` if Kafka accepts it as a name, else raise `TopicError` saying why not."""
+    if not _TOPIC.match(topic) or topic in {".", ".."}:
+        raise TopicError(
+            f"{topic!r} is not a valid Kafka topic name: use 1-249 characters from "
+            "a-z A-Z 0-9 . _ - (and not '.' or '..')"
+        )
+    return topic
+
+
+def write(conn: Connection, drafts: Sequence[Draft], settings: OutboxSettings) -> list[str]:
+    """Insert one outbox row per draft, in order, on `conn`; return the event ids."""
+    if not drafts:
+        return []
+    trace = current_trace_headers()
+    rows = [_row(draft, settings, trace) for draft in drafts]
+    _assign_versions(conn, rows)
+    conn.execute(insert(outbox_table), rows)
+    return [row["event_id"] for row in rows]
+
+
+def _row(draft: Draft, settings: OutboxSettings, trace: Mapping[str, str]) -> dict[str, Any]:
+    check_topic(draft.topic)
+    payload = serialise(draft.payload, draft)
+    size = len(payload.encode())
+    if size > settings.max_payload_bytes:
+        raise PayloadTooLargeError(
+            f"the {draft.event_type!r} event of {draft.aggregate_type} {draft.aggregate_id} is {size} bytes, "
+            f"above the limit of {settings.max_payload_bytes}: send a reference to large data instead, or "
+            "raise OUTBOXKIT_OUTBOX_MAX_PAYLOAD_BYTES together with Kafka's message.max.bytes"
+        )
+    return {
+        "event_id": new_event_id(),
+        "aggregatetype": draft.aggregate_type,
+        "aggregateid": draft.aggregate_id,
+        "type": draft.event_type,
+        "topic": draft.topic,
+        "key": draft.aggregate_id if draft.key is None else draft.key,
+        "payload": payload,
+        "headers": json.dumps({**trace, **_checked_headers(draft.headers)}),
+        "schema_version": draft.schema_version,
+    }
+
+
+def serialise(payload: Any, draft: Draft) -> str:
+    """Strict JSON: dates, decimals, UUIDs and enums become text; NaN and unknown types are refused."""
+    try:
+        return json.dumps(
+            to_jsonable_python(payload), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (PydanticSerializationError, TypeError, ValueError) as exc:
+        raise PayloadError(
+            f"the payload of the {draft.event_type!r} event of {draft.aggregate_type} {draft.aggregate_id} "
+            f"is not JSON-serialisable ({exc}); give it plain values, or a pydantic model that serialises"
+        ) from exc
+
+
+def _checked_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    clashes = sorted(RESERVED_HEADERS.intersection(headers))
+    if clashes:
+        raise HeaderError(f"header name(s) {', '.join(clashes)} are reserved by outboxkit; rename them")
+    not_text = sorted(name for name, value in headers.items() if not isinstance(value, str))
+    if not_text:
+        raise HeaderError(f"header(s) {', '.join(not_text)} must be strings")
+    return dict(headers)
+
+
+def _assign_versions(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """One counter bump per aggregate per batch; versions follow the batch's order."""
+
+    def aggregate(row: dict[str, Any]) -> tuple[str, str]:
+        return row["aggregatetype"], row["aggregateid"]
+
+    for (aggregate_type, aggregate_id), group in groupby(sorted(rows, key=aggregate), key=aggregate):
+        members = list(group)  # sorted() is stable: batch order within an aggregate is kept
+        for row, version in zip(
+            members, next_versions(conn, aggregate_type, aggregate_id, len(members)), strict=True
+        ):
+            row["aggregateversion"] = version

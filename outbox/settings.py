@@ -1,0 +1,44 @@
+"""App-side settings, from `OUTBOXKIT_OUTBOX_*` and `.env`; per session through `session.info`.
+
+Nothing is read at import time: the defaults load on first use, and a session (or a sessionmaker)
+can carry its own: `sessionmaker(engine, info={SETTINGS_KEY: OutboxSettings(max_payload_bytes=...)})`.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Final
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.orm import Session
+
+SETTINGS_KEY: Final = "outboxkit.settings"
+
+
+class OutboxSettings(BaseSettings):
+    """Limits applied when events are written."""
+
+    model_config = SettingsConfigDict(env_prefix="OUTBOXKIT_OUTBOX_", env_file=".env", extra="ignore")
+
+    max_payload_bytes: int = Field(
+        900_000,
+        ge=1,
+        description="Largest serialised payload accepted. Kafka's default message.max.bytes is about "
+        "1 MiB for the whole record, headers and key included, so the default leaves room for them.",
+    )
+    topic_template: str = Field(
+        "outbox.event.{aggregate_type}",
+        description="Topic of a model that names none, as Debezium's outbox event router routes by default.",
+    )
+
+
+@cache
+def _defaults() -> OutboxSettings:
+    return OutboxSettings()
+
+
+def settings_for(session: Session) -> OutboxSettings:
+    """The settings that apply to `session`: its own if it carries some, else the process defaults."""
+    own = session.info.get(SETTINGS_KEY)
+    return own if isinstance(own, OutboxSettings) else _defaults()

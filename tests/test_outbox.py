@@ -1,0 +1,271 @@
+"""The app-side library: every committed change becomes exactly one outbox row, nothing else does.
+
+Each specification runs four times: SQLite and PostgreSQL, each with a `Session` and with an
+`AsyncSession`. Outcomes are read from the outbox table as the relay would read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import outbox
+from outbox import (
+    SETTINGS_KEY,
+    BulkOperationError,
+    HeaderError,
+    OutboxSettings,
+    PayloadError,
+    PayloadTooLargeError,
+    TopicError,
+)
+from tests.conftest import PgSchema
+from tests.models import AuditLog, Base, Customer, Order, OrderShipped, PriceChanged, Shipment
+from tests.units import Unit, outbox_rows, unit_maker
+
+
+@dataclass
+class App:
+    engine: Engine
+    make: Callable[[dict[str, Any]], Callable[[], Unit]]
+
+    def unit(self, settings: OutboxSettings | None = None) -> Unit:
+        return self.make({SETTINGS_KEY: settings} if settings else {})()
+
+    def rows(self) -> list[Any]:
+        return outbox_rows(self.engine)
+
+    def events(self) -> list[tuple[str, str]]:
+        return [(row.type, row.aggregateid) for row in self.rows()]
+
+    def count(self, model: type[Any]) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+@pytest.fixture(params=["sqlite-sync", "sqlite-async", "postgresql-sync", "postgresql-async"])
+def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[App]:
+    dialect, mode = request.param.split("-")
+    if dialect == "sqlite":
+        sync_url, async_url, connect_args = (
+            f"sqlite:///{tmp_path / 'app.db'}",
+            f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
+            {},
+        )
+    else:
+        schema: PgSchema = request.getfixturevalue("pg_schema")
+        sync_url, async_url, connect_args = schema.url, schema.url, schema.connect_args
+    engine = create_engine(sync_url, connect_args=connect_args)
+    Base.metadata.create_all(engine)
+    outbox.metadata.create_all(engine)
+    loop = asyncio.new_event_loop()
+    async_engine = create_async_engine(async_url, connect_args=connect_args) if mode == "async" else None
+    yield App(engine, lambda info: unit_maker(engine, async_engine, loop, info))
+    if async_engine is not None:
+        loop.run_until_complete(async_engine.dispose())
+    loop.close()
+    engine.dispose()
+
+
+def payload(row: Any) -> dict[str, Any]:
+    return json.loads(row.payload)
+
+
+# --- exactly one row per change, and only for committed changes -------------------------------
+
+
+def test_a_commit_writes_one_row_per_change_in_flush_order(app: App) -> None:
+    unit = app.unit()
+    first, second = (
+        Order(id=1, customer="ada", amount_cents=100),
+        Order(id=2, customer="bob", amount_cents=200),
+    )
+    unit.add(first, second)
+    unit.flush()
+    first.amount_cents = 150
+    unit.delete(second)
+    unit.add(Order(id=3, customer="cy", amount_cents=300))
+    unit.commit()
+
+    assert app.events() == [
+        ("OrderCreated", "1"),
+        ("OrderCreated", "2"),
+        ("OrderCreated", "3"),  # within a flush: inserts, then updates, then deletes
+        ("OrderUpdated", "1"),
+        ("OrderDeleted", "2"),
+    ]
+    assert [row.aggregateversion for row in app.rows()] == [1, 1, 1, 2, 2]
+    assert {row.topic for row in app.rows()} == {"shop.orders"}
+
+
+def test_a_rollback_writes_nothing(app: App) -> None:
+    unit = app.unit()
+    unit.add(Order(id=1, customer="ada", amount_cents=100))
+    unit.flush()
+    unit.publish(OrderShipped(order_id=1, carrier="dhl"))
+    unit.rollback()
+
+    assert app.rows() == []
+    assert app.count(Order) == 0
+
+
+def test_a_rolled_back_savepoint_removes_its_rows_and_the_outer_transaction_keeps_its_own(app: App) -> None:
+    unit = app.unit()
+    unit.add(Order(id=1, customer="ada", amount_cents=100))
+    savepoint = unit.savepoint()
+    unit.add(Order(id=2, customer="bob", amount_cents=200))
+    unit.publish(OrderShipped(order_id=2, carrier="ups"))
+    unit.rollback_savepoint(savepoint)
+    unit.add(Order(id=3, customer="cy", amount_cents=300))
+    unit.commit()
+
+    assert app.events() == [("OrderCreated", "1"), ("OrderCreated", "3")]
+
+
+# --- what each operation emits ---------------------------------------------------------------
+
+
+def test_insert_update_and_delete_carry_the_new_state_the_changed_fields_and_the_last_state(app: App) -> None:
+    unit = app.unit()
+    order = Order(id=7, customer="ada", amount_cents=100, note="first")
+    unit.add(order)
+    unit.commit()
+    order.amount_cents = 120
+    unit.commit()
+    unit.delete(order)
+    unit.commit()
+
+    created, updated, deleted = (payload(row) for row in app.rows())
+    state = {"id": 7, "customer": "ada", "amount_cents": 100, "note": "first"}
+    assert created == {"state": state}
+    assert updated == {
+        "state": state | {"amount_cents": 120},
+        "changed": {"amount_cents": {"old": 100, "new": 120}},
+    }
+    assert deleted == {"state": state | {"amount_cents": 120}}
+
+
+def test_an_update_that_changes_nothing_emits_nothing(app: App) -> None:
+    unit = app.unit()
+    order = Order(id=1, customer="ada", amount_cents=100)
+    unit.add(order)
+    unit.commit()
+    order.amount_cents = 100
+    order.customer = "ada"
+    unit.commit()
+
+    assert app.events() == [("OrderCreated", "1")]
+
+
+def test_models_choose_their_payload_key_and_which_operations_emit(app: App) -> None:
+    unit = app.unit()
+    customer, shipment = (
+        Customer(id=1, name="ada", email="ada@example.com"),
+        Shipment(id=9, order_id=4, carrier="dhl"),
+    )
+    unit.add(customer, shipment)
+    unit.commit()
+    shipment.carrier = "ups"  # updates of shipments emit nothing
+    unit.delete(customer)  # deletes of customers emit nothing
+    unit.commit()
+
+    rows = app.rows()
+    assert [(r.type, r.topic, r.key) for r in rows] == [
+        ("CustomerCreated", "outbox.event.customer", "1"),  # Debezium-style default routing
+        ("ShipmentCreated", "shop.shipments", "4"),  # keyed by its order
+    ]
+    assert payload(rows[0]) == {"state": {"id": 1, "name": "ada"}}  # the email stays out
+    assert payload(rows[1]) == {"state": {"order_id": 4, "carrier": "dhl"}}
+
+
+def test_published_events_and_row_changes_interleave_in_call_order(app: App) -> None:
+    unit = app.unit()
+    unit.add(Order(id=1, customer="ada", amount_cents=100))
+    unit.publish(OrderShipped(order_id=1, carrier="dhl"))
+    unit.add(Order(id=2, customer="bob", amount_cents=200))
+    unit.publish(PriceChanged(sku="A-1", price=9.5), headers={"tenant": "eu"})
+    unit.commit()
+
+    rows = app.rows()
+    assert [(r.type, r.aggregateid) for r in rows] == [
+        ("OrderCreated", "1"),
+        ("OrderShipped", "1"),
+        ("OrderCreated", "2"),
+        ("PriceChanged.v2", "A-1"),
+    ]
+    assert [r.aggregateversion for r in rows] == [1, 2, 1, 1]  # order 1: created, then shipped
+    assert payload(rows[1]) == {"order_id": 1, "carrier": "dhl"}
+    assert json.loads(rows[3].headers) == {"tenant": "eu"}
+
+
+# --- bad input fails inside the transaction, and takes the business rows with it -------------
+
+
+def assert_nothing_committed(app: App) -> None:
+    assert app.rows() == []
+    assert app.count(Order) == 0
+
+
+def test_a_payload_that_is_not_json_is_refused_with_the_business_rows(app: App) -> None:
+    unit = app.unit()
+    unit.add(Order(id=1, customer="ada", amount_cents=100))
+    with pytest.raises(PayloadError, match=r"PriceChanged\.v2.*product A-1 is not JSON-serialisable"):
+        unit.publish(PriceChanged(sku="A-1", price=float("nan")))
+    unit.rollback()
+    assert_nothing_committed(app)
+
+
+def test_an_oversized_payload_is_refused_with_the_business_rows(app: App) -> None:
+    unit = app.unit(OutboxSettings(max_payload_bytes=500))
+    unit.add(Order(id=1, customer="ada", amount_cents=100, note="x" * 600))
+    with pytest.raises(
+        PayloadTooLargeError, match=r"'OrderCreated' event of order 1 is \d+ bytes, above the limit of 500"
+    ):
+        unit.commit()
+    unit.rollback()
+    assert_nothing_committed(app)
+
+
+def test_a_reserved_header_is_refused(app: App) -> None:
+    unit = app.unit()
+    unit.add(Order(id=1, customer="ada", amount_cents=100))
+    with pytest.raises(HeaderError, match="outboxkit-event-id are reserved"):
+        unit.publish(OrderShipped(order_id=1, carrier="dhl"), headers={"outboxkit-event-id": "mine"})
+    unit.rollback()
+    assert_nothing_committed(app)
+
+
+def test_an_invalid_topic_is_refused_at_flush(app: App) -> None:
+    unit = app.unit(OutboxSettings(topic_template="events for {aggregate_type}"))
+    unit.add(Customer(id=1, name="ada", email="a@example.com"))
+    with pytest.raises(TopicError, match="'events for customer' is not a valid Kafka topic name"):
+        unit.commit()
+    unit.rollback()
+    assert app.count(Customer) == 0
+    assert app.rows() == []
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        update(Order).values(amount_cents=1),
+        delete(Order).where(Order.id == 1),
+        insert(Order).values(id=5, customer="eve", amount_cents=5),
+    ],
+    ids=["update", "delete", "insert"],
+)
+def test_bulk_orm_statements_on_outbox_models_are_refused(app: App, statement: Any) -> None:
+    unit = app.unit()
+    with pytest.raises(BulkOperationError, match="bypasses outbox capture"):
+        unit.execute(statement)
+    unit.execute(insert(AuditLog).values(line="bulk statements on other models are fine"))
+    unit.commit()
+    assert app.count(AuditLog) == 1

@@ -1,4 +1,4 @@
-"""The `outboxkit` command: `demo`, `relay run`, `sink run`, `version`.
+"""The `outboxkit` command: `demo`, `migrate`, `relay run`, `sink run`, `--version`.
 
 Exit codes are named (relay.ExitCode) so a supervisor can tell a fenced zombie from a crash.
 """
@@ -14,8 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from alembic.util import CommandError
 from pydantic import ValidationError
+from sqlalchemy import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
+from outbox import schema
 from outboxkit import __version__
 from relay import ExitCode, RelayError, RelaySettings, relay_from_settings
 from sink import SinkError, SinkSettings, sink_from_settings
@@ -50,6 +54,15 @@ def _parser() -> argparse.ArgumentParser:
         "--workdir", type=Path, help="where app.db and warehouse.duckdb go (default: a temp dir)"
     )
 
+    migrate = commands.add_parser(
+        "migrate", help="create or upgrade the outbox tables (Alembic, own version table)"
+    )
+    migrate.add_argument("--url", required=True, help="SQLAlchemy URL of the application database")
+    migrate.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    migrate.add_argument(
+        "--downgrade", action="store_true", help="go down to REVISION instead ('base' drops the tables)"
+    )
+
     for name, what in (
         ("relay", "publish the outbox to Kafka"),
         ("sink", "write Kafka topics to the warehouse"),
@@ -68,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args.orders, args.workdir)
+        if args.command == "migrate":
+            return _migrate(args.url, args.revision, down=args.downgrade)
         if args.command == "relay":
             relay = relay_from_settings(RelaySettings())
             relay.start()
@@ -83,6 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SinkError as exc:
         print(f"outboxkit: {exc}", file=sys.stderr)
         return ExitCode.ERROR
+    return ExitCode.OK
+
+
+def _migrate(url: str, revision: str, *, down: bool) -> int:
+    try:
+        (schema.downgrade if down else schema.upgrade)(url, revision)
+    except (SQLAlchemyError, CommandError) as exc:
+        print(f"outboxkit migrate: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return ExitCode.ERROR
+    print(f"outboxkit migrate: the outbox tables are at {revision} in {make_url(url)!r}")
     return ExitCode.OK
 
 

@@ -12,6 +12,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaException
@@ -22,7 +23,9 @@ from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
 from outbox.kafka_settings import KafkaSettings
+from relay import Relay
 from relay.topics import ensure_topic
+from tests.helpers import make_relay, sqlite_app
 
 
 class Endpoints(BaseSettings):
@@ -33,6 +36,8 @@ class Endpoints(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:19092"
     pg_url: str = "postgresql://outboxkit@127.0.0.1:55432/outboxkit"
     redis_url: str = "redis://127.0.0.1:56379/0"
+    state_dir: Path = Path("/var/tmp/outboxkit")
+    cache_dir: Path | None = None
     ci: bool = Field(False, validation_alias="CI")
 
 
@@ -138,3 +143,36 @@ def redis_url() -> str:
     finally:
         client.close()
     return ENDPOINTS.redis_url
+
+
+@dataclass
+class Source:
+    """One SQLite outbox, its topic, and a way to start relays for it (all with one source id)."""
+
+    app: Engine
+    topic: str
+    relay: Callable[[], Relay]
+
+
+@pytest.fixture
+def source(
+    kafka: KafkaSettings, new_topic: Callable[..., str], unique_name: Callable[[str], str], tmp_path: Path
+) -> Source:
+    app, source_id, checkpoints = sqlite_app(tmp_path), unique_name("src"), unique_name("ckpt")
+
+    def started_relay() -> Relay:
+        relay = make_relay(app, kafka, source_id, checkpoints)
+        relay.start()
+        return relay
+
+    return Source(app, new_topic(), started_relay)
+
+
+@pytest.fixture(scope="session")
+def kafka_classpath() -> str:
+    """The Java classpath `scripts/services` resolved from Maven Central: Kafka's own reference."""
+    cache = ENDPOINTS.cache_dir or ENDPOINTS.state_dir / "cache"
+    jars = sorted(cache.glob("kafka-libs-*/kafka-clients-*.jar"))
+    if not jars:
+        unavailable("the kafka-clients jar", f"nothing under {cache}")
+    return str(jars[-1].parent / "*")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import Engine, create_engine, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -269,3 +270,25 @@ def test_bulk_orm_statements_on_outbox_models_are_refused(app: App, statement: A
     unit.execute(insert(AuditLog).values(line="bulk statements on other models are fine"))
     unit.commit()
     assert app.count(AuditLog) == 1
+
+
+# --- the trace goes on from the app's span -----------------------------------------------------
+
+
+def test_each_row_carries_the_trace_context_of_the_span_it_was_written_in(app: App) -> None:
+    tracer = TracerProvider().get_tracer("test")
+    unit = app.unit()
+    with tracer.start_as_current_span("place order") as span:
+        unit.add(Order(id=1, customer="ada", amount_cents=100))
+        unit.publish(OrderShipped(order_id=1, carrier="dhl"))
+        unit.commit()
+    unit.add(Order(id=2, customer="bob", amount_cents=200))  # written outside any span
+    unit.commit()
+
+    context = span.get_span_context()
+    traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    assert [json.loads(row.headers).get("traceparent") for row in app.rows()] == [
+        traceparent,
+        traceparent,
+        None,
+    ]

@@ -7,42 +7,21 @@ relay and sink issues; these pin the mechanisms they build on.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine
 
 from outbox.kafka_settings import KafkaSettings
-from relay import FencedError, Relay, SqliteCapture
+from relay import FencedError, SqliteCapture
 from relay.errors import CaptureError, ExitCode
 from sink import PoisonRecordError, Sink, SqlWriter, WarehouseConsumer
 from sink.errors import SinkConfigError
 from sink.writer import Delivered
-from tests.helpers import committed_event_ids, emit, envelope, make_relay, produce, sqlite_app
+from tests.conftest import Source
+from tests.helpers import committed_event_ids, emit, envelope, produce
 
 Names = Callable[[str], str]
-
-
-@dataclass
-class Source:
-    """One SQLite outbox, its topic, and a way to start relays for it (all with one source id)."""
-
-    app: Engine
-    topic: str
-    relay: Callable[[], Relay]
-
-
-@pytest.fixture
-def source(kafka: KafkaSettings, new_topic: Callable[..., str], unique_name: Names, tmp_path: Path) -> Source:
-    app, source_id, checkpoints = sqlite_app(tmp_path), unique_name("src"), unique_name("ckpt")
-
-    def started_relay() -> Relay:
-        relay = make_relay(app, kafka, source_id, checkpoints)
-        relay.start()
-        return relay
-
-    return Source(app, new_topic(), started_relay)
 
 
 def test_a_restarted_relay_resumes_after_its_checkpoint_and_publishes_nothing_twice(

@@ -1,0 +1,1 @@
+"""outboxkit's own Alembic migrations for the outbox tables (see `outbox.schema`)."""

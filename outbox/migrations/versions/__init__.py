@@ -1,0 +1,1 @@
+"""Revisions of the outbox tables, oldest first. Alembic skips this file."""

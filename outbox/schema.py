@@ -9,9 +9,12 @@ tests and throwaway databases, but leaves nothing to upgrade from later.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import alembic.context
+import alembic.op
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine
@@ -43,7 +46,8 @@ def _run(bind: Engine | Connection | str, action: Callable[[Config], None]) -> N
     if isinstance(bind, Connection):
         config = alembic_config()
         config.attributes["connection"] = bind
-        action(config)
+        with _inside_another_alembic_run():
+            action(config)
         return
     engine = create_engine(bind) if isinstance(bind, str) else bind
     try:
@@ -52,6 +56,23 @@ def _run(bind: Engine | Connection | str, action: Callable[[Config], None]) -> N
     finally:
         if isinstance(bind, str):
             engine.dispose()
+
+
+@contextmanager
+def _inside_another_alembic_run() -> Iterator[None]:
+    """Let `upgrade(connection)` run from an application's own env.py or migration.
+
+    Alembic keeps the running environment and operations in the module globals behind
+    `alembic.context` and `alembic.op`, and when a command ends it removes them rather than
+    putting back what was there — the caller's env.py would lose its `context`. Put it back.
+    """
+    running = [getattr(module, "_proxy", None) for module in (alembic.context, alembic.op)]
+    try:
+        yield
+    finally:
+        for proxy in running:
+            if proxy is not None:
+                proxy._install_proxy()
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, MetaData, String, create_engine, inspect
+from sqlalchemy import Engine, MetaData, String, create_engine, inspect, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import outbox
@@ -25,7 +27,8 @@ def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]
         engine = create_engine(f"sqlite:///{tmp_path / 'app.db'}")
     else:
         pg: PgSchema = request.getfixturevalue("pg_schema")
-        engine = create_engine(pg.url, connect_args=pg.connect_args)
+        # The search path in the URL itself, so an Alembic env given only the URL lands in the schema.
+        engine = create_engine(make_url(pg.url).update_query_dict(pg.connect_args))
     yield engine
     engine.dispose()
 
@@ -61,21 +64,68 @@ def test_the_migrated_outbox_takes_events(empty_db: Engine) -> None:
         assert conn.execute(outbox.outbox_table.select()).one().type == "OrderCreated"
 
 
+USER_ENV = """
+from alembic import context
+from sqlalchemy import create_engine
+
+import outbox
+from outbox import schema
+from tests.test_migrations import AppBase
+
+target_metadata = [AppBase.metadata, outbox.metadata]
+engine = create_engine(context.config.get_main_option("sqlalchemy.url"))
+with engine.connect() as connection:
+    context.configure(
+        connection=connection, target_metadata=target_metadata, include_object=schema.include_object
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+    schema.upgrade(connection)
+engine.dispose()
+"""
+
+USER_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "a1"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table(
+        "invoices", sa.Column("id", sa.Integer, primary_key=True), sa.Column("number", sa.String(20))
+    )
+"""
+
+
 class AppBase(DeclarativeBase):
-    pass
+    """The application's own models, migrated by its own Alembic history."""
 
 
 class Invoice(AppBase):
     __tablename__ = "invoices"
     id: Mapped[int] = mapped_column(primary_key=True)
-    number: Mapped[str] = mapped_column(String(20))
+    number: Mapped[str | None] = mapped_column(String(20))
 
 
-def test_an_app_with_its_own_alembic_history_sees_no_drift_when_it_follows_the_readme(
-    empty_db: Engine,
+def test_an_app_with_its_own_alembic_env_gets_the_outbox_the_way_the_readme_says(
+    empty_db: Engine, tmp_path: Path
 ) -> None:
-    AppBase.metadata.create_all(empty_db)  # stands in for the app's own migrations
-    schema.upgrade(empty_db)
+    (tmp_path / "env" / "versions").mkdir(parents=True)
+    (tmp_path / "env" / "env.py").write_text(USER_ENV)
+    (tmp_path / "env" / "versions" / "a1_invoices.py").write_text(USER_REVISION)
+    config = Config()
+    config.set_main_option("script_location", str(tmp_path / "env"))
+    config.set_main_option(
+        "sqlalchemy.url", empty_db.url.render_as_string(hide_password=False).replace("%", "%%")
+    )
+    command.upgrade(config, "head")
+
+    tables = set(inspect(empty_db).get_table_names())
+    assert {"invoices", "outbox", "outbox_versions", "alembic_version", schema.VERSION_TABLE} <= tables
     assert differences(empty_db, AppBase.metadata, outbox.metadata) == []
     assert differences(empty_db, AppBase.metadata) != []  # without outbox.metadata it would drop the outbox
 

@@ -14,7 +14,7 @@ from itertools import groupby
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
-from sqlalchemy import Connection, insert
+from sqlalchemy import BigInteger, Connection, Text, func, insert
 
 from outbox.envelope import RESERVED_HEADERS
 from outbox.errors import HeaderError, PayloadError, PayloadTooLargeError, TopicError
@@ -58,7 +58,10 @@ def write(conn: Connection, drafts: Sequence[Draft], settings: OutboxSettings) -
     trace = current_trace_headers()
     rows = [_row(draft, settings, trace) for draft in drafts]
     _assign_versions(conn, rows)
-    conn.execute(insert(outbox_table), rows)
+    statement = insert(outbox_table)
+    if conn.dialect.name == "postgresql":  # the relay's capture order; see `outbox.table`
+        statement = statement.values(xid=func.pg_current_xact_id().cast(Text).cast(BigInteger))
+    conn.execute(statement, rows)
     return [row["event_id"] for row in rows]
 
 

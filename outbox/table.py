@@ -3,8 +3,13 @@
 Column names follow Debezium's outbox convention (`id`, `aggregatetype`, `aggregateid`, `type`,
 `payload`) so a team can switch capture tools without migrating data. What outboxkit adds:
 
-* `id` — the capture position. On SQLite the single writer makes id order commit order; on
-  PostgreSQL the relay needs gap-safe capture on top of it (see the relay).
+* `id` — unique and increasing in insert order. On SQLite, where one writer at a time holds the
+  database, id order is commit order and the relay captures by id alone.
+* `xid` — PostgreSQL only (NULL on SQLite): the writing transaction's id (`pg_current_xact_id()`).
+  Ids are handed out at insert, not at commit, so a cursor over ids would skip rows committed late.
+  The relay instead drains, snapshot after snapshot, the rows whose transaction is visible in the
+  newer snapshot and was not in the older one (`pg_visible_in_snapshot`), each such delta in id
+  order; see `relay.capture`.
 * `event_id` — the event's identity on the wire (UUIDv7), what consumers dedupe by.
 * `aggregateversion` — 1, 2, 3... per aggregate, taken from `outbox_versions` under a row lock
   held until commit. Two transactions writing events of one aggregate therefore serialise, and
@@ -18,7 +23,7 @@ Column names follow Debezium's outbox convention (`id`, `aggregatetype`, `aggreg
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text, func
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text, func
 
 metadata = MetaData()
 
@@ -38,6 +43,8 @@ outbox_table = Table(
     Column("headers", Text, nullable=False, server_default="{}"),
     Column("schema_version", Integer, nullable=False, server_default="1"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("xid", BigInteger, nullable=True),
+    Index("outbox_xid", "xid"),
 )
 
 versions_table = Table(

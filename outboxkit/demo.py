@@ -91,7 +91,7 @@ def run_demo(workdir: Path, orders: int, out: TextIO, kafka: KafkaSettings | Non
         stats = relay.run(lambda: False, drain=True)
         out.write(
             f"relay   published {stats.published} events in {stats.transactions} Kafka transaction(s), "
-            f"checkpoint at outbox position {stats.position}{attempt}\n"
+            f"checkpoint after {stats.position}{attempt}\n"
         )
 
     warehouse = workdir / "warehouse.duckdb"

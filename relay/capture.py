@@ -1,74 +1,210 @@
-"""Capture sources: where the relay reads committed outbox rows from.
+"""Capture sources: where the relay reads committed outbox rows from, and in what order.
 
-A `CaptureSource` hands out outbox records in **commit order** with strictly increasing
-positions; a record whose position is at or below one already handed out never appears later.
-That promise is what makes a single integer checkpoint sufficient — and it is a property of the
-database, not of a query, which is why each dialect gets its own source.
+A `CaptureSource` hands out committed outbox records batch by batch, each batch with the
+`Position` after it. Two promises make a single checkpoint (the last position) sufficient:
+
+* **gap-free**: every committed row is handed out once a position past it is reached — no row
+  that commits later can turn up behind a position already handed out;
+* **per-aggregate commit order**: the events of one aggregate come out in the order their
+  transactions committed (which is the order of their `aggregateversion`).
+
+How each database keeps them differs, which is why each dialect has its own source.
+
+**SQLite** (`SqliteCapture`): one writer at a time holds the database from its first write to its
+commit, so ids are handed out in commit order and `id > :last` is both promises at once.
+
+**PostgreSQL** (`PostgresCapture`): ids are handed out at insert, not at commit. Transaction A
+inserts id 5 and stays open, B inserts id 6 and commits: a cursor at 6 skips 5 for ever. Ordering
+by transaction id does not help either: ids are assigned at first write, so T1 may hold an older
+xid than T2 yet commit after it (it waited for a row lock T2 held). So the source works with
+snapshots instead (the technique of PostgreSQL's own `pg_snapshot` functions):
+
+1. It takes a snapshot, the *target*. The rows to publish are those whose writing transaction
+   (`outbox.xid`) is visible in the target and was not visible in the previous snapshot, the
+   *base* — exactly the transactions that committed in between. `pg_visible_in_snapshot` decides.
+2. It drains that delta in id order, in batches; the position is (base, target, last id).
+3. When the delta is empty it moves on: base := target, target := a new snapshot.
+
+Gap-free: a later snapshot sees every transaction an earlier one saw, so the deltas partition all
+committed transactions, and each delta is fixed (by its two snapshots) while it is drained. An
+open transaction is simply in the target's list of running ones; it lands in the delta of the
+first target taken after it commits — other transactions are not held back behind it.
+
+Per-aggregate order: writers of one aggregate serialise on its `outbox_versions` row lock, held
+to commit, and insert their outbox rows while holding it. So a later version's transaction
+commits later — same delta or a later one — and, inside one delta, inserted (got its id) later.
+
+Reading must happen on the primary: a standby's snapshots do not order commits the same way.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import BigInteger, Engine, Row, Select, Text, bindparam, cast, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.types import UserDefinedType
 
 from outbox.envelope import Envelope
 from outbox.table import outbox_table
 from relay.errors import CaptureError
 
+_OUTBOX = outbox_table.c
+# Nothing is visible in it: where a source that never published starts.
+_EMPTY_SNAPSHOT = "1:1:"
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """How far capture has come. `after_id`: the last id handed out (of the current delta, on
+    PostgreSQL); `base` / `target`: the two snapshots bounding that delta (PostgreSQL only)."""
+
+    after_id: int = 0
+    base: str | None = None
+    target: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"after_id": self.after_id, "base": self.base, "target": self.target}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Position:
+        base, target = data.get("base"), data.get("target")
+        return cls(
+            after_id=int(str(data.get("after_id", 0))),
+            base=None if base is None else str(base),
+            target=None if target is None else str(target),
+        )
+
+    def __str__(self) -> str:
+        if self.target is None:
+            return f"id {self.after_id}"
+        return f"id {self.after_id} of the transactions visible in {self.target} but not in {self.base}"
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxRecord:
-    """An outbox row read by the relay: its capture position and the envelope to produce."""
+    """An outbox row read by the relay: the envelope to produce."""
 
-    position: int
+    id: int
     envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Records to publish, in order, and the position to checkpoint with them."""
+
+    records: Sequence[OutboxRecord]
+    position: Position
 
 
 class CaptureSource(Protocol):
     """Reads committed outbox records. Implementations need not be thread-safe."""
 
-    def fetch(self, after: int, limit: int) -> Sequence[OutboxRecord]:
-        """Up to `limit` committed records with position > `after`, in commit order.
+    def fetch(self, after: Position, limit: int) -> Batch:
+        """Up to `limit` records after `after`, and the position after them.
 
-        Raises `CaptureError` if the outbox cannot be read; the relay retries with backoff.
+        An empty batch may still carry a new position (a source moving to its next snapshot);
+        keeping it in memory without a checkpoint is safe. Raises `CaptureError` if the outbox
+        cannot be read; the relay retries with backoff.
         """
         ...
 
 
 class SqliteCapture:
-    """Polls an SQLite outbox by id.
-
-    Safe because SQLite admits one writer at a time: a transaction takes the write lock before
-    it allocates an id and keeps it until it commits, so ids are handed out in commit order and
-    `id > :last` can never skip a row that commits later. The same query on PostgreSQL or MySQL
-    would skip rows (a transaction holding a smaller id may commit after a larger one is read),
-    so other dialects are refused here.
-    """
+    """Polls an SQLite outbox by id: with one writer at a time, id order is commit order."""
 
     def __init__(self, engine: Engine) -> None:
-        if engine.dialect.name != "sqlite":
-            raise CaptureError(
-                f"SqliteCapture reads SQLite only, not {engine.dialect.name}: polling by id on a "
-                "multi-writer database skips rows committed out of id order"
-            )
+        _expect_dialect(engine, "sqlite", "polling by id on a multi-writer database skips rows")
         self._engine = engine
 
-    def fetch(self, after: int, limit: int) -> Sequence[OutboxRecord]:
-        query = select(outbox_table).where(outbox_table.c.id > after).order_by(outbox_table.c.id).limit(limit)
-        try:
-            with self._engine.connect() as conn:
-                rows = conn.execute(query).all()
-        except SQLAlchemyError as exc:
-            raise CaptureError(f"cannot read the outbox table: {exc}") from exc
-        return [OutboxRecord(position=row.id, envelope=_envelope(row)) for row in rows]
+    def fetch(self, after: Position, limit: int) -> Batch:
+        query = select(outbox_table).where(_OUTBOX.id > after.after_id).order_by(_OUTBOX.id).limit(limit)
+        rows = _read(self._engine, query)
+        return Batch(_records(rows), replace(after, after_id=rows[-1].id) if rows else after)
 
 
-def _envelope(row: Row[tuple[object, ...]]) -> Envelope:
+class PostgresCapture:
+    """Drains a PostgreSQL outbox snapshot delta by snapshot delta (see the module docstring)."""
+
+    def __init__(self, engine: Engine) -> None:
+        _expect_dialect(engine, "postgresql", "it reads transaction snapshots")
+        self._engine = engine
+
+    def fetch(self, after: Position, limit: int) -> Batch:
+        if after.target is None:  # a fresh source: the first delta is everything committed so far
+            after = Position(base=after.base or _EMPTY_SNAPSHOT, target=self._snapshot())
+        rows = _read(self._engine, self._delta(after, limit))
+        if not rows:  # drained: the next delta starts where this one ended
+            after = Position(base=after.target, target=self._snapshot())
+            rows = _read(self._engine, self._delta(after, limit))
+        return Batch(_records(rows), replace(after, after_id=rows[-1].id) if rows else after)
+
+    def _snapshot(self) -> str:
+        with self._engine.connect() as conn:
+            return str(conn.execute(text("select pg_current_snapshot()::text")).scalar_one())
+
+    @staticmethod
+    def _delta(position: Position, limit: int) -> Select[Any]:
+        xid = cast(cast(_OUTBOX.xid, Text), _PgType("xid8"))  # PostgreSQL has no bigint -> xid8 cast
+        base = cast(bindparam("base", position.base, type_=Text), _PgType("pg_snapshot"))
+        target = cast(bindparam("target", position.target, type_=Text), _PgType("pg_snapshot"))
+        return (
+            select(outbox_table)
+            .where(
+                # Cheap prefilter on the index: below the base's xmin everything was visible in it.
+                _OUTBOX.xid >= cast(cast(func.pg_snapshot_xmin(base), Text), BigInteger),
+                ~func.pg_visible_in_snapshot(xid, base),
+                func.pg_visible_in_snapshot(xid, target),
+                _OUTBOX.id > position.after_id,
+            )
+            .order_by(_OUTBOX.id)
+            .limit(limit)
+        )
+
+
+class _PgType(UserDefinedType[str]):
+    """A PostgreSQL type SQLAlchemy does not know, named for a CAST."""
+
+    cache_ok = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return self.name
+
+
+def capture_for(engine: Engine) -> CaptureSource:
+    """The capture source for the engine's database."""
+    if engine.dialect.name == "postgresql":
+        return PostgresCapture(engine)
+    return SqliteCapture(engine)
+
+
+def _expect_dialect(engine: Engine, dialect: str, why: str) -> None:
+    if engine.dialect.name != dialect:
+        raise CaptureError(
+            f"this capture source reads {dialect} only ({why}), not {engine.dialect.name}; "
+            "outboxkit captures from SQLite and PostgreSQL"
+        )
+
+
+def _read(engine: Engine, query: Select[Any]) -> Sequence[Row[Any]]:
+    try:
+        with engine.connect() as conn:
+            return conn.execute(query).all()
+    except SQLAlchemyError as exc:
+        raise CaptureError(f"cannot read the outbox table: {exc}") from exc
+
+
+def _records(rows: Sequence[Row[Any]]) -> list[OutboxRecord]:
+    return [OutboxRecord(id=row.id, envelope=_envelope(row)) for row in rows]
+
+
+def _envelope(row: Row[Any]) -> Envelope:
     headers: dict[str, str] = json.loads(row.headers or "{}")
     return Envelope(
         event_id=row.event_id,

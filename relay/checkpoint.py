@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from outbox.kafka_settings import KafkaSettings
+from relay.capture import Position
 from relay.errors import CheckpointError
 from relay.topics import ensure_topic
 
@@ -45,12 +46,12 @@ class Checkpoints:
         # Compaction keeps only the newest checkpoint per source, so start-up reads stay short.
         ensure_topic(self.kafka, self.topic, config={"cleanup.policy": "compact"})
 
-    def record(self, position: int) -> CheckpointRecord:
-        value = json.dumps({"source": self.source_id, "position": position}).encode()
+    def record(self, position: Position) -> CheckpointRecord:
+        value = json.dumps({"source": self.source_id, "position": position.to_json()}).encode()
         return CheckpointRecord(self.topic, self.source_id.encode(), value)
 
-    def read(self, timeout: float = 30.0) -> int:
-        """The last committed position of this source (0 if it never published)."""
+    def read(self, timeout: float = 30.0) -> Position:
+        """The last committed position of this source (the start if it never published)."""
         consumer = Consumer(
             self.kafka.client_config(
                 {
@@ -66,9 +67,9 @@ class Checkpoints:
         finally:
             consumer.close()
 
-    def _read_to_end(self, consumer: Consumer, timeout: float) -> int:
+    def _read_to_end(self, consumer: Consumer, timeout: float) -> Position:
         consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
-        position, key, deadline = 0, self.source_id.encode(), time.monotonic() + timeout
+        position, key, deadline = Position(), self.source_id.encode(), time.monotonic() + timeout
         while time.monotonic() < deadline:
             message = consumer.poll(0.5)
             if message is None:
@@ -80,7 +81,7 @@ class Checkpoints:
                 raise CheckpointError(f"reading checkpoint topic {self.topic!r} failed: {error.str()}")
             value = message.value()
             if message.key() == key and value is not None:
-                position = int(json.loads(value)["position"])
+                position = Position.from_json(json.loads(value)["position"])
         raise CheckpointError(
             f"could not read checkpoint topic {self.topic!r} to its end within {timeout:.0f}s; "
             "is the broker reachable and the topic's partition online?"

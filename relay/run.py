@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import create_engine
 
 from outbox.backoff import Backoff
-from relay.capture import CaptureSource, SqliteCapture
+from relay.capture import CaptureSource, Position, capture_for
 from relay.checkpoint import Checkpoints
 from relay.errors import CaptureError, PublishAbortedError
 from relay.publisher import TransactionalPublisher
@@ -29,7 +29,7 @@ class RelayStats:
     published: int = 0
     transactions: int = 0
     aborted: int = 0
-    position: int = 0
+    position: Position = field(default_factory=Position)
 
 
 class Relay:
@@ -60,19 +60,18 @@ class Relay:
         self._checkpoints.ensure_topic()
         self._publisher.start()
         self.stats.position = self._checkpoints.read()
-        log.info("relay resuming after outbox position %d", self.stats.position)
+        log.info("relay resuming after %s", self.stats.position)
 
     def step(self) -> int:
         """Publish the next batch, if any, in one transaction; return how many events it held."""
-        records = self._capture.fetch(self.stats.position, self._batch_size)
-        if not records:
-            return 0
-        last = records[-1].position
-        self._publisher.publish([r.envelope for r in records], self._checkpoints.record(last))
-        self.stats.position = last
-        self.stats.published += len(records)
-        self.stats.transactions += 1
-        return len(records)
+        batch = self._capture.fetch(self.stats.position, self._batch_size)
+        if batch.records:
+            envelopes = [record.envelope for record in batch.records]
+            self._publisher.publish(envelopes, self._checkpoints.record(batch.position))
+            self.stats.published += len(envelopes)
+            self.stats.transactions += 1
+        self.stats.position = batch.position
+        return len(batch.records)
 
     def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> RelayStats:
         """Loop until `should_stop()`; with `drain`, also stop once the outbox is empty."""
@@ -97,7 +96,7 @@ def relay_from_settings(settings: RelaySettings) -> Relay:
     engine = create_engine(settings.database_url.get_secret_value())
     checkpoints = Checkpoints(settings.kafka, settings.checkpoint_topic, settings.source_id)
     return Relay(
-        SqliteCapture(engine),
+        capture_for(engine),
         TransactionalPublisher(settings.kafka, settings.transactional_id),
         checkpoints,
         batch_size=settings.batch_size,

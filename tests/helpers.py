@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.orm import Session
 
 from outbox import SETTINGS_KEY, OutboxSettings, metadata, outbox_table
 from outbox.envelope import HEADER_EVENT_ID, Envelope
 from outbox.kafka_settings import KafkaSettings
-from relay import Checkpoints, Relay, SqliteCapture, TransactionalPublisher
+from relay import Checkpoints, Relay, TransactionalPublisher
+from relay.capture import capture_for
 from tests.models import Base, Thing
 
 
@@ -34,17 +39,37 @@ def emit(engine: Engine, topic: str, count: int, *, key: str = "k") -> list[str]
         return [row.event_id for row in rows][::-1]
 
 
-def make_relay(engine: Engine, kafka: KafkaSettings, source_id: str, checkpoint_topic: str) -> Relay:
+def make_relay(
+    engine: Engine, kafka: KafkaSettings, source_id: str, checkpoint_topic: str, *, batch_size: int = 500
+) -> Relay:
     return Relay(
-        SqliteCapture(engine),
+        capture_for(engine),
         TransactionalPublisher(kafka, f"outboxkit-relay.{source_id}"),
         Checkpoints(kafka, checkpoint_topic, source_id),
         poll_interval=0.05,
+        batch_size=batch_size,
     )
 
 
-def committed_event_ids(kafka: KafkaSettings, topic: str) -> list[str]:
-    """Event ids as a read_committed consumer sees them on partition 0, in offset order."""
+@dataclass(frozen=True)
+class Record:
+    """A record as an independent read_committed consumer sees it."""
+
+    partition: int
+    key: str | None
+    value: Any
+    headers: dict[str, str]
+
+    @property
+    def event_id(self) -> str:
+        return self.headers[HEADER_EVENT_ID]
+
+
+def committed_records(kafka: KafkaSettings, topic: str) -> list[Record]:
+    """Every committed record of `topic`, partition by partition, each in offset order."""
+    partitions = len(
+        AdminClient(kafka.client_config()).list_topics(topic, timeout=10).topics[topic].partitions
+    )
     consumer = Consumer(
         kafka.client_config(
             {
@@ -55,19 +80,34 @@ def committed_event_ids(kafka: KafkaSettings, topic: str) -> list[str]:
             }
         )
     )
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    ids: list[str] = []
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    records: list[Record] = []
+    at_end: set[int] = set()
     try:
-        while True:
+        while len(at_end) < partitions:
             message = consumer.poll(10)
             assert message is not None, f"no end of {topic} in sight"
             error = message.error()
             if error is not None and error.code() == KafkaError._PARTITION_EOF:
-                return ids
+                at_end.add(message.partition())
+                continue
             assert error is None, error
-            ids.append(dict(message.headers() or [])[HEADER_EVENT_ID].decode())
+            key = message.key()
+            records.append(
+                Record(
+                    partition=message.partition(),
+                    key=None if key is None else key.decode(),
+                    value=json.loads(message.value()),
+                    headers={name: raw.decode() for name, raw in message.headers() or []},
+                )
+            )
     finally:
         consumer.close()
+    return sorted(records, key=lambda r: r.partition)  # stable: offset order within a partition
+
+
+def committed_event_ids(kafka: KafkaSettings, topic: str) -> list[str]:
+    return [record.event_id for record in committed_records(kafka, topic)]
 
 
 def envelope(topic: str, n: int, *, event_id: str | None = None) -> Envelope:

@@ -7,17 +7,15 @@ the test broker runs on — and against the partitions the relay's producer actu
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from outbox.envelope import murmur2, partition_for
 from outbox.kafka_settings import KafkaSettings
 from tests.conftest import Source
-from tests.helpers import emit
+from tests.helpers import committed_records, emit
 
 KEYS = [
     b"",
@@ -75,37 +73,7 @@ def test_the_relay_puts_every_key_where_partition_for_says(
         emit(source.app, topic, 1, key=key)
     assert source.relay().run(lambda: False, drain=True).published == len(keys)
 
-    placed = read_all(kafka, topic, partitions)
+    placed = {record.key: record.partition for record in committed_records(kafka, topic)}
     assert sorted(placed) == sorted(keys)
     assert {key: partition_for(key.encode(), partitions) for key in keys} == placed
     assert len(set(placed.values())) > 1  # the keys really were spread
-
-
-def read_all(kafka: KafkaSettings, topic: str, partitions: int) -> dict[str, int]:
-    """key -> partition for every committed record of `topic`."""
-    consumer = Consumer(
-        kafka.client_config(
-            {
-                "group.id": f"check-{uuid.uuid4().hex}",
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-                "enable.auto.commit": False,
-            }
-        )
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    placed: dict[str, int] = {}
-    at_end: set[int] = set()
-    try:
-        while len(at_end) < partitions:
-            message = consumer.poll(10)
-            assert message is not None, f"no end of {topic} in sight"
-            error = message.error()
-            if error is not None and error.code() == KafkaError._PARTITION_EOF:
-                at_end.add(message.partition())
-                continue
-            assert error is None, error
-            placed[message.key().decode()] = message.partition()
-    finally:
-        consumer.close()
-    return placed

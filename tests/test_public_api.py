@@ -30,11 +30,14 @@ def test_outbox_exports() -> None:
 
 def test_relay_exports() -> None:
     assert sorted(relay.__all__) == [
+        "Batch",
         "CaptureSource",
         "Checkpoints",
         "ExitCode",
         "FencedError",
         "OutboxRecord",
+        "Position",
+        "PostgresCapture",
         "Relay",
         "RelayError",
         "RelaySettings",

@@ -35,7 +35,9 @@ def upgrade() -> None:
         sa.Column("headers", sa.Text, nullable=False, server_default="{}"),
         sa.Column("schema_version", sa.Integer, nullable=False, server_default="1"),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("xid", sa.BigInteger, nullable=True),
     )
+    op.create_index("outbox_xid", "outbox", ["xid"])
     op.create_table(
         "outbox_versions",
         sa.Column("aggregatetype", sa.String(255), primary_key=True),

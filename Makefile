@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint services-up services-down
+.PHONY: demo test lint bench services-up services-down
 
 $(BIN)/outboxkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(BIN)/outboxkit
 test: $(BIN)/outboxkit lint
 	scripts/services up
 	$(BIN)/pytest
+
+## Benchmarks against the local PostgreSQL: side-by-side medians and ratios (see bench/README.md).
+bench: $(BIN)/outboxkit
+	scripts/services up postgres
+	$(BIN)/python -m bench b1
 
 lint: $(BIN)/outboxkit
 	$(BIN)/ruff check .

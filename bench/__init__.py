@@ -1,0 +1,1 @@
+"""Benchmarks of outboxkit against the real services: `python -m bench --help`."""

@@ -10,19 +10,17 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
-from sqlalchemy import BigInteger, Connection, Text, func, insert
+from sqlalchemy import Connection
 
 from outbox.envelope import RESERVED_HEADERS
 from outbox.errors import HeaderError, PayloadError, PayloadTooLargeError, TopicError
 from outbox.ids import new_event_id
 from outbox.settings import OutboxSettings
-from outbox.table import outbox_table
+from outbox.store import store
 from outbox.tracing import current_trace_headers
-from outbox.versions import next_versions
 
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
@@ -57,11 +55,7 @@ def write(conn: Connection, drafts: Sequence[Draft], settings: OutboxSettings) -
         return []
     trace = current_trace_headers()
     rows = [_row(draft, settings, trace) for draft in drafts]
-    _assign_versions(conn, rows)
-    statement = insert(outbox_table)
-    if conn.dialect.name == "postgresql":  # the relay's capture order; see `outbox.table`
-        statement = statement.values(xid=func.pg_current_xact_id().cast(Text).cast(BigInteger))
-    conn.execute(statement, rows)
+    store(conn, rows)
     return [row["event_id"] for row in rows]
 
 
@@ -109,17 +103,3 @@ def _checked_headers(headers: Mapping[str, str]) -> dict[str, str]:
     if not_text:
         raise HeaderError(f"header(s) {', '.join(not_text)} must be strings")
     return dict(headers)
-
-
-def _assign_versions(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """One counter bump per aggregate per batch; versions follow the batch's order."""
-
-    def aggregate(row: dict[str, Any]) -> tuple[str, str]:
-        return row["aggregatetype"], row["aggregateid"]
-
-    for (aggregate_type, aggregate_id), group in groupby(sorted(rows, key=aggregate), key=aggregate):
-        members = list(group)  # sorted() is stable: batch order within an aggregate is kept
-        for row, version in zip(
-            members, next_versions(conn, aggregate_type, aggregate_id, len(members)), strict=True
-        ):
-            row["aggregateversion"] = version

@@ -70,6 +70,11 @@ class Relay:
             self._publisher.publish(envelopes, self._checkpoints.record(batch.position))
             self.stats.published += len(envelopes)
             self.stats.transactions += 1
+            log.debug(
+                "committed Kafka transaction with %d events, checkpoint after %s",
+                len(envelopes),
+                batch.position,
+            )
         self.stats.position = batch.position
         return len(batch.records)
 

@@ -166,6 +166,24 @@ def test_an_update_that_changes_nothing_emits_nothing(app: App) -> None:
     assert app.events() == [("OrderCreated", "1")]
 
 
+def test_events_of_one_aggregate_in_one_flush_get_consecutive_versions_in_flush_order(app: App) -> None:
+    unit = app.unit()
+    unit.add(Order(id=4, customer="ada", amount_cents=100))
+    unit.commit()
+    unit.add(Shipment(id=1, order_id=4, carrier="dhl"), Shipment(id=2, order_id=4, carrier="ups"))
+    unit.publish(OrderShipped(order_id=4, carrier="dhl"))  # flushes the two shipments, then follows them
+    unit.commit()
+
+    rows = app.rows()
+    assert [(r.type, r.aggregateid, r.aggregateversion) for r in rows] == [
+        ("OrderCreated", "4", 1),  # aggregate type "order"
+        ("ShipmentCreated", "4", 1),  # aggregate type "shipments", keyed by the order
+        ("ShipmentCreated", "4", 2),
+        ("OrderShipped", "4", 2),
+    ]
+    assert [payload(r)["state"]["carrier"] for r in rows[1:3]] == ["dhl", "ups"]
+
+
 def test_models_choose_their_payload_key_and_which_operations_emit(app: App) -> None:
     unit = app.unit()
     customer, shipment = (

@@ -166,3 +166,8 @@ def partition_for(key: bytes, partitions: int) -> int:
     if partitions < 1:
         raise ValueError(f"a topic has at least one partition, not {partitions}")
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def shard_key(key: str) -> int:
+    """The non-negative hash relays shard the outbox by (`shard_key % shards`): one key, one shard."""
+    return murmur2(key.encode()) & 0x7FFFFFFF

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 from sqlalchemy import Connection
 
-from outbox.envelope import RESERVED_HEADERS
+from outbox.envelope import RESERVED_HEADERS, shard_key
 from outbox.errors import HeaderError, PayloadError, PayloadTooLargeError, TopicError
 from outbox.ids import new_event_id
 from outbox.settings import OutboxSettings
@@ -69,13 +69,15 @@ def _row(draft: Draft, settings: OutboxSettings, trace: Mapping[str, str]) -> di
             f"above the limit of {settings.max_payload_bytes}: send a reference to large data instead, or "
             "raise OUTBOXKIT_OUTBOX_MAX_PAYLOAD_BYTES together with Kafka's message.max.bytes"
         )
+    key = draft.aggregate_id if draft.key is None else draft.key
     return {
         "event_id": new_event_id(),
         "aggregatetype": draft.aggregate_type,
         "aggregateid": draft.aggregate_id,
         "type": draft.event_type,
         "topic": draft.topic,
-        "key": draft.aggregate_id if draft.key is None else draft.key,
+        "key": key,
+        "shard_key": shard_key(key),
         "payload": payload,
         "headers": json.dumps({**trace, **_checked_headers(draft.headers)}),
         "schema_version": draft.schema_version,

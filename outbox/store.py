@@ -40,23 +40,24 @@ _POSTGRESQL = text(
         RETURNING v.aggregatetype, v.aggregateid, v.version
     )
     INSERT INTO outbox (event_id, aggregatetype, aggregateid, aggregateversion, type, topic, key, payload,
-                        headers, schema_version, xid)
+                        headers, schema_version, shard_key, xid)
     SELECT e.event_id, e.aggregatetype, e.aggregateid, b.version - e.total + e.rank, e.type, e.topic,
-           e.key, e.payload, e.headers, e.schema_version, CAST(CAST(pg_current_xact_id() AS text) AS bigint)
+           e.key, e.payload, e.headers, e.schema_version, e.shard_key,
+           CAST(CAST(pg_current_xact_id() AS text) AS bigint)
     FROM unnest(
         CAST(:event_id AS text[]), CAST(:aggregatetype AS text[]), CAST(:aggregateid AS text[]),
         CAST(:rank AS bigint[]), CAST(:total AS bigint[]), CAST(:type AS text[]), CAST(:topic AS text[]),
         CAST(:key AS text[]), CAST(:payload AS text[]), CAST(:headers AS text[]),
-        CAST(:schema_version AS int[])
+        CAST(:schema_version AS int[]), CAST(:shard_key AS int[])
     ) WITH ORDINALITY AS e(event_id, aggregatetype, aggregateid, rank, total, type, topic, key, payload,
-                           headers, schema_version, ord)
+                           headers, schema_version, shard_key, ord)
     JOIN bumped b ON b.aggregatetype = e.aggregatetype AND b.aggregateid = e.aggregateid
     ORDER BY e.ord
     """
 )
 _EVENT_COLUMNS = (
     "event_id", "aggregatetype", "aggregateid", "rank", "total", "type", "topic", "key", "payload", "headers",
-    "schema_version",
+    "schema_version", "shard_key",
 )  # fmt: skip
 
 
@@ -81,7 +82,9 @@ def _store_postgresql(conn: Connection, rows: Sequence[Row]) -> None:
     _store_many_postgresql(conn, rows)
 
 
-_ONE_AGGREGATE_COLUMNS = ("event_id", "type", "topic", "key", "payload", "headers", "schema_version")
+_ONE_AGGREGATE_COLUMNS = (
+    "event_id", "type", "topic", "key", "payload", "headers", "schema_version", "shard_key",
+)  # fmt: skip
 
 
 @cache
@@ -102,12 +105,12 @@ def _one_aggregate(count: int) -> TextClause:
             RETURNING v.version
         )
         INSERT INTO outbox (event_id, aggregatetype, aggregateid, aggregateversion, type, topic, key,
-                            payload, headers, schema_version, xid)
+                            payload, headers, schema_version, shard_key, xid)
         SELECT e.event_id, :aggregatetype, :aggregateid, bumped.version - {count} + e.rank, e.type, e.topic,
-               e.key, e.payload, e.headers, CAST(e.schema_version AS integer),
+               e.key, e.payload, e.headers, CAST(e.schema_version AS integer), CAST(e.shard_key AS integer),
                CAST(CAST(pg_current_xact_id() AS text) AS bigint)
         FROM bumped, (VALUES {values})
-            AS e(event_id, rank, type, topic, key, payload, headers, schema_version)
+            AS e(event_id, rank, type, topic, key, payload, headers, schema_version, shard_key)
         ORDER BY e.rank
         """  # noqa: S608 - only counts and parameter names are formatted in
     )

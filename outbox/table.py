@@ -16,6 +16,8 @@ Column names follow Debezium's outbox convention (`id`, `aggregatetype`, `aggreg
   version order is their commit order — even when PostgreSQL handed out their xids the other way
   round. Consumers use it to reject stale or reordered events.
 * `topic`, `key` — routing resolved at write time, so the relay never guesses.
+* `shard_key` — a non-negative hash of `key`; relays sharing one outbox split it into
+  `shard_key % shards`, so all events of a key go through one relay (NULL counts as 0).
 * `payload` — the serialised JSON exactly as it will be produced: size limits and serialisation
   errors surface inside the application's transaction, not later in the relay.
 * `headers` — JSON object of user headers, W3C `traceparent`/`tracestate` among them.
@@ -43,6 +45,7 @@ outbox_table = Table(
     Column("headers", Text, nullable=False, server_default="{}"),
     Column("schema_version", Integer, nullable=False, server_default="1"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("shard_key", Integer, nullable=True),
     Column("xid", BigInteger, nullable=True),
     Index("outbox_xid", "xid"),
 )

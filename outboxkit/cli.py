@@ -85,7 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _migrate(args.url, args.revision, down=args.downgrade)
         if args.command == "relay":
             relay = relay_from_settings(RelaySettings())
-            relay.start()
             relay.run(StopFlag(), drain=args.drain)
         else:
             sink_from_settings(SinkSettings()).run(StopFlag(), drain=args.drain)

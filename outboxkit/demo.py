@@ -87,7 +87,6 @@ def run_demo(workdir: Path, orders: int, out: TextIO, kafka: KafkaSettings | Non
     )
     for attempt in ("", " (restarted: must publish nothing twice)"):
         relay = relay_from_settings(relay_settings)
-        relay.start()
         stats = relay.run(lambda: False, drain=True)
         out.write(
             f"relay   published {stats.published} events in {stats.transactions} Kafka transaction(s), "

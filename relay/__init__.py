@@ -3,23 +3,30 @@
 from relay.capture import Batch, CaptureSource, OutboxRecord, Position, PostgresCapture, SqliteCapture
 from relay.checkpoint import Checkpoints
 from relay.errors import ExitCode, FencedError, RelayError
+from relay.leases import AdvisoryLeases, Leases, SoleLease
 from relay.publisher import TransactionalPublisher
-from relay.run import Relay, RelayStats, relay_from_settings
+from relay.run import Relay, RelayService, RelayStats, relay_from_settings
 from relay.settings import RelaySettings
+from relay.shards import Shard
 
 __all__ = [
+    "AdvisoryLeases",
     "Batch",
     "CaptureSource",
     "Checkpoints",
     "ExitCode",
     "FencedError",
+    "Leases",
     "OutboxRecord",
     "Position",
     "PostgresCapture",
     "Relay",
     "RelayError",
+    "RelayService",
     "RelaySettings",
     "RelayStats",
+    "Shard",
+    "SoleLease",
     "SqliteCapture",
     "TransactionalPublisher",
     "relay_from_settings",

@@ -51,6 +51,7 @@ from sqlalchemy.types import UserDefinedType
 from outbox.envelope import Envelope
 from outbox.table import outbox_table
 from relay.errors import CaptureError
+from relay.shards import ONLY, Shard
 
 _OUTBOX = outbox_table.c
 # Nothing is visible in it: where a source that never published starts.
@@ -127,11 +128,15 @@ class SqliteCapture:
 
 
 class PostgresCapture:
-    """Drains a PostgreSQL outbox snapshot delta by snapshot delta (see the module docstring)."""
+    """Drains a PostgreSQL outbox snapshot delta by snapshot delta (see the module docstring).
 
-    def __init__(self, engine: Engine) -> None:
+    With a `shard`, only the rows of that shard: deltas are per shard, as are positions.
+    """
+
+    def __init__(self, engine: Engine, shard: Shard = ONLY) -> None:
         _expect_dialect(engine, "postgresql", "it reads transaction snapshots")
         self._engine = engine
+        self._shard = shard
 
     def fetch(self, after: Position, limit: int) -> Batch:
         if after.target is None:  # a fresh source: the first delta is everything committed so far
@@ -146,23 +151,20 @@ class PostgresCapture:
         with self._engine.connect() as conn:
             return str(conn.execute(text("select pg_current_snapshot()::text")).scalar_one())
 
-    @staticmethod
-    def _delta(position: Position, limit: int) -> Select[Any]:
+    def _delta(self, position: Position, limit: int) -> Select[Any]:
         xid = cast(cast(_OUTBOX.xid, Text), _PgType("xid8"))  # PostgreSQL has no bigint -> xid8 cast
         base = cast(bindparam("base", position.base, type_=Text), _PgType("pg_snapshot"))
         target = cast(bindparam("target", position.target, type_=Text), _PgType("pg_snapshot"))
-        return (
-            select(outbox_table)
-            .where(
-                # Cheap prefilter on the index: below the base's xmin everything was visible in it.
-                _OUTBOX.xid >= cast(cast(func.pg_snapshot_xmin(base), Text), BigInteger),
-                ~func.pg_visible_in_snapshot(xid, base),
-                func.pg_visible_in_snapshot(xid, target),
-                _OUTBOX.id > position.after_id,
-            )
-            .order_by(_OUTBOX.id)
-            .limit(limit)
+        query = select(outbox_table).where(
+            # Cheap prefilter on the index: below the base's xmin everything was visible in it.
+            _OUTBOX.xid >= cast(cast(func.pg_snapshot_xmin(base), Text), BigInteger),
+            ~func.pg_visible_in_snapshot(xid, base),
+            func.pg_visible_in_snapshot(xid, target),
+            _OUTBOX.id > position.after_id,
         )
+        if self._shard.count > 1:
+            query = query.where(func.coalesce(_OUTBOX.shard_key, 0) % self._shard.count == self._shard.index)
+        return query.order_by(_OUTBOX.id).limit(limit)
 
 
 class _PgType(UserDefinedType[str]):
@@ -177,10 +179,12 @@ class _PgType(UserDefinedType[str]):
         return self.name
 
 
-def capture_for(engine: Engine) -> CaptureSource:
-    """The capture source for the engine's database."""
+def capture_for(engine: Engine, shard: Shard = ONLY) -> CaptureSource:
+    """The capture source for the engine's database (and one shard of it, on PostgreSQL)."""
     if engine.dialect.name == "postgresql":
-        return PostgresCapture(engine)
+        return PostgresCapture(engine, shard)
+    if shard.count > 1:
+        raise CaptureError("an SQLite outbox has one relay and one shard: set OUTBOXKIT_RELAY_SHARDS=1")
     return SqliteCapture(engine)
 
 

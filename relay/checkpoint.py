@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from outbox.kafka_settings import KafkaSettings
 from relay.capture import Position
 from relay.errors import CheckpointError
+from relay.shards import ONLY, Shard
 from relay.topics import ensure_topic
 
 
@@ -36,26 +37,35 @@ class CheckpointRecord:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoints:
-    """Reads and encodes the checkpoint of one outbox source."""
+    """Reads and encodes the checkpoint of one shard of an outbox source.
+
+    Positions of different shard counts cannot be translated into each other, so reading refuses
+    a source that has checkpoints of another shard count: starting over would publish again.
+    """
 
     kafka: KafkaSettings
     topic: str
     source_id: str
+    shard: Shard = ONLY
+
+    @property
+    def key(self) -> str:
+        return self.source_id + self.shard.suffix
 
     def ensure_topic(self) -> None:
         # Compaction keeps only the newest checkpoint per source, so start-up reads stay short.
         ensure_topic(self.kafka, self.topic, config={"cleanup.policy": "compact"})
 
     def record(self, position: Position) -> CheckpointRecord:
-        value = json.dumps({"source": self.source_id, "position": position.to_json()}).encode()
-        return CheckpointRecord(self.topic, self.source_id.encode(), value)
+        value = {"source": self.source_id, "shards": self.shard.count, "position": position.to_json()}
+        return CheckpointRecord(self.topic, self.key.encode(), json.dumps(value).encode())
 
     def read(self, timeout: float = 30.0) -> Position:
         """The last committed position of this source (the start if it never published)."""
         consumer = Consumer(
             self.kafka.client_config(
                 {
-                    "group.id": f"outboxkit-checkpoint-reader.{self.source_id}",
+                    "group.id": f"outboxkit-checkpoint-reader.{self.key}",
                     "isolation.level": "read_committed",
                     "enable.auto.commit": False,
                     "enable.partition.eof": True,
@@ -69,7 +79,7 @@ class Checkpoints:
 
     def _read_to_end(self, consumer: Consumer, timeout: float) -> Position:
         consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
-        position, key, deadline = Position(), self.source_id.encode(), time.monotonic() + timeout
+        position, deadline = Position(), time.monotonic() + timeout
         while time.monotonic() < deadline:
             message = consumer.poll(0.5)
             if message is None:
@@ -79,10 +89,24 @@ class Checkpoints:
                 return position
             if error is not None:
                 raise CheckpointError(f"reading checkpoint topic {self.topic!r} failed: {error.str()}")
-            value = message.value()
-            if message.key() == key and value is not None:
-                position = Position.from_json(json.loads(value)["position"])
+            key, value = (message.key() or b"").decode(), message.value()
+            if value is None or not (key == self.source_id or key.startswith(self.source_id + "#")):
+                continue
+            found = json.loads(value)
+            self._check_layout(key, int(found.get("shards", 1)))
+            if key == self.key:
+                position = Position.from_json(found["position"])
         raise CheckpointError(
             f"could not read checkpoint topic {self.topic!r} to its end within {timeout:.0f}s; "
             "is the broker reachable and the topic's partition online?"
         )
+
+    def _check_layout(self, key: str, shards: int) -> None:
+        if shards != self.shard.count:
+            raise CheckpointError(
+                f"source {self.source_id!r} was published with {shards} shard(s) (checkpoint {key!r} in "
+                f"{self.topic!r}), this relay is set to {self.shard.count}: positions do not carry over "
+                "between shard counts. Set OUTBOXKIT_RELAY_SHARDS back to the old count, or let the "
+                "old relays drain the outbox and start the new layout under a new OUTBOXKIT_RELAY_SOURCE_ID "
+                "once cleanup has removed the published rows"
+            )

@@ -14,6 +14,7 @@ class ExitCode(IntEnum):
     ERROR = 1
     CONFIG = 2
     FENCED = 3  # another relay owns the transactional id now: this instance is a zombie
+    LEASE_LOST = 4  # the lease connection broke while holding shards: restart to rejoin as a standby
 
 
 class RelayError(Exception):
@@ -48,3 +49,11 @@ class FencedError(RelayError):
 
 class KafkaFatalError(RelayError):
     """librdkafka raised a fatal error: the producer is unusable and the process must restart."""
+
+
+class LeaseLostError(RelayError):
+    """The connection holding this relay's leases broke (database restart, or this process was
+    paused past the lease timeout): another relay may publish its shards now. It stopped
+    publishing them; restart it to rejoin as a standby."""
+
+    exit_code = ExitCode.LEASE_LOST

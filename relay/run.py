@@ -1,8 +1,10 @@
-"""The relay loop: capture -> publish (with checkpoint) -> repeat. Deliberately thin.
+"""The relay loop: leases -> capture -> publish (with checkpoint) -> repeat. Deliberately thin.
 
-All guarantees live in the parts: the capture source's commit order, and the publisher's
-transaction that carries the checkpoint. The loop only keeps the position in memory, retries
-what librdkafka calls retriable or abortable, and stops on anything fatal.
+All guarantees live in the parts: the capture source's commit order, the publisher's transaction
+that carries the checkpoint, the leases that give each shard one publisher, Kafka's fencing behind
+them. The loop only keeps positions in memory, retries what librdkafka calls retriable or
+abortable (and a database or broker that is away), and stops on anything fatal. A stop request is
+honoured between transactions, so SIGTERM never leaves one open.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine
 
 from outbox.backoff import Backoff
 from relay.capture import CaptureSource, Position, capture_for
 from relay.checkpoint import Checkpoints
-from relay.errors import CaptureError, PublishAbortedError
+from relay.errors import CaptureError, FencedError, KafkaFatalError, PublishAbortedError, RelayError
+from relay.leases import AdvisoryLeases, Leases, SoleLease
 from relay.publisher import TransactionalPublisher
 from relay.settings import RelaySettings
+from relay.shards import Shard
 
 log = logging.getLogger("outboxkit.relay")
 
@@ -33,7 +37,7 @@ class RelayStats:
 
 
 class Relay:
-    """Publishes one outbox source to Kafka, exactly once for read_committed consumers."""
+    """Publishes one shard of an outbox to Kafka, exactly once for read_committed consumers."""
 
     def __init__(
         self,
@@ -60,7 +64,7 @@ class Relay:
         self._checkpoints.ensure_topic()
         self._publisher.start()
         self.stats.position = self._checkpoints.read()
-        log.info("relay resuming after %s", self.stats.position)
+        log.info("relay of %s resuming after %s", self._checkpoints.key, self.stats.position)
 
     def step(self) -> int:
         """Publish the next batch, if any, in one transaction; return how many events it held."""
@@ -78,33 +82,141 @@ class Relay:
         self.stats.position = batch.position
         return len(batch.records)
 
-    def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> RelayStats:
-        """Loop until `should_stop()`; with `drain`, also stop once the outbox is empty."""
-        while not should_stop():
-            try:
-                published = self.step()
-            except (CaptureError, PublishAbortedError) as exc:
-                self.stats.aborted += isinstance(exc, PublishAbortedError)
-                log.warning("%s; retried after %.1fs", exc, self._backoff.wait())
-                continue
-            self._backoff.reset()
-            if published == 0:
-                if drain:
-                    break
-                self._sleep(self._poll_interval)
+    def close(self) -> None:
         self._publisher.close()
+
+    def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> RelayStats:
+        """Run this (started) relay alone until `should_stop()`, or with `drain` until caught up."""
+        service = RelayService(
+            SoleLease(),
+            lambda _: self,
+            poll_interval=self._poll_interval,
+            backoff=self._backoff,
+            sleep=self._sleep,
+        )
+        service.run(should_stop, drain=drain)
         return self.stats
 
 
-def relay_from_settings(settings: RelaySettings) -> Relay:
-    """Compose a relay from its settings: the one place that picks the parts."""
-    engine = create_engine(settings.database_url.get_secret_value())
-    checkpoints = Checkpoints(settings.kafka, settings.checkpoint_topic, settings.source_id)
-    return Relay(
-        capture_for(engine),
-        TransactionalPublisher(settings.kafka, settings.transactional_id),
-        checkpoints,
-        batch_size=settings.batch_size,
+class RelayService:
+    """Runs a relay for every shard this process holds a lease on; the sidecar's main loop."""
+
+    def __init__(
+        self,
+        leases: Leases,
+        relay_for: Callable[[Shard], Relay],
+        *,
+        poll_interval: float = 0.5,
+        lease_interval: float = 1.0,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._leases = leases
+        self._relay_for = relay_for
+        self._poll_interval = poll_interval
+        self._lease_interval = lease_interval
+        self._backoff = backoff or Backoff(sleep=sleep)
+        self._sleep = sleep
+        self._clock = clock
+        self._active: dict[Shard, Relay] = {}
+        self._held: frozenset[Shard] = frozenset()
+        self._next_refresh = 0.0
+
+    @property
+    def active(self) -> frozenset[Shard]:
+        return frozenset(self._active)
+
+    def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> RelayStats:
+        """Loop until `should_stop()`; with `drain`, also stop once the held shards are caught up."""
+        try:
+            while not should_stop():
+                self._refresh_leases()
+                published = self._step_all()
+                if published is None:
+                    continue  # a failure: the backoff has already waited
+                self._backoff.reset()
+                if published == 0:
+                    if drain and self._held <= self._active.keys():
+                        break
+                    self._sleep(self._poll_interval)
+        finally:
+            for relay in self._active.values():
+                relay.close()
+            self._leases.close()
+        return self.stats()
+
+    def stats(self) -> RelayStats:
+        """Totals over the shards active now; the position is the first shard's."""
+        relays = [self._active[shard] for shard in sorted(self._active)]
+        total = RelayStats(position=relays[0].stats.position if relays else Position())
+        for relay in relays:
+            total.published += relay.stats.published
+            total.transactions += relay.stats.transactions
+            total.aborted += relay.stats.aborted
+        return total
+
+    def _refresh_leases(self) -> None:
+        if self._clock() < self._next_refresh:
+            return
+        self._next_refresh = self._clock() + self._lease_interval
+        self._held = self._leases.refresh()
+        for shard in self._active.keys() - self._held:
+            log.warning("no longer holds the lease of %s: stopped publishing it", shard)
+            self._active.pop(shard).close()
+        for shard in sorted(self._held - self._active.keys()):
+            try:
+                self._active[shard] = self._relay_for(shard)
+            except (FencedError, KafkaFatalError):
+                raise
+            except RelayError as exc:
+                log.warning("cannot start publishing %s yet (%s); retrying", shard, exc)
+
+    def _step_all(self) -> int | None:
+        published = 0
+        for relay in list(self._active.values()):
+            try:
+                published += relay.step()
+            except (CaptureError, PublishAbortedError) as exc:
+                relay.stats.aborted += isinstance(exc, PublishAbortedError)
+                log.warning("%s; retried after %.1fs", exc, self._backoff.wait())
+                return None
+        return published
+
+
+def relay_from_settings(settings: RelaySettings) -> RelayService:
+    """Compose the relay service from its settings: the one place that picks the parts."""
+    engine = create_engine(settings.database_url.get_secret_value(), pool_pre_ping=True)
+    leases: Leases = (
+        AdvisoryLeases(
+            engine,
+            settings.source_id,
+            settings.shards,
+            max_held=settings.max_shards,
+            timeout=settings.lease_timeout,
+        )
+        if engine.dialect.name == "postgresql"
+        else SoleLease()
+    )
+    return RelayService(
+        leases,
+        lambda shard: _started_relay(settings, engine, shard),
         poll_interval=settings.poll_interval,
+        lease_interval=settings.lease_interval,
         backoff=Backoff(maximum=settings.max_backoff),
     )
+
+
+def _started_relay(settings: RelaySettings, engine: Engine, shard: Shard) -> Relay:
+    relay = Relay(
+        capture_for(engine, shard),
+        TransactionalPublisher(settings.kafka, settings.transactional_id + shard.suffix),
+        Checkpoints(settings.kafka, settings.checkpoint_topic, settings.source_id, shard),
+        batch_size=settings.batch_size,
+    )
+    try:
+        relay.start()
+    except RelayError:
+        relay.close()
+        raise
+    return relay

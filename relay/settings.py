@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.kafka_settings import KafkaSettings
@@ -26,6 +26,35 @@ class RelaySettings(BaseSettings):
     batch_size: int = Field(500, ge=1, le=100_000, description="Events per Kafka transaction.")
     poll_interval: float = Field(0.5, gt=0, description="Seconds between polls of an empty outbox.")
     max_backoff: float = Field(10.0, gt=0, description="Longest wait between retries after a failure.")
+    shards: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="How many shards relays split a PostgreSQL outbox into (each published by one relay at a "
+        "time). Must be equal for every relay of a source; SQLite takes 1.",
+    )
+    max_shards: int | None = Field(
+        None, ge=1, description="Most shards one relay publishes at once; default all it can get."
+    )
+    lease_interval: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds between lease checks: how soon a standby takes over a dead relay's shards.",
+    )
+    lease_timeout: float = Field(
+        15.0,
+        gt=0,
+        description="A relay that has not checked its leases for this long (paused, stuck) loses them to a "
+        "standby. Keep it above the longest Kafka commit (30 s at most) you want to ride out.",
+    )
+
+    @model_validator(mode="after")
+    def _timeout_above_interval(self) -> RelaySettings:
+        if self.lease_timeout <= 2 * self.lease_interval:
+            raise ValueError(
+                "lease_timeout must be more than twice lease_interval, or healthy relays lose leases"
+            )
+        return self
 
     @property
     def transactional_id(self) -> str:

@@ -30,18 +30,23 @@ def test_outbox_exports() -> None:
 
 def test_relay_exports() -> None:
     assert sorted(relay.__all__) == [
+        "AdvisoryLeases",
         "Batch",
         "CaptureSource",
         "Checkpoints",
         "ExitCode",
         "FencedError",
+        "Leases",
         "OutboxRecord",
         "Position",
         "PostgresCapture",
         "Relay",
         "RelayError",
+        "RelayService",
         "RelaySettings",
         "RelayStats",
+        "Shard",
+        "SoleLease",
         "SqliteCapture",
         "TransactionalPublisher",
         "relay_from_settings",

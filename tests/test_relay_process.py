@@ -29,6 +29,51 @@ from tests.helpers import Record, committed_records
 from tests.models import Base, Thing
 
 
+class RelayProcess:
+    """`outboxkit relay run` as a child process, its log lines collected as they come."""
+
+    def __init__(self, env: dict[str, str], *extra: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "outboxkit.cli", "--log-level", "DEBUG", "relay", "run", *extra],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()  # its lock is reentrant: count() works inside wait_for()
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+
+    def count(self, text: str) -> int:
+        with self._changed:
+            return sum(text in line for line in self.lines)
+
+    def wait_for(self, text: str, times: int = 1, timeout: float = 60) -> None:
+        """Block until `text` has appeared in `times` log lines."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.count(text) >= times, timeout):
+                raise AssertionError(
+                    f"{times}x {text!r} not logged within {timeout}s:\n{''.join(self.lines[-20:])}"
+                )
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout)
+
+
 @dataclass
 class Sidecar:
     """An app database on PostgreSQL, its topic, and a way to start relay processes for it."""
@@ -37,14 +82,8 @@ class Sidecar:
     topic: str
     env: dict[str, str]
 
-    def start(self, *extra: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "outboxkit.cli", "--log-level", "DEBUG", "relay", "run", *extra],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    def start(self, **env: str) -> RelayProcess:
+        return RelayProcess(self.env | env)
 
     def drain(self) -> None:
         done = subprocess.run(
@@ -98,26 +137,14 @@ def assert_exactly_once_in_commit_order(records: list[Record], written: int, gro
         assert ns == sorted(ns), f"key g{group} out of commit order"
 
 
-def kill_when(relay: subprocess.Popen[str], line_contains: str, *, skip: int = 0) -> str:
-    """SIGKILL `relay` the moment its log shows `line_contains` for the (skip+1)th time."""
-    assert relay.stderr is not None
-    for line in relay.stderr:
-        if line_contains in line:
-            if skip == 0:
-                relay.send_signal(signal.SIGKILL)
-                relay.wait(10)
-                return line
-            skip -= 1
-    raise AssertionError(f"the relay exited (code {relay.wait()}) before logging {line_contains!r}")
-
-
 def test_a_relay_killed_right_after_a_kafka_commit_publishes_nothing_twice(
     kafka: KafkaSettings, sidecar: Sidecar
 ) -> None:
     sidecar.write(60)
-    for skip in (0, 2, 1):  # killed just after its 1st, then 3rd, then 2nd commit of each life
-        line = kill_when(sidecar.start(), "committed Kafka transaction", skip=skip)
-        assert "events" in line
+    for commits in (1, 3, 2):  # killed just after its 1st, then 3rd, then 2nd commit of each life
+        relay = sidecar.start()
+        relay.wait_for("committed Kafka transaction", commits)
+        relay.kill()
     sidecar.drain()
     assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 60)
 
@@ -131,38 +158,67 @@ def test_a_relay_killed_at_random_moments_while_the_app_writes_loses_and_duplica
     while writer.is_alive() or kills < 6:
         relay = sidecar.start()
         time.sleep(rng.uniform(0.2, 1.5))
-        relay.send_signal(signal.SIGKILL)
-        relay.wait(10)
+        relay.kill()
         kills += 1
     writer.join()
     sidecar.drain()
     assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 300)
 
 
-def test_a_paused_relay_that_resumes_after_a_successor_took_over_exits_fenced_and_duplicates_nothing(
+def test_a_paused_relay_resuming_after_a_successor_took_over_stops_with_a_named_code_adding_nothing(
     kafka: KafkaSettings, sidecar: Sidecar
 ) -> None:
+    sidecar.env["OUTBOXKIT_RELAY_LEASE_TIMEOUT"] = "3"
     sidecar.write(40)
     zombie = sidecar.start()
-    kill_when_paused = threading.Event()
-
-    def pause_after_first_commit() -> None:
-        assert zombie.stderr is not None
-        for line in zombie.stderr:
-            if "committed Kafka transaction" in line:
-                zombie.send_signal(signal.SIGSTOP)
-                kill_when_paused.set()
-                break
-        zombie.stderr.read()  # keep its pipe from filling up
-
-    threading.Thread(target=pause_after_first_commit, daemon=True).start()
-    assert kill_when_paused.wait(60), "the first relay never committed"
+    zombie.wait_for("committed Kafka transaction")
+    zombie.signal(signal.SIGSTOP)
 
     sidecar.write(40, first=40)  # the app keeps writing while the zombie sleeps
-    sidecar.drain()  # the successor: fences the zombie, publishes everything
-    zombie.send_signal(signal.SIGCONT)
+    successor = sidecar.start()  # waits out the zombie's lease, fences it, publishes everything
     try:
-        assert zombie.wait(60) == ExitCode.FENCED
+        wait_for_records(kafka, sidecar.topic, 80, timeout=60)
+        zombie.signal(signal.SIGCONT)
+        # Paused inside a transaction, its commit is fenced; paused between two, it finds its
+        # lease gone. Either way it stops, says which, and publishes nothing more.
+        assert zombie.wait(60) in {ExitCode.FENCED, ExitCode.LEASE_LOST}
+        successor.signal(signal.SIGTERM)
+        assert successor.wait(60) == ExitCode.OK
     finally:
         zombie.kill()
+        successor.kill()
     assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 80)
+
+
+def test_two_relays_share_the_shards_and_a_killed_one_is_replaced_within_ten_seconds(
+    kafka: KafkaSettings, sidecar: Sidecar
+) -> None:
+    sidecar.env["OUTBOXKIT_RELAY_SHARDS"] = "4"
+    first = sidecar.start(OUTBOXKIT_RELAY_MAX_SHARDS="2")
+    first.wait_for("took the lease", 2)
+    second = sidecar.start()
+    try:
+        second.wait_for("took the lease", 2)
+        sidecar.write(100, groups=10)
+        wait_for_records(kafka, sidecar.topic, 100, timeout=60)
+        assert first.count("committed Kafka transaction") > 0
+        assert second.count("committed Kafka transaction") > 0  # both published: two shards each
+
+        first.kill()
+        killed = time.monotonic()
+        sidecar.write(50, first=100, groups=10)
+        wait_for_records(kafka, sidecar.topic, 150, timeout=60)
+        handover = time.monotonic() - killed
+        assert second.count("took the lease") == 4
+        assert handover < 10, f"the dead relay's shards were published again after {handover:.1f}s"
+    finally:
+        first.kill()
+        second.kill()
+    assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 150, groups=10)
+
+
+def wait_for_records(kafka: KafkaSettings, topic: str, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(committed_records(kafka, topic)) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} records in {topic} after {timeout:.0f}s"
+        time.sleep(0.2)

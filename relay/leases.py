@@ -1,0 +1,135 @@
+"""Leases: which shards of an outbox this relay process publishes, when several run side by side.
+
+Every app pod runs a relay sidecar against the same outbox. Each shard must have exactly one
+active publisher, and a standby must take over within seconds when the holder dies. On
+PostgreSQL a lease is a session-level advisory lock, `pg_try_advisory_lock(<source>, <shard>)`,
+held on a connection of its own:
+
+* the database enforces exclusivity — no clocks, no lease table, no renewal writes;
+* a holder that dies loses its locks as soon as the server notices its connection is gone (at
+  once for a killed process; within the TCP keepalive settings for a vanished host);
+* a holder that hangs (paused, stuck) stops checking its lease, and the server ends the idle
+  lease session after the lease timeout (`idle_session_timeout`), freeing its shards;
+* a holder that finds its lease connection gone stops publishing and exits (`LeaseLostError`):
+  it can no longer know who holds its shards. Restarted, it rejoins as a standby.
+
+Leases are the first line of defence. The second is Kafka's: each shard's producer has a stable
+`transactional.id`, so a new holder's `init_transactions()` fences a predecessor that still
+thinks it holds the shard (e.g. paused past its lease), and the predecessor's commit fails.
+
+SQLite allows one relay only (the database is a local file), so its lease is always held.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from outbox.envelope import murmur2
+from relay.errors import LeaseLostError
+from relay.shards import ONLY, Shard
+
+log = logging.getLogger("outboxkit.relay")
+
+
+class Leases(Protocol):
+    def refresh(self) -> frozenset[Shard]:
+        """Try to take free shards, check the ones held; return the shards held now."""
+        ...
+
+    def close(self) -> None:
+        """Give every lease back."""
+        ...
+
+
+class SoleLease:
+    """The one shard of a database only one relay can use (SQLite)."""
+
+    def __init__(self) -> None:
+        self._held = frozenset({ONLY})
+
+    def refresh(self) -> frozenset[Shard]:
+        return self._held
+
+    def close(self) -> None:
+        """Nothing to give back."""
+
+
+class AdvisoryLeases:
+    """Shard leases as PostgreSQL session advisory locks, on one dedicated connection."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        source_id: str,
+        shards: int,
+        *,
+        max_held: int | None = None,
+        timeout: float = 15.0,
+    ) -> None:
+        self._engine = engine
+        self._timeout_ms = int(timeout * 1000)
+        self._source_key = murmur2(
+            f"outboxkit-relay:{source_id}".encode()
+        )  # a signed int4, as the lock wants
+        self._shards = [Shard(index, shards) for index in range(shards)]
+        self._max_held = max_held or shards
+        self._conn: Connection | None = None
+        self._held: frozenset[Shard] = frozenset()
+
+    def refresh(self) -> frozenset[Shard]:
+        try:
+            conn = self._connection()
+            conn.execute(text("select 1"))  # the locks live exactly as long as this connection
+            for shard in self._shards:
+                if len(self._held) >= self._max_held:
+                    break
+                if shard not in self._held and self._try_lock(conn, shard):
+                    log.info("took the lease of %s", shard)
+                    self._held |= {shard}
+        except SQLAlchemyError as exc:
+            held = self._held
+            self._drop_connection()
+            if held:
+                raise LeaseLostError(
+                    f"lost the connection holding the leases of {_names(held)} ({exc}); "
+                    "stopped publishing them"
+                ) from exc
+            log.warning("cannot reach the database for leases (%s); retrying", exc)
+        return self._held
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.execute(text("select pg_advisory_unlock_all()"))
+            except SQLAlchemyError as exc:
+                log.warning("could not give leases back (%s); the server frees them with the connection", exc)
+        self._drop_connection()
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            # The server ends this session, and so the leases, if we stop checking them.
+            conn.execute(text(f"set idle_session_timeout = {self._timeout_ms}"))
+            self._conn = conn
+        return self._conn
+
+    def _try_lock(self, conn: Connection, shard: Shard) -> bool:
+        query = text("select pg_try_advisory_lock(:source, :shard)")
+        return bool(conn.execute(query, {"source": self._source_key, "shard": shard.index}).scalar_one())
+
+    def _drop_connection(self) -> None:
+        self._held = frozenset()
+        if self._conn is not None:
+            try:
+                self._conn.invalidate()  # never back to the pool: its locks must die with it
+            except SQLAlchemyError:
+                log.debug("lease connection already gone")
+            self._conn = None
+
+
+def _names(shards: frozenset[Shard]) -> str:
+    return ", ".join(str(shard) for shard in sorted(shards))

@@ -57,3 +57,23 @@ versions_table = Table(
     Column("aggregateid", String(255), primary_key=True),
     Column("version", BigInteger, nullable=False),
 )
+
+quarantine_table = Table(
+    "outbox_quarantine",
+    metadata,
+    # The outbox row as it was (same id), moved here by the relay when Kafka refuses it for good.
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("event_id", String(36), nullable=False),
+    Column("aggregatetype", String(255), nullable=False),
+    Column("aggregateid", String(255), nullable=False),
+    Column("aggregateversion", BigInteger, nullable=False),
+    Column("type", String(255), nullable=False),
+    Column("topic", String(249), nullable=False),
+    Column("key", String(255), nullable=True),
+    Column("payload", Text, nullable=False),
+    Column("headers", Text, nullable=False),
+    Column("schema_version", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("quarantined_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -57,3 +57,13 @@ class LeaseLostError(RelayError):
     publishing them; restart it to rejoin as a standby."""
 
     exit_code = ExitCode.LEASE_LOST
+
+
+class UnpublishableRecordError(PublishAbortedError):
+    """Kafka refuses one record of the batch for good; the transaction was aborted, nothing is visible.
+    `index` is the record's place in the batch: the relay quarantines it and publishes the rest."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.index = index
+        self.reason = reason

@@ -8,12 +8,18 @@ breaks other relays:
   visible — and `PublishAbortedError` tells the caller to re-send from its last checkpoint;
 * **fatal** (fenced by a newer instance, or anything librdkafka marks fatal): the producer is
   unusable; `FencedError` / `KafkaFatalError` end the process with a named exit code.
+
+One more case sits across them: a **record Kafka will never take** (larger than the topic or the
+producer allows, a topic the relay may not write, a record the broker calls invalid). Retrying
+the batch would fail for ever and hold back every key behind it, so the transaction is aborted
+and `UnpublishableRecordError` names the record, for the relay to quarantine it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -21,11 +27,27 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from outbox.envelope import Envelope
 from outbox.kafka_settings import KafkaSettings
 from relay.checkpoint import CheckpointRecord
-from relay.errors import FencedError, KafkaFatalError, PublishAbortedError, RelayError
+from relay.errors import (
+    FencedError,
+    KafkaFatalError,
+    PublishAbortedError,
+    RelayError,
+    UnpublishableRecordError,
+)
 
 log = logging.getLogger("outboxkit.relay")
 T = TypeVar("T")
 _FENCED_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+# Errors that say "this record, never": the same record fails the same way however often it is sent.
+_RECORD_CODES = {
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.INVALID_RECORD,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.TOPIC_EXCEPTION,
+    KafkaError.POLICY_VIOLATION,
+    KafkaError.INVALID_MSG,
+    KafkaError.INVALID_MSG_SIZE,
+}
 
 
 class TransactionalPublisher:
@@ -56,25 +78,75 @@ class TransactionalPublisher:
 
         On return both are committed. On `PublishAbortedError` neither is visible.
         """
+        failures: dict[int, KafkaError] = {}  # batch index -> error; -1 is the checkpoint
         self._call(self._producer.begin_transaction, "begin_transaction")
         try:
-            for envelope in envelopes:
-                self._produce(envelope.topic, envelope.key, envelope.payload, envelope.kafka_headers())
-            self._produce(checkpoint.topic, checkpoint.key, checkpoint.value, [])
-        except KafkaException as exc:  # e.g. a record larger than the producer accepts
-            raise self._translate(exc, "produce", in_transaction=True) from exc
-        self._call(lambda: self._producer.commit_transaction(self._timeout), "commit", in_transaction=True)
+            self._produce_all(envelopes, checkpoint, failures)
+            self._call(
+                lambda: self._producer.commit_transaction(self._timeout), "commit", in_transaction=True
+            )
+        except PublishAbortedError:
+            self._producer.poll(0)  # collect the delivery reports that say which record failed
+            self._raise_for_record(envelopes, failures)
+            raise
+
+    def _produce_all(
+        self, envelopes: Sequence[Envelope], checkpoint: CheckpointRecord, failures: dict[int, KafkaError]
+    ) -> None:
+        for index, envelope in enumerate(envelopes):
+            try:
+                self._produce(
+                    envelope.topic,
+                    envelope.key,
+                    envelope.payload,
+                    envelope.kafka_headers(),
+                    on_failure=partial(failures.setdefault, index),
+                )
+            except KafkaException as exc:  # refused before sending, e.g. larger than the producer accepts
+                failures[index] = exc.args[0]
+                raise self._translate(exc, "produce", in_transaction=True) from exc
+        self._produce(
+            checkpoint.topic,
+            checkpoint.key,
+            checkpoint.value,
+            [],
+            on_failure=partial(failures.setdefault, -1),
+        )
 
     def close(self) -> None:
         self._producer.flush(self._timeout)
 
+    @staticmethod
+    def _raise_for_record(envelopes: Sequence[Envelope], failures: dict[int, KafkaError]) -> None:
+        for index, error in sorted(failures.items()):
+            if index >= 0 and error.code() in _RECORD_CODES:
+                event = envelopes[index]
+                raise UnpublishableRecordError(
+                    index,
+                    f"Kafka refuses event {event.event_id} ({event.event_type}, {len(event.payload)} bytes) "
+                    f"for topic {event.topic!r}: {error.str()}",
+                )
+
     def _produce(
-        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]],
+        *,
+        on_failure: Callable[[KafkaError], object],
     ) -> None:
         wire_headers: list[tuple[str, str | bytes | None]] = list(headers)
+
+        def delivered(error: KafkaError | None, _message: object) -> None:
+            if error is not None:
+                on_failure(error)
+
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=wire_headers)
+                self._producer.produce(
+                    topic, value=value, key=key, headers=wire_headers, on_delivery=delivered
+                )
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
             else:

@@ -19,9 +19,17 @@ from sqlalchemy import Engine, create_engine
 from outbox.backoff import Backoff
 from relay.capture import CaptureSource, Position, capture_for
 from relay.checkpoint import Checkpoints
-from relay.errors import CaptureError, FencedError, KafkaFatalError, PublishAbortedError, RelayError
+from relay.errors import (
+    CaptureError,
+    FencedError,
+    KafkaFatalError,
+    PublishAbortedError,
+    RelayError,
+    UnpublishableRecordError,
+)
 from relay.leases import AdvisoryLeases, Leases, SoleLease
 from relay.publisher import TransactionalPublisher
+from relay.quarantine import Quarantine
 from relay.settings import RelaySettings
 from relay.shards import Shard
 
@@ -33,6 +41,7 @@ class RelayStats:
     published: int = 0
     transactions: int = 0
     aborted: int = 0
+    quarantined: int = 0
     position: Position = field(default_factory=Position)
 
 
@@ -44,6 +53,7 @@ class Relay:
         capture: CaptureSource,
         publisher: TransactionalPublisher,
         checkpoints: Checkpoints,
+        quarantine: Quarantine,
         *,
         batch_size: int = 500,
         poll_interval: float = 0.5,
@@ -53,10 +63,12 @@ class Relay:
         self._capture = capture
         self._publisher = publisher
         self._checkpoints = checkpoints
+        self._quarantine = quarantine
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._backoff = backoff or Backoff(sleep=sleep)
         self._sleep = sleep
+        self._isolating = 0  # records left to publish one per transaction, to find a refused one
         self.stats = RelayStats()
 
     def start(self) -> None:
@@ -67,11 +79,30 @@ class Relay:
         log.info("relay of %s resuming after %s", self._checkpoints.key, self.stats.position)
 
     def step(self) -> int:
-        """Publish the next batch, if any, in one transaction; return how many events it held."""
-        batch = self._capture.fetch(self.stats.position, self._batch_size)
-        if batch.records:
+        """Publish the next batch, if any, in one transaction; return how many events it held.
+
+        When Kafka refuses a record for good, the broker may report it for every record that
+        shared its request, so the culprit is not known yet: the records of that batch are then
+        published one per transaction, and only one that fails alone is quarantined.
+        """
+        while True:
+            limit = 1 if self._isolating else self._batch_size
+            batch = self._capture.fetch(self.stats.position, limit)
             envelopes = [record.envelope for record in batch.records]
-            self._publisher.publish(envelopes, self._checkpoints.record(batch.position))
+            try:
+                if envelopes:
+                    self._publisher.publish(envelopes, self._checkpoints.record(batch.position))
+            except UnpublishableRecordError as exc:
+                if len(envelopes) > 1:
+                    self._isolating = len(envelopes)
+                    log.warning("%s; finding the refused record one transaction at a time", exc)
+                else:
+                    self._quarantine.move(batch.records[exc.index].id, exc.reason)
+                    self.stats.quarantined += 1
+                continue
+            break
+        self._isolating = max(0, self._isolating - len(envelopes))
+        if envelopes:
             self.stats.published += len(envelopes)
             self.stats.transactions += 1
             log.debug(
@@ -154,6 +185,7 @@ class RelayService:
             total.published += relay.stats.published
             total.transactions += relay.stats.transactions
             total.aborted += relay.stats.aborted
+            total.quarantined += relay.stats.quarantined
         return total
 
     def _refresh_leases(self) -> None:
@@ -212,6 +244,7 @@ def _started_relay(settings: RelaySettings, engine: Engine, shard: Shard) -> Rel
         capture_for(engine, shard),
         TransactionalPublisher(settings.kafka, settings.transactional_id + shard.suffix),
         Checkpoints(settings.kafka, settings.checkpoint_topic, settings.source_id, shard),
+        Quarantine(engine),
         batch_size=settings.batch_size,
     )
     try:

@@ -19,6 +19,7 @@ from outbox.envelope import HEADER_EVENT_ID, Envelope
 from outbox.kafka_settings import KafkaSettings
 from relay import Checkpoints, Relay, TransactionalPublisher
 from relay.capture import capture_for
+from relay.quarantine import Quarantine
 from tests.models import Base, Thing
 
 
@@ -46,6 +47,7 @@ def make_relay(
         capture_for(engine),
         TransactionalPublisher(kafka, f"outboxkit-relay.{source_id}"),
         Checkpoints(kafka, checkpoint_topic, source_id),
+        Quarantine(engine),
         poll_interval=0.05,
         batch_size=batch_size,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pydantic import BaseModel
-from sqlalchemy import String
+from sqlalchemy import String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from outbox import Event, Outbox, OutboxMixin
@@ -57,6 +57,7 @@ class Thing(OutboxMixin, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     group: Mapped[str] = mapped_column(String(50))
     n: Mapped[int]
+    note: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class AuditLog(Base):

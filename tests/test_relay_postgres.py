@@ -6,18 +6,21 @@ cursor-based relays; the outcome is read from Kafka by an independent read_commi
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session
 
 import outbox
 from outbox import SETTINGS_KEY, OutboxSettings
 from outbox.kafka_settings import KafkaSettings
+from outbox.table import quarantine_table
 from relay import Relay
+from relay.topics import ensure_topic
 from tests.conftest import PgSchema
 from tests.helpers import committed_records, make_relay
 from tests.models import Base, Thing
@@ -145,3 +148,29 @@ def test_many_concurrent_writers_lose_nothing_and_duplicate_nothing(
     assert len({r.headers["outboxkit-event-id"] for r in events}) == len(events) == writers * per_writer
     for worker in range(writers):
         assert [r.value["state"]["n"] for r in events if r.key == f"w{worker}"] == list(range(per_writer))
+
+
+def test_a_row_kafka_refuses_for_good_is_quarantined_with_its_reason_and_the_rest_flows(
+    kafka: KafkaSettings, pg_source: PgSource, unique_name: Callable[[str], str]
+) -> None:
+    pg_source.topic = unique_name("small")
+    ensure_topic(
+        kafka, pg_source.topic, config={"max.message.bytes": "4000"}
+    )  # a topic stricter than the app
+    with pg_source.session() as session:
+        for n in range(5):
+            session.add(Thing(id=n, group="k", n=n, note="x" * 20_000 if n == 2 else None))
+        session.commit()
+
+    pg_source.relay = make_relay(pg_source.app, kafka, unique_name("src"), unique_name("ckpt"))
+    pg_source.relay.start()
+    assert pg_source.publish_all() == 4
+
+    assert [r.value["state"]["n"] for r in committed_records(kafka, pg_source.topic)] == [0, 1, 3, 4]
+    assert pg_source.relay.stats.quarantined == 1
+    with pg_source.app.connect() as conn:
+        quarantined = conn.execute(select(quarantine_table)).one()
+        left = conn.execute(select(outbox.outbox_table.c.id)).scalars().all()
+    assert json.loads(quarantined.payload)["state"]["n"] == 2  # kept whole, for an operator to act on
+    assert "MSG_SIZE_TOO_LARGE" in quarantined.reason or "too large" in quarantined.reason.lower()
+    assert quarantined.id not in left

@@ -8,8 +8,8 @@ held on a connection of its own:
 * the database enforces exclusivity — no clocks, no lease table, no renewal writes;
 * a holder that dies loses its locks as soon as the server notices its connection is gone (at
   once for a killed process; within the TCP keepalive settings for a vanished host);
-* a holder that hangs (paused, stuck) stops checking its lease, and the server ends the idle
-  lease session after the lease timeout (`idle_session_timeout`), freeing its shards;
+* a holder that hangs (paused) stops its lease heartbeat, and the server ends the idle lease
+  session after the lease timeout (`idle_session_timeout`), freeing its shards;
 * a holder that finds its lease connection gone stops publishing and exits (`LeaseLostError`):
   it can no longer know who holds its shards. Restarted, it rejoins as a standby.
 
@@ -23,6 +23,7 @@ SQLite allows one relay only (the database is a local file), so its lease is alw
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine, text
@@ -59,7 +60,12 @@ class SoleLease:
 
 
 class AdvisoryLeases:
-    """Shard leases as PostgreSQL session advisory locks, on one dedicated connection."""
+    """Shard leases as PostgreSQL session advisory locks, on one dedicated connection.
+
+    A heartbeat thread keeps them: it pings the connection and tries to take free shards every
+    `interval` seconds, whatever the publishing loop is doing — a relay waiting out a Kafka outage
+    keeps its shards. A paused process pauses its heartbeat too, and loses them after `timeout`.
+    """
 
     def __init__(
         self,
@@ -68,19 +74,49 @@ class AdvisoryLeases:
         shards: int,
         *,
         max_held: int | None = None,
+        interval: float = 1.0,
         timeout: float = 15.0,
     ) -> None:
         self._engine = engine
+        self._interval = interval
         self._timeout_ms = int(timeout * 1000)
-        self._source_key = murmur2(
-            f"outboxkit-relay:{source_id}".encode()
-        )  # a signed int4, as the lock wants
+        self._source_key = murmur2(f"outboxkit-relay:{source_id}".encode())  # a signed int4, as locks take
         self._shards = [Shard(index, shards) for index in range(shards)]
         self._max_held = max_held or shards
         self._conn: Connection | None = None
+        self._guard = threading.Lock()
         self._held: frozenset[Shard] = frozenset()
+        self._lost: LeaseLostError | None = None
+        self._stopping = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     def refresh(self) -> frozenset[Shard]:
+        if self._heartbeat is None:
+            self._beat()  # the first round at once, so a relay starts publishing without waiting
+            self._heartbeat = threading.Thread(target=self._keep, name="outboxkit-leases", daemon=True)
+            self._heartbeat.start()
+        with self._guard:
+            lost, self._lost = self._lost, None
+            if lost is not None:
+                raise lost
+            return self._held
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+        if self._conn is not None:
+            try:
+                self._conn.execute(text("select pg_advisory_unlock_all()"))
+            except SQLAlchemyError as exc:
+                log.warning("could not give leases back (%s); the server frees them with the connection", exc)
+        self._drop_connection()
+
+    def _keep(self) -> None:
+        while not self._stopping.wait(self._interval):
+            self._beat()
+
+    def _beat(self) -> None:
         try:
             conn = self._connection()
             conn.execute(text("select 1"))  # the locks live exactly as long as this connection
@@ -89,30 +125,23 @@ class AdvisoryLeases:
                     break
                 if shard not in self._held and self._try_lock(conn, shard):
                     log.info("took the lease of %s", shard)
-                    self._held |= {shard}
+                    with self._guard:
+                        self._held |= {shard}
         except SQLAlchemyError as exc:
-            held = self._held
+            with self._guard:
+                if self._held:
+                    self._lost = LeaseLostError(
+                        f"lost the connection holding the leases of {_names(self._held)} ({exc}); "
+                        "stopped publishing them"
+                    )
+                else:
+                    log.warning("cannot reach the database for leases (%s); retrying", exc)
             self._drop_connection()
-            if held:
-                raise LeaseLostError(
-                    f"lost the connection holding the leases of {_names(held)} ({exc}); "
-                    "stopped publishing them"
-                ) from exc
-            log.warning("cannot reach the database for leases (%s); retrying", exc)
-        return self._held
-
-    def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.execute(text("select pg_advisory_unlock_all()"))
-            except SQLAlchemyError as exc:
-                log.warning("could not give leases back (%s); the server frees them with the connection", exc)
-        self._drop_connection()
 
     def _connection(self) -> Connection:
         if self._conn is None:
             conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            # The server ends this session, and so the leases, if we stop checking them.
+            # The server ends this session, and so the leases, if the heartbeat stops.
             conn.execute(text(f"set idle_session_timeout = {self._timeout_ms}"))
             self._conn = conn
         return self._conn
@@ -122,7 +151,8 @@ class AdvisoryLeases:
         return bool(conn.execute(query, {"source": self._source_key, "shard": shard.index}).scalar_one())
 
     def _drop_connection(self) -> None:
-        self._held = frozenset()
+        with self._guard:
+            self._held = frozenset()
         if self._conn is not None:
             try:
                 self._conn.invalidate()  # never back to the pool: its locks must die with it

@@ -225,6 +225,7 @@ def relay_from_settings(settings: RelaySettings) -> RelayService:
             settings.source_id,
             settings.shards,
             max_held=settings.max_shards,
+            interval=settings.lease_interval,
             timeout=settings.lease_timeout,
         )
         if engine.dialect.name == "postgresql"

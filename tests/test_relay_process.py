@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, make_url
@@ -27,6 +28,8 @@ from relay import ExitCode
 from tests.conftest import PgSchema
 from tests.helpers import Record, committed_records
 from tests.models import Base, Thing
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class RelayProcess:
@@ -222,3 +225,42 @@ def wait_for_records(kafka: KafkaSettings, topic: str, count: int, timeout: floa
     while len(committed_records(kafka, topic)) < count:
         assert time.monotonic() < deadline, f"fewer than {count} records in {topic} after {timeout:.0f}s"
         time.sleep(0.2)
+
+
+def services(*args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "services"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_kafka_stopped_for_twenty_seconds_then_restarted_loses_nothing(
+    kafka: KafkaSettings, sidecar: Sidecar
+) -> None:
+    if "OUTBOXKIT_KAFKA_BOOTSTRAP" in os.environ:
+        pytest.skip("the broker is external: this test stops and starts the one scripts/services runs")
+    relay = sidecar.start()
+    try:
+        sidecar.write(30)
+        wait_for_records(kafka, sidecar.topic, 30, timeout=60)
+        services("down", "kafka")
+        try:
+            sidecar.write(30, first=30)  # the app goes on committing while the broker is away
+            time.sleep(20)
+        finally:
+            services("up", "kafka")
+        sidecar.write(30, first=60)
+        try:
+            wait_for_records(kafka, sidecar.topic, 90, timeout=120)
+        except AssertionError:
+            print("".join(line for line in relay.lines if "outboxkit.relay" in line)[-6000:])
+            raise
+        relay.signal(signal.SIGTERM)
+        assert relay.wait(60) == ExitCode.OK
+    finally:
+        relay.kill()
+    assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 90)

@@ -81,6 +81,8 @@ def run_demo(workdir: Path, orders: int, out: TextIO, kafka: KafkaSettings | Non
     out.write(f"app     committed {orders} new orders and a change to order 1, each with its outbox event\n")
     _place_orders(sessions, 1, roll_back=True)
     out.write("app     rolled back 1 order: its event must never arrive\n")
+    with app.connect() as conn:
+        committed = list(conn.execute(select(outbox_table.c.event_id)).scalars())
 
     relay_settings = RelaySettings(
         database_url=f"sqlite:///{workdir / 'app.db'}", source_id=f"demo-{run_id}", kafka=kafka
@@ -90,7 +92,7 @@ def run_demo(workdir: Path, orders: int, out: TextIO, kafka: KafkaSettings | Non
         stats = relay.run(lambda: False, drain=True)
         out.write(
             f"relay   published {stats.published} events in {stats.transactions} Kafka transaction(s), "
-            f"checkpoint after {stats.position}{attempt}\n"
+            f"checkpoint after {stats.position}, deleted {stats.deleted} published rows{attempt}\n"
         )
 
     warehouse = workdir / "warehouse.duckdb"
@@ -104,8 +106,6 @@ def run_demo(workdir: Path, orders: int, out: TextIO, kafka: KafkaSettings | Non
     sink_stats = sink_from_settings(sink_settings).run(lambda: time.monotonic() > deadline, drain=True)
     out.write(f"sink    applied {sink_stats.applied} events to DuckDB at {warehouse}\n\n")
 
-    with app.connect() as conn:
-        committed = list(conn.execute(select(outbox_table.c.event_id)).scalars())
     landed = _print_warehouse(create_engine(f"duckdb:///{warehouse}"), topic, sink_settings.group_id, out)
     return DemoReport(committed=committed, landed=landed)
 

@@ -42,9 +42,23 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import BigInteger, Engine, Row, Select, Text, bindparam, cast, func, select, text
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Engine,
+    Row,
+    Select,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import UserDefinedType
 
@@ -113,6 +127,10 @@ class CaptureSource(Protocol):
         """
         ...
 
+    def delete_published(self, position: Position, limit: int, created_before: datetime | None) -> int:
+        """Delete up to `limit` rows published as of `position` (and older than `created_before`)."""
+        ...
+
 
 class SqliteCapture:
     """Polls an SQLite outbox by id: with one writer at a time, id order is commit order."""
@@ -125,6 +143,9 @@ class SqliteCapture:
         query = select(outbox_table).where(_OUTBOX.id > after.after_id).order_by(_OUTBOX.id).limit(limit)
         rows = _read(self._engine, query)
         return Batch(_records(rows), replace(after, after_id=rows[-1].id) if rows else after)
+
+    def delete_published(self, position: Position, limit: int, created_before: datetime | None) -> int:
+        return _delete(self._engine, [_OUTBOX.id <= position.after_id], limit, created_before)
 
 
 class PostgresCapture:
@@ -147,6 +168,19 @@ class PostgresCapture:
             rows = _read(self._engine, self._delta(after, limit))
         return Batch(_records(rows), replace(after, after_id=rows[-1].id) if rows else after)
 
+    def delete_published(self, position: Position, limit: int, created_before: datetime | None) -> int:
+        if position.base is None:
+            return 0
+        # Every transaction below the base snapshot's xmin was visible in it: published.
+        base = cast(bindparam("base", position.base, type_=Text), _PgType("pg_snapshot"))
+        published = _OUTBOX.xid < cast(cast(func.pg_snapshot_xmin(base), Text), BigInteger)
+        return _delete(self._engine, [published, *self._in_shard()], limit, created_before)
+
+    def _in_shard(self) -> list[ColumnElement[bool]]:
+        if self._shard.count == 1:
+            return []
+        return [func.coalesce(_OUTBOX.shard_key, 0) % self._shard.count == self._shard.index]
+
     def _snapshot(self) -> str:
         with self._engine.connect() as conn:
             return str(conn.execute(text("select pg_current_snapshot()::text")).scalar_one())
@@ -162,9 +196,7 @@ class PostgresCapture:
             func.pg_visible_in_snapshot(xid, target),
             _OUTBOX.id > position.after_id,
         )
-        if self._shard.count > 1:
-            query = query.where(func.coalesce(_OUTBOX.shard_key, 0) % self._shard.count == self._shard.index)
-        return query.order_by(_OUTBOX.id).limit(limit)
+        return query.where(*self._in_shard()).order_by(_OUTBOX.id).limit(limit)
 
 
 class _PgType(UserDefinedType[str]):
@@ -202,6 +234,20 @@ def _read(engine: Engine, query: Select[Any]) -> Sequence[Row[Any]]:
             return conn.execute(query).all()
     except SQLAlchemyError as exc:
         raise CaptureError(f"cannot read the outbox table: {exc}") from exc
+
+
+def _delete(
+    engine: Engine, published: list[ColumnElement[bool]], limit: int, created_before: datetime | None
+) -> int:
+    """One bounded DELETE: short, and on published rows only, so writers never wait for it."""
+    if created_before is not None:
+        published = [*published, _OUTBOX.created_at < created_before]
+    oldest = select(_OUTBOX.id).where(*published).order_by(_OUTBOX.id).limit(limit)
+    try:
+        with engine.begin() as conn:
+            return conn.execute(delete(outbox_table).where(_OUTBOX.id.in_(oldest.scalar_subquery()))).rowcount
+    except SQLAlchemyError as exc:
+        raise CaptureError(f"cannot delete published outbox rows: {exc}") from exc
 
 
 def _records(rows: Sequence[Row[Any]]) -> list[OutboxRecord]:

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, create_engine
 
@@ -36,12 +37,24 @@ from relay.shards import Shard
 log = logging.getLogger("outboxkit.relay")
 
 
+@dataclass(frozen=True)
+class Cleanup:
+    """Deleting published rows: `batch` rows per statement, for at most `budget` seconds every
+    `interval` seconds, keeping rows younger than `retention` seconds."""
+
+    interval: float = 5.0
+    batch: int = 5000
+    budget: float = 1.0
+    retention: float = 0.0
+
+
 @dataclass
 class RelayStats:
     published: int = 0
     transactions: int = 0
     aborted: int = 0
     quarantined: int = 0
+    deleted: int = 0
     position: Position = field(default_factory=Position)
 
 
@@ -113,6 +126,12 @@ class Relay:
         self.stats.position = batch.position
         return len(batch.records)
 
+    def delete_published(self, limit: int, created_before: datetime | None) -> int:
+        """Delete up to `limit` outbox rows this relay has published (and committed to Kafka)."""
+        deleted = self._capture.delete_published(self.stats.position, limit, created_before)
+        self.stats.deleted += deleted
+        return deleted
+
     def close(self) -> None:
         self._publisher.close()
 
@@ -139,6 +158,7 @@ class RelayService:
         *,
         poll_interval: float = 0.5,
         lease_interval: float = 1.0,
+        cleanup: Cleanup | None = None,
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -147,6 +167,8 @@ class RelayService:
         self._relay_for = relay_for
         self._poll_interval = poll_interval
         self._lease_interval = lease_interval
+        self._cleanup = cleanup
+        self._next_cleanup = 0.0
         self._backoff = backoff or Backoff(sleep=sleep)
         self._sleep = sleep
         self._clock = clock
@@ -164,6 +186,7 @@ class RelayService:
             while not should_stop():
                 self._refresh_leases()
                 published = self._step_all()
+                self._clean_up()
                 if published is None:
                     continue  # a failure: the backoff has already waited
                 self._backoff.reset()
@@ -186,6 +209,7 @@ class RelayService:
             total.transactions += relay.stats.transactions
             total.aborted += relay.stats.aborted
             total.quarantined += relay.stats.quarantined
+            total.deleted += relay.stats.deleted
         return total
 
     def _refresh_leases(self) -> None:
@@ -203,6 +227,24 @@ class RelayService:
                 raise
             except RelayError as exc:
                 log.warning("cannot start publishing %s yet (%s); retrying", shard, exc)
+
+    def _clean_up(self) -> None:
+        if self._cleanup is None or self._clock() < self._next_cleanup:
+            return
+        self._next_cleanup = self._clock() + self._cleanup.interval
+        created_before = (
+            datetime.now(UTC) - timedelta(seconds=self._cleanup.retention)
+            if self._cleanup.retention
+            else None
+        )
+        deadline = self._clock() + self._cleanup.budget
+        for relay in self._active.values():
+            try:
+                while relay.delete_published(self._cleanup.batch, created_before) == self._cleanup.batch:
+                    if self._clock() > deadline:
+                        return  # the rest next time: publishing comes first
+            except CaptureError as exc:
+                log.warning("cleanup postponed: %s", exc)
 
     def _step_all(self) -> int | None:
         published = 0
@@ -236,6 +278,7 @@ def relay_from_settings(settings: RelaySettings) -> RelayService:
         lambda shard: _started_relay(settings, engine, shard),
         poll_interval=settings.poll_interval,
         lease_interval=settings.lease_interval,
+        cleanup=Cleanup(retention=settings.retention) if settings.cleanup else None,
         backoff=Backoff(maximum=settings.max_backoff),
     )
 

@@ -48,6 +48,13 @@ class RelaySettings(BaseSettings):
         "standby. Keep it above the longest Kafka commit (30 s at most) you want to ride out.",
     )
 
+    cleanup: bool = Field(
+        True, description="Delete published rows from the outbox (in short batches that never block writers)."
+    )
+    retention: float = Field(
+        0.0, ge=0, description="With cleanup, keep published rows this many seconds (e.g. for audits) first."
+    )
+
     @model_validator(mode="after")
     def _timeout_above_interval(self) -> RelaySettings:
         if self.lease_timeout <= 2 * self.lease_interval:

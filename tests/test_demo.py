@@ -33,13 +33,15 @@ def test_the_demo_delivers_every_committed_event_exactly_once_and_no_rolled_back
     assert "OK: all 8 committed events arrived exactly once" in result.stdout
 
     with sqlite3.connect(tmp_path / "app.db") as app:
-        committed = {row[0] for row in app.execute("select event_id from outbox")}
-        orders = app.execute("select count(*) from orders").fetchone()[0]
+        orders = {str(row[0]) for row in app.execute("select id from orders")}
+        left_in_outbox = app.execute("select count(*) from outbox").fetchone()[0]
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as warehouse:
-        landed = [row[0] for row in warehouse.execute("select event_id from outboxkit_events").fetchall()]
+        landed = warehouse.execute("select event_id, event_type, key from outboxkit_events").fetchall()
 
-    assert orders == 7  # the rolled-back order left no row...
-    assert len(committed) == 8  # ...and no event: 7 created, 1 updated
-    assert sorted(landed) == sorted(committed)
+    assert len(orders) == 7  # the rolled-back order left no row...
+    assert {key for _, _, key in landed} == orders  # ...and no event: every event is of a committed order
+    assert len({event_id for event_id, _, _ in landed}) == len(landed) == 8  # each exactly once
+    assert sorted(kind for _, kind, _ in landed) == ["OrderCreated"] * 7 + ["OrderUpdated"]
+    assert left_in_outbox == 0  # published rows were cleaned up
     assert result.stdout.count("OrderCreated") == 7  # every landed event is shown to the user
     assert result.stdout.count("OrderUpdated") == 1

@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from outbox import schema
 from outboxkit import __version__
 from relay import ExitCode, RelayError, RelaySettings, relay_from_settings
+from relay.status import relay_status
 from sink import SinkError, SinkSettings, sink_from_settings
 
 
@@ -70,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         group = commands.add_parser(name, help=what).add_subparsers(dest="action", required=True)
         run = group.add_parser("run", help=f"{what} (settings from OUTBOXKIT_{name.upper()}_* and .env)")
         run.add_argument("--drain", action="store_true", help="exit once there is nothing left to do")
+        if name == "relay":
+            status = group.add_parser(
+                "status",
+                help="backlog, oldest waiting event, checkpoint and lease holder per shard, quarantine",
+            )
+            status.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -83,7 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args.orders, args.workdir)
         if args.command == "migrate":
             return _migrate(args.url, args.revision, down=args.downgrade)
-        if args.command == "relay":
+        if args.command == "relay" and args.action == "status":
+            report = relay_status(RelaySettings())
+            print(report.to_json() if args.json else report.render())
+        elif args.command == "relay":
             relay = relay_from_settings(RelaySettings())
             relay.run(StopFlag(), drain=args.drain)
         else:

@@ -52,10 +52,12 @@ from sqlalchemy import (
     Row,
     Select,
     Text,
+    and_,
     bindparam,
     cast,
     delete,
     func,
+    or_,
     select,
     text,
 )
@@ -131,6 +133,16 @@ class CaptureSource(Protocol):
         """Delete up to `limit` rows published as of `position` (and older than `created_before`)."""
         ...
 
+    def backlog(self, position: Position) -> Backlog:
+        """The committed rows not yet published as of `position`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    rows: int
+    oldest: datetime | None
+
 
 class SqliteCapture:
     """Polls an SQLite outbox by id: with one writer at a time, id order is commit order."""
@@ -146,6 +158,9 @@ class SqliteCapture:
 
     def delete_published(self, position: Position, limit: int, created_before: datetime | None) -> int:
         return _delete(self._engine, [_OUTBOX.id <= position.after_id], limit, created_before)
+
+    def backlog(self, position: Position) -> Backlog:
+        return _backlog(self._engine, [_OUTBOX.id > position.after_id])
 
 
 class PostgresCapture:
@@ -175,6 +190,18 @@ class PostgresCapture:
         base = cast(bindparam("base", position.base, type_=Text), _PgType("pg_snapshot"))
         published = _OUTBOX.xid < cast(cast(func.pg_snapshot_xmin(base), Text), BigInteger)
         return _delete(self._engine, [published, *self._in_shard()], limit, created_before)
+
+    def backlog(self, position: Position) -> Backlog:
+        if position.base is None or position.target is None:
+            return _backlog(self._engine, self._in_shard())
+        xid = cast(cast(_OUTBOX.xid, Text), _PgType("xid8"))
+        base = cast(bindparam("base", position.base, type_=Text), _PgType("pg_snapshot"))
+        target = cast(bindparam("target", position.target, type_=Text), _PgType("pg_snapshot"))
+        published = or_(
+            func.pg_visible_in_snapshot(xid, base),
+            and_(func.pg_visible_in_snapshot(xid, target), _OUTBOX.id <= position.after_id),
+        )
+        return _backlog(self._engine, [~published, *self._in_shard()])
 
     def _in_shard(self) -> list[ColumnElement[bool]]:
         if self._shard.count == 1:
@@ -248,6 +275,16 @@ def _delete(
             return conn.execute(delete(outbox_table).where(_OUTBOX.id.in_(oldest.scalar_subquery()))).rowcount
     except SQLAlchemyError as exc:
         raise CaptureError(f"cannot delete published outbox rows: {exc}") from exc
+
+
+def _backlog(engine: Engine, unpublished: list[ColumnElement[bool]]) -> Backlog:
+    query = select(func.count(), func.min(_OUTBOX.created_at)).where(*unpublished)
+    try:
+        with engine.connect() as conn:
+            rows, oldest = conn.execute(query).one()
+    except SQLAlchemyError as exc:
+        raise CaptureError(f"cannot read the outbox table: {exc}") from exc
+    return Backlog(int(rows), oldest)
 
 
 def _records(rows: Sequence[Row[Any]]) -> list[OutboxRecord]:

@@ -17,7 +17,8 @@ import json
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from outbox.kafka_settings import KafkaSettings
 from relay.capture import Position
@@ -62,6 +63,8 @@ class Checkpoints:
 
     def read(self, timeout: float = 30.0) -> Position:
         """The last committed position of this source (the start if it never published)."""
+        if not self._topic_exists():
+            return Position()  # no relay has started yet: nothing published
         consumer = Consumer(
             self.kafka.client_config(
                 {
@@ -76,6 +79,16 @@ class Checkpoints:
             return self._read_to_end(consumer, timeout)
         finally:
             consumer.close()
+
+    def _topic_exists(self) -> bool:
+        try:
+            metadata = AdminClient(self.kafka.client_config()).list_topics(self.topic, timeout=30)
+        except KafkaException as exc:
+            raise CheckpointError(
+                f"cannot reach Kafka to read checkpoint topic {self.topic!r}: {exc}"
+            ) from exc
+        found = metadata.topics.get(self.topic)
+        return found is not None and found.error is None
 
     def _read_to_end(self, consumer: Consumer, timeout: float) -> Position:
         consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])

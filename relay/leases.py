@@ -23,6 +23,8 @@ SQLite allows one relay only (the database is a local file), so its lease is alw
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from typing import Protocol
 
@@ -80,7 +82,7 @@ class AdvisoryLeases:
         self._engine = engine
         self._interval = interval
         self._timeout_ms = int(timeout * 1000)
-        self._source_key = murmur2(f"outboxkit-relay:{source_id}".encode())  # a signed int4, as locks take
+        self._source_key = lock_key(source_id)
         self._shards = [Shard(index, shards) for index in range(shards)]
         self._max_held = max_held or shards
         self._conn: Connection | None = None
@@ -143,6 +145,11 @@ class AdvisoryLeases:
             conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             # The server ends this session, and so the leases, if the heartbeat stops.
             conn.execute(text(f"set idle_session_timeout = {self._timeout_ms}"))
+            # How `outboxkit relay status` (and pg_stat_activity) tell which relay holds a shard.
+            conn.execute(
+                text("select set_config('application_name', :name, false)"),
+                {"name": f"outboxkit-relay {socket.gethostname()}:{os.getpid()}"},
+            )
             self._conn = conn
         return self._conn
 
@@ -159,6 +166,24 @@ class AdvisoryLeases:
             except SQLAlchemyError:
                 log.debug("lease connection already gone")
             self._conn = None
+
+
+def lock_key(source_id: str) -> int:
+    """The first key of a source's advisory locks (the second is the shard): a signed int4."""
+    return murmur2(f"outboxkit-relay:{source_id}".encode())
+
+
+def holders(conn: Connection, source_id: str) -> dict[int, str]:
+    """Shard index -> who holds its lease (the relay's `host:pid`), from the server's lock table."""
+    rows = conn.execute(
+        text(
+            "select l.objid, a.pid, a.application_name "
+            "from pg_locks l join pg_stat_activity a using (pid) "
+            "where l.locktype = 'advisory' and l.granted and l.objsubid = 2 and l.classid = :key"
+        ),
+        {"key": lock_key(source_id) & 0xFFFFFFFF},  # the lock table shows the key as an unsigned oid
+    )
+    return {int(row.objid): row.application_name or f"server backend {row.pid}" for row in rows}
 
 
 def _names(shards: frozenset[Shard]) -> str:

@@ -12,15 +12,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, create_engine, make_url, select, text
 from sqlalchemy.orm import Session
 
 import outbox
 from outbox import SETTINGS_KEY, OutboxSettings
 from outbox.kafka_settings import KafkaSettings
 from outbox.table import quarantine_table
-from relay import Relay, RelayService, SoleLease
+from relay import Relay, RelayService, RelaySettings, SoleLease
 from relay.run import Cleanup
+from relay.status import relay_status
 from relay.topics import ensure_topic
 from tests.conftest import PgSchema
 from tests.helpers import committed_records, make_relay
@@ -152,7 +153,7 @@ def test_many_concurrent_writers_lose_nothing_and_duplicate_nothing(
 
 
 def test_a_row_kafka_refuses_for_good_is_quarantined_with_its_reason_and_the_rest_flows(
-    kafka: KafkaSettings, pg_source: PgSource, unique_name: Callable[[str], str]
+    kafka: KafkaSettings, pg_source: PgSource, pg_schema: PgSchema, unique_name: Callable[[str], str]
 ) -> None:
     pg_source.topic = unique_name("small")
     ensure_topic(
@@ -163,7 +164,8 @@ def test_a_row_kafka_refuses_for_good_is_quarantined_with_its_reason_and_the_res
             session.add(Thing(id=n, group="k", n=n, note="x" * 20_000 if n == 2 else None))
         session.commit()
 
-    pg_source.relay = make_relay(pg_source.app, kafka, unique_name("src"), unique_name("ckpt"))
+    source, checkpoints = unique_name("src"), unique_name("ckpt")
+    pg_source.relay = make_relay(pg_source.app, kafka, source, checkpoints)
     pg_source.relay.start()
     assert pg_source.publish_all() == 4
 
@@ -175,6 +177,18 @@ def test_a_row_kafka_refuses_for_good_is_quarantined_with_its_reason_and_the_res
     assert json.loads(quarantined.payload)["state"]["n"] == 2  # kept whole, for an operator to act on
     assert "MSG_SIZE_TOO_LARGE" in quarantined.reason or "too large" in quarantined.reason.lower()
     assert quarantined.id not in left
+
+    url = (
+        make_url(pg_schema.url)
+        .update_query_dict(pg_schema.connect_args)
+        .render_as_string(hide_password=False)
+    )
+    seen = relay_status(
+        RelaySettings(database_url=url, source_id=source, checkpoint_topic=checkpoints, kafka=kafka)
+    )
+    assert (seen.quarantined, seen.backlog) == (1, 0)
+    assert f"quarantined #{quarantined.id} ThingCreated" in seen.render()
+    assert quarantined.reason in seen.render()
 
 
 def outbox_ids(app: Engine) -> list[int]:

@@ -6,6 +6,7 @@ the outcome is read from Kafka by an independent read_committed consumer.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, make_url
@@ -264,3 +266,39 @@ def test_kafka_stopped_for_twenty_seconds_then_restarted_loses_nothing(
     finally:
         relay.kill()
     assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 90)
+
+
+def status(sidecar: Sidecar) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "outboxkit.cli", "relay", "status", "--json"],
+        env=sidecar.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_status_shows_the_backlog_its_age_and_who_holds_each_shard(
+    kafka: KafkaSettings, sidecar: Sidecar
+) -> None:
+    sidecar.env["OUTBOXKIT_RELAY_SHARDS"] = "2"
+    sidecar.write(20)
+    before = status(sidecar)
+    assert before["backlog"] == 20
+    assert all(shard["lease_holder"] is None for shard in before["shards"])
+    assert all(shard["oldest_unpublished"] is not None for shard in before["shards"] if shard["backlog"])
+
+    relay = sidecar.start()
+    try:
+        wait_for_records(kafka, sidecar.topic, 20, timeout=60)
+        during = status(sidecar)
+        assert during["backlog"] == 0
+        assert all(shard["lease_holder"].endswith(f":{relay.process.pid}") for shard in during["shards"])
+        assert all("id" in shard["checkpoint"] for shard in during["shards"])
+    finally:
+        relay.kill()
+    assert [shard["lease_holder"] for shard in status(sidecar)["shards"]] == [None, None]

@@ -1,0 +1,127 @@
+"""`outboxkit relay status`: what an operator asks first — is anything stuck, lost or waiting?
+
+Everything is read from the sources of truth, not from a running relay: checkpoints from Kafka
+(read_committed, as a restarted relay would), backlog and quarantine from the outbox database,
+lease holders from PostgreSQL's lock table. So it works when no relay is running — which is when
+it is needed most.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, create_engine, func, select
+
+from outbox.table import outbox_table, quarantine_table
+from relay.capture import Backlog, Position, capture_for
+from relay.checkpoint import Checkpoints
+from relay.leases import holders
+from relay.settings import RelaySettings
+from relay.shards import Shard
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    shard: str
+    checkpoint: str
+    backlog: int
+    oldest_unpublished: datetime | None
+    lease_holder: str | None
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    id: int
+    event_id: str
+    type: str
+    reason: str
+    quarantined_at: datetime
+
+
+@dataclass(frozen=True)
+class RelayStatus:
+    source_id: str
+    shards: list[ShardStatus]
+    quarantined: int
+    latest_quarantined: list[Quarantined]
+    without_xid: int  # PostgreSQL rows written around outboxkit: the relay cannot order them
+
+    @property
+    def backlog(self) -> int:
+        return sum(shard.backlog for shard in self.shards)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self) | {"backlog": self.backlog}, default=str, indent=2)
+
+    def render(self, now: datetime | None = None) -> str:
+        now = now or datetime.now(UTC)
+        lines = [f"source {self.source_id}: {self.backlog} event(s) waiting, {self.quarantined} quarantined"]
+        for shard in self.shards:
+            age = (
+                f", oldest {(now - shard.oldest_unpublished).total_seconds():.1f}s old"
+                if shard.oldest_unpublished
+                else ""
+            )
+            lines.append(
+                f"  {shard.shard}: {shard.backlog} waiting{age}; lease: {shard.lease_holder or 'nobody'}; "
+                f"checkpoint: {shard.checkpoint}"
+            )
+        lines += [
+            f"  quarantined #{q.id} {q.type} ({q.event_id}) at {q.quarantined_at:%Y-%m-%d %H:%M}: {q.reason}"
+            for q in self.latest_quarantined
+        ]
+        if self.without_xid:
+            lines.append(
+                f"  WARNING: {self.without_xid} outbox row(s) have no xid (written without outboxkit): "
+                "they will never be published; write them with outbox.publish()"
+            )
+        return "\n".join(lines)
+
+
+def relay_status(settings: RelaySettings, *, quarantine_shown: int = 5) -> RelayStatus:
+    engine = create_engine(settings.database_url.get_secret_value())
+    try:
+        shards = [
+            _shard_status(settings, engine, Shard(index, settings.shards)) for index in range(settings.shards)
+        ]
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                held = holders(conn, settings.source_id)
+            shards = [
+                ShardStatus(**(asdict(status) | {"lease_holder": held.get(index)}))
+                for index, status in enumerate(shards)
+            ]
+        quarantined, latest, without_xid = _quarantine_and_strays(engine, quarantine_shown)
+    finally:
+        engine.dispose()
+    return RelayStatus(settings.source_id, shards, quarantined, latest, without_xid)
+
+
+def _shard_status(settings: RelaySettings, engine: Engine, shard: Shard) -> ShardStatus:
+    position: Position = Checkpoints(
+        settings.kafka, settings.checkpoint_topic, settings.source_id, shard
+    ).read()
+    backlog: Backlog = capture_for(engine, shard).backlog(position)
+    holder = "this process (SQLite has one relay)" if engine.dialect.name == "sqlite" else None
+    return ShardStatus(str(shard), str(position), backlog.rows, backlog.oldest, holder)
+
+
+def _quarantine_and_strays(engine: Engine, shown: int) -> tuple[int, list[Quarantined], int]:
+    q = quarantine_table.c
+    with engine.connect() as conn:
+        count = int(conn.execute(select(func.count()).select_from(quarantine_table)).scalar_one())
+        rows = conn.execute(
+            select(q.id, q.event_id, q.type, q.reason, q.quarantined_at)
+            .order_by(q.quarantined_at.desc())
+            .limit(shown)
+        ).all()
+        strays = 0
+        if engine.dialect.name == "postgresql":
+            strays = int(
+                conn.execute(
+                    select(func.count()).select_from(outbox_table).where(outbox_table.c.xid.is_(None))
+                ).scalar_one()
+            )
+    return count, [Quarantined(*row) for row in rows], strays

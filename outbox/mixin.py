@@ -35,6 +35,7 @@ from outbox import record
 from outbox.errors import BulkOperationError, ConfigurationError
 from outbox.record import Draft
 from outbox.settings import OutboxSettings, settings_for
+from outbox.wakeup import wrote_events
 
 Operation = Literal["created", "updated", "deleted"]
 _SNAPSHOTS = "outboxkit.deleted-state"
@@ -122,7 +123,11 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
         for o in session.deleted
         if isinstance(o, OutboxMixin)
     ]
-    record.write(session.connection(), [d for d in drafts if d is not None], settings)
+    written = [d for d in drafts if d is not None]
+    if written:
+        conn = session.connection()
+        record.write(conn, written, settings)
+        wrote_events(session, conn.engine)
 
 
 def _update_draft(obj: OutboxMixin, settings: OutboxSettings) -> Draft | None:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from outbox import record
 from outbox.event import Event
 from outbox.settings import settings_for
+from outbox.wakeup import wrote_events
 
 
 def publish(session: Session, event: Event, *, headers: dict[str, str] | None = None) -> str:
@@ -24,7 +25,9 @@ def publish(session: Session, event: Event, *, headers: dict[str, str] | None = 
     Raises an `OutboxError` at once, inside the transaction, for input the wire cannot carry.
     """
     session.flush()
-    [event_id] = record.write(session.connection(), [event.to_draft(headers)], settings_for(session))
+    conn = session.connection()
+    [event_id] = record.write(conn, [event.to_draft(headers)], settings_for(session))
+    wrote_events(session, conn.engine)
     return event_id
 
 

@@ -27,6 +27,11 @@ class OutboxSettings(BaseSettings):
         description="Largest serialised payload accepted. Kafka's default message.max.bytes is about "
         "1 MiB for the whole record, headers and key included, so the default leaves room for them.",
     )
+    notify_channel: str = Field(
+        "outboxkit",
+        description="PostgreSQL channel a background thread NOTIFYs after commits that wrote events, so the "
+        "relay (listening on the same channel) publishes at once. Empty: no notifications, the relay polls.",
+    )
     topic_template: str = Field(
         "outbox.event.{aggregate_type}",
         description="Topic of a model that names none, as Debezium's outbox event router routes by default.",

@@ -33,6 +33,7 @@ from relay.publisher import TransactionalPublisher
 from relay.quarantine import Quarantine
 from relay.settings import RelaySettings
 from relay.shards import Shard
+from relay.wakeup import Listener
 
 log = logging.getLogger("outboxkit.relay")
 
@@ -159,6 +160,7 @@ class RelayService:
         poll_interval: float = 0.5,
         lease_interval: float = 1.0,
         cleanup: Cleanup | None = None,
+        listener: Listener | None = None,
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -169,6 +171,8 @@ class RelayService:
         self._lease_interval = lease_interval
         self._cleanup = cleanup
         self._next_cleanup = 0.0
+        self._idle = listener.wait if listener is not None else sleep
+        self._listener = listener
         self._backoff = backoff or Backoff(sleep=sleep)
         self._sleep = sleep
         self._clock = clock
@@ -193,11 +197,13 @@ class RelayService:
                 if published == 0:
                     if drain and self._held <= self._active.keys():
                         break
-                    self._sleep(self._poll_interval)
+                    self._idle(self._poll_interval)
         finally:
             for relay in self._active.values():
                 relay.close()
             self._leases.close()
+            if self._listener is not None:
+                self._listener.close()
         return self.stats()
 
     def stats(self) -> RelayStats:
@@ -279,6 +285,11 @@ def relay_from_settings(settings: RelaySettings) -> RelayService:
         poll_interval=settings.poll_interval,
         lease_interval=settings.lease_interval,
         cleanup=Cleanup(retention=settings.retention) if settings.cleanup else None,
+        listener=(
+            Listener(engine, settings.notify_channel)
+            if engine.dialect.name == "postgresql" and settings.notify_channel
+            else None
+        ),
         backoff=Backoff(maximum=settings.max_backoff),
     )
 

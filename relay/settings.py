@@ -24,7 +24,16 @@ class RelaySettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     checkpoint_topic: str = "outboxkit.relay.checkpoints"
     batch_size: int = Field(500, ge=1, le=100_000, description="Events per Kafka transaction.")
-    poll_interval: float = Field(0.5, gt=0, description="Seconds between polls of an empty outbox.")
+    poll_interval: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds between polls of an empty outbox (when no notification wakes it first).",
+    )
+    notify_channel: str = Field(
+        "outboxkit",
+        description="PostgreSQL channel to LISTEN on for the app's wake-up NOTIFY "
+        "(OUTBOXKIT_OUTBOX_NOTIFY_CHANNEL on the app side). Empty: poll only.",
+    )
     max_backoff: float = Field(10.0, gt=0, description="Longest wait between retries after a failure.")
     shards: int = Field(
         1,

@@ -86,6 +86,7 @@ class Sidecar:
     app: Engine
     topic: str
     env: dict[str, str]
+    notify: bool = True
 
     def start(self, **env: str) -> RelayProcess:
         return RelayProcess(self.env | env)
@@ -103,7 +104,9 @@ class Sidecar:
 
     def write(self, count: int, *, first: int = 0, groups: int = 5) -> None:
         """`count` committed transactions, one new thing each (n = first, ...), over `groups` keys."""
-        settings = OutboxSettings(topic_template=self.topic)
+        settings = OutboxSettings(
+            topic_template=self.topic, notify_channel="outboxkit" if self.notify else ""
+        )
         for n in range(first, first + count):
             with Session(self.app, info={SETTINGS_KEY: settings}) as session:
                 session.add(Thing(group=f"g{n % groups}", n=n))
@@ -302,3 +305,27 @@ def test_status_shows_the_backlog_its_age_and_who_holds_each_shard(
     finally:
         relay.kill()
     assert [shard["lease_holder"] for shard in status(sidecar)["shards"]] == [None, None]
+
+
+def seconds_until_published(kafka: KafkaSettings, sidecar: Sidecar, first: int) -> float:
+    sidecar.write(1, first=first)
+    started = time.monotonic()
+    wait_for_records(kafka, sidecar.topic, first + 1, timeout=30)
+    return time.monotonic() - started
+
+
+def test_a_commit_wakes_an_idle_relay_at_once_instead_of_after_its_poll_interval(
+    kafka: KafkaSettings, sidecar: Sidecar
+) -> None:
+    sidecar.env["OUTBOXKIT_RELAY_POLL_INTERVAL"] = "6"
+    relay = sidecar.start()
+    try:
+        relay.wait_for("took the lease")
+        time.sleep(1)  # idle, waiting for a notification
+        woken = [seconds_until_published(kafka, sidecar, n) for n in range(3)]
+        sidecar.notify = False
+        polled = seconds_until_published(kafka, sidecar, 3)
+    finally:
+        relay.kill()
+    assert max(woken) < 2.0, woken
+    assert polled > 2.0  # without the notification it waits for its poll: the test can tell

@@ -6,7 +6,10 @@ The current OpenTelemetry context is injected with the globally configured propa
 
 from __future__ import annotations
 
-from opentelemetry.propagate import inject
+from collections.abc import Mapping
+
+from opentelemetry import trace
+from opentelemetry.propagate import extract, inject
 
 
 def current_trace_headers() -> dict[str, str]:
@@ -14,3 +17,9 @@ def current_trace_headers() -> dict[str, str]:
     carrier: dict[str, str] = {}
     inject(carrier)
     return carrier
+
+
+def span_context_from(headers: Mapping[str, str]) -> trace.SpanContext | None:
+    """The span an event was written in, from its headers; None if it carries no valid context."""
+    context = trace.get_current_span(extract(headers)).get_span_context()
+    return context if context.is_valid else None

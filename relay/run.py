@@ -14,11 +14,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanContext, SpanKind, Tracer
 from sqlalchemy import Engine, create_engine
 
 from outbox.backoff import Backoff
-from relay.capture import CaptureSource, Position, capture_for
+from outbox.envelope import Envelope
+from outbox.observe import Health, Metrics, serve
+from outbox.tracing import span_context_from
+from relay.capture import Backlog, CaptureSource, Position, capture_for
 from relay.checkpoint import Checkpoints
 from relay.errors import (
     CaptureError,
@@ -56,6 +62,7 @@ class RelayStats:
     aborted: int = 0
     quarantined: int = 0
     deleted: int = 0
+    commit_seconds: float = 0.0
     position: Position = field(default_factory=Position)
 
 
@@ -73,6 +80,7 @@ class Relay:
         poll_interval: float = 0.5,
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        tracer: Tracer | None = None,
     ) -> None:
         self._capture = capture
         self._publisher = publisher
@@ -83,6 +91,7 @@ class Relay:
         self._backoff = backoff or Backoff(sleep=sleep)
         self._sleep = sleep
         self._isolating = 0  # records left to publish one per transaction, to find a refused one
+        self._tracer = tracer or trace.get_tracer("outboxkit.relay")
         self.stats = RelayStats()
 
     def start(self) -> None:
@@ -105,7 +114,7 @@ class Relay:
             envelopes = [record.envelope for record in batch.records]
             try:
                 if envelopes:
-                    self._publisher.publish(envelopes, self._checkpoints.record(batch.position))
+                    self._publish(envelopes, batch.position)
             except UnpublishableRecordError as exc:
                 if len(envelopes) > 1:
                     self._isolating = len(envelopes)
@@ -126,6 +135,23 @@ class Relay:
             )
         self.stats.position = batch.position
         return len(batch.records)
+
+    def _publish(self, envelopes: list[Envelope], position: Position) -> None:
+        """One Kafka transaction, in a span linked to the spans the events were written in."""
+        links = [Link(context) for context in _contexts(envelopes)]
+        attributes: dict[str, str | int] = {
+            "messaging.system": "kafka",
+            "messaging.batch.message_count": len(envelopes),
+        }
+        with self._tracer.start_as_current_span(
+            "outboxkit.relay publish", kind=SpanKind.PRODUCER, links=links, attributes=attributes
+        ):
+            started = time.monotonic()
+            self._publisher.publish(envelopes, self._checkpoints.record(position))
+            self.stats.commit_seconds += time.monotonic() - started
+
+    def backlog(self) -> Backlog:
+        return self._capture.backlog(self.stats.position)
 
     def delete_published(self, limit: int, created_before: datetime | None) -> int:
         """Delete up to `limit` outbox rows this relay has published (and committed to Kafka)."""
@@ -161,6 +187,7 @@ class RelayService:
         lease_interval: float = 1.0,
         cleanup: Cleanup | None = None,
         listener: Listener | None = None,
+        http_port: int | None = None,
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -173,6 +200,10 @@ class RelayService:
         self._next_cleanup = 0.0
         self._idle = listener.wait if listener is not None else sleep
         self._listener = listener
+        self._http_port = http_port
+        self.health = Health()
+        self.metrics = self._metrics()
+        self._retired = RelayStats()  # totals of relays whose shard this process gave up
         self._backoff = backoff or Backoff(sleep=sleep)
         self._sleep = sleep
         self._clock = clock
@@ -186,11 +217,13 @@ class RelayService:
 
     def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> RelayStats:
         """Loop until `should_stop()`; with `drain`, also stop once the held shards are caught up."""
+        server = serve(self._http_port, self.metrics, self.health) if self._http_port is not None else None
         try:
             while not should_stop():
                 self._refresh_leases()
                 published = self._step_all()
                 self._clean_up()
+                self.health.beat(ok=published is not None)
                 if published is None:
                     continue  # a failure: the backoff has already waited
                 self._backoff.reset()
@@ -204,19 +237,59 @@ class RelayService:
             self._leases.close()
             if self._listener is not None:
                 self._listener.close()
+            if server is not None:
+                server.shutdown()
         return self.stats()
 
     def stats(self) -> RelayStats:
-        """Totals over the shards active now; the position is the first shard's."""
+        """Totals since start; the position is the first active shard's."""
         relays = [self._active[shard] for shard in sorted(self._active)]
         total = RelayStats(position=relays[0].stats.position if relays else Position())
-        for relay in relays:
-            total.published += relay.stats.published
-            total.transactions += relay.stats.transactions
-            total.aborted += relay.stats.aborted
-            total.quarantined += relay.stats.quarantined
-            total.deleted += relay.stats.deleted
+        for stats in [self._retired, *(relay.stats for relay in relays)]:
+            total.published += stats.published
+            total.transactions += stats.transactions
+            total.aborted += stats.aborted
+            total.quarantined += stats.quarantined
+            total.deleted += stats.deleted
+            total.commit_seconds += stats.commit_seconds
         return total
+
+    def _metrics(self) -> Metrics:
+        metrics = Metrics()
+        for name, text in (
+            ("published", "events published (committed to Kafka)"),
+            ("transactions", "Kafka transactions committed"),
+            ("aborted", "Kafka transactions aborted and retried"),
+            ("quarantined", "outbox rows Kafka refused for good, moved to outbox_quarantine"),
+            ("deleted", "published outbox rows deleted by cleanup"),
+            ("commit_seconds", "seconds spent producing and committing Kafka transactions"),
+        ):
+            metrics.counter(f"outboxkit_relay_{name}_total", text, partial(self._total, name))
+        metrics.gauge(
+            "outboxkit_relay_shards_held", "shards this relay publishes", lambda: float(len(self._active))
+        )
+        metrics.gauge(
+            "outboxkit_relay_backlog_events", "committed events not yet published", self._backlog_rows
+        )
+        metrics.gauge(
+            "outboxkit_relay_oldest_unpublished_seconds",
+            "age of the oldest unpublished event",
+            self._oldest_age,
+        )
+        return metrics
+
+    def _total(self, name: str) -> float:
+        return float(getattr(self.stats(), name))
+
+    def _backlogs(self) -> list[Backlog]:
+        return [relay.backlog() for relay in list(self._active.values())]
+
+    def _backlog_rows(self) -> float:
+        return float(sum(backlog.rows for backlog in self._backlogs()))
+
+    def _oldest_age(self) -> float:
+        oldest = [backlog.oldest for backlog in self._backlogs() if backlog.oldest is not None]
+        return (datetime.now(UTC) - min(oldest)).total_seconds() if oldest else 0.0
 
     def _refresh_leases(self) -> None:
         if self._clock() < self._next_refresh:
@@ -225,7 +298,9 @@ class RelayService:
         self._held = self._leases.refresh()
         for shard in self._active.keys() - self._held:
             log.warning("no longer holds the lease of %s: stopped publishing it", shard)
-            self._active.pop(shard).close()
+            gone = self._active.pop(shard)
+            gone.close()
+            self._retire(gone.stats)
         for shard in sorted(self._held - self._active.keys()):
             try:
                 self._active[shard] = self._relay_for(shard)
@@ -233,6 +308,10 @@ class RelayService:
                 raise
             except RelayError as exc:
                 log.warning("cannot start publishing %s yet (%s); retrying", shard, exc)
+
+    def _retire(self, stats: RelayStats) -> None:
+        for name in ("published", "transactions", "aborted", "quarantined", "deleted", "commit_seconds"):
+            setattr(self._retired, name, getattr(self._retired, name) + getattr(stats, name))
 
     def _clean_up(self) -> None:
         if self._cleanup is None or self._clock() < self._next_cleanup:
@@ -264,6 +343,18 @@ class RelayService:
         return published
 
 
+def _contexts(envelopes: list[Envelope], most: int = 128) -> list[SpanContext]:
+    found: list[SpanContext] = []
+    for envelope in envelopes:
+        headers = {name: value.decode(errors="replace") for name, value in envelope.extra_headers}
+        context = span_context_from(headers)
+        if context is not None:
+            found.append(context)
+            if len(found) == most:  # a bounded cost per batch, whatever its size
+                break
+    return found
+
+
 def relay_from_settings(settings: RelaySettings) -> RelayService:
     """Compose the relay service from its settings: the one place that picks the parts."""
     engine = create_engine(settings.database_url.get_secret_value(), pool_pre_ping=True)
@@ -290,6 +381,7 @@ def relay_from_settings(settings: RelaySettings) -> RelayService:
             if engine.dialect.name == "postgresql" and settings.notify_channel
             else None
         ),
+        http_port=settings.http_port,
         backoff=Backoff(maximum=settings.max_backoff),
     )
 

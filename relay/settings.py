@@ -57,6 +57,12 @@ class RelaySettings(BaseSettings):
         "standby. Keep it above the longest Kafka commit (30 s at most) you want to ride out.",
     )
 
+    http_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics, /healthz and /readyz on this port (off when unset).",
+    )
     cleanup: bool = Field(
         True, description="Delete published rows from the outbox (in short batches that never block writers)."
     )

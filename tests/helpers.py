@@ -11,6 +11,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from opentelemetry.trace import Tracer
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.orm import Session
 
@@ -41,7 +42,13 @@ def emit(engine: Engine, topic: str, count: int, *, key: str = "k") -> list[str]
 
 
 def make_relay(
-    engine: Engine, kafka: KafkaSettings, source_id: str, checkpoint_topic: str, *, batch_size: int = 500
+    engine: Engine,
+    kafka: KafkaSettings,
+    source_id: str,
+    checkpoint_topic: str,
+    *,
+    batch_size: int = 500,
+    tracer: Tracer | None = None,
 ) -> Relay:
     return Relay(
         capture_for(engine),
@@ -50,6 +57,7 @@ def make_relay(
         Quarantine(engine),
         poll_interval=0.05,
         batch_size=batch_size,
+        tracer=tracer,
     )
 
 

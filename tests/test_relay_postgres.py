@@ -12,6 +12,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from sqlalchemy import Engine, create_engine, make_url, select, text
 from sqlalchemy.orm import Session
 
@@ -230,3 +234,31 @@ def test_cleanup_deletes_published_rows_only_and_keeps_them_for_the_retention(
     publish_and_clean()  # the second run's base snapshot sees the first run's delta
     assert outbox_ids(pg_source.app) == []
     assert [r.value["state"]["n"] for r in committed_records(kafka, pg_source.topic)] == [1, 3, 2]
+
+
+def test_each_batch_is_a_producer_span_linked_to_the_spans_its_events_were_written_in(
+    kafka: KafkaSettings, pg_source: PgSource, unique_name: Callable[[str], str]
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app_tracer = provider.get_tracer("the app")
+    written = []
+    for n in range(3):
+        with app_tracer.start_as_current_span(f"request {n}") as span, pg_source.session() as session:
+            session.add(Thing(id=n, group="k", n=n))
+            session.commit()
+            written.append(span.get_span_context())
+
+    relay = make_relay(
+        pg_source.app, kafka, unique_name("src"), unique_name("ckpt"), tracer=provider.get_tracer("r")
+    )
+    relay.start()
+    relay.step()
+
+    [batch] = [span for span in exporter.get_finished_spans() if span.name == "outboxkit.relay publish"]
+    assert batch.kind == SpanKind.PRODUCER
+    assert batch.attributes is not None
+    assert batch.attributes["messaging.batch.message_count"] == 3
+    linked = [(link.context.trace_id, link.context.span_id) for link in batch.links]
+    assert linked == [(context.trace_id, context.span_id) for context in written]

@@ -10,10 +10,13 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,3 +332,46 @@ def test_a_commit_wakes_an_idle_relay_at_once_instead_of_after_its_poll_interval
         relay.kill()
     assert max(woken) < 2.0, woken
     assert polled > 2.0  # without the notification it waits for its poll: the test can tell
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
+
+
+def test_metrics_and_probes_show_backlog_progress_and_readiness(
+    kafka: KafkaSettings, sidecar: Sidecar
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sidecar.env |= {"OUTBOXKIT_RELAY_HTTP_PORT": str(port), "OUTBOXKIT_RELAY_POLL_INTERVAL": "0.5"}
+    relay = sidecar.start()
+    try:
+        relay.wait_for("took the lease")
+        deadline = time.monotonic() + 30
+        while get(port, "/readyz")[0] != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.1)
+        assert get(port, "/healthz") == (200, "ok\n")
+        assert get(port, "/nothing")[0] == 404
+
+        sidecar.write(12)
+        wait_for_records(kafka, sidecar.topic, 12, timeout=30)
+        status_code, text = get(port, "/metrics")
+        assert status_code == 200
+        assert metric(text, "outboxkit_relay_published_total") == 12
+        assert metric(text, "outboxkit_relay_shards_held") == 1
+        assert metric(text, "outboxkit_relay_backlog_events") == 0
+        assert metric(text, "outboxkit_relay_commit_seconds_total") > 0
+        assert "# TYPE outboxkit_relay_published_total counter" in text
+    finally:
+        relay.kill()

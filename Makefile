@@ -25,6 +25,9 @@ test: $(BIN)/outboxkit lint
 bench: $(BIN)/outboxkit
 	scripts/services up postgres
 	$(BIN)/python -m bench b1
+	scripts/services up kafka
+	$(BIN)/python -m bench b2
+	$(BIN)/python -m bench b3 --wakeup
 
 lint: $(BIN)/outboxkit
 	$(BIN)/ruff check .

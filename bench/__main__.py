@@ -1,8 +1,11 @@
 """`python -m bench <benchmark> [options]`: run one benchmark, print its Markdown table and write
 its JSON results (default `bench/results/<benchmark>.json`, ignored by git).
 
-A benchmark is a module with `TITLE` and `run(server_url, options) -> Report`; adding B2..B5 means
-adding them to `BENCHMARKS`. The options are shared, so every benchmark is run the same way.
+A benchmark is a module with `TITLE` and `run(endpoints, options) -> Report` (B1 takes only the
+PostgreSQL URL); adding one means adding it to `BENCHMARKS`. The options are shared, so every
+benchmark is run the same way; each has its own default length (B2 drains a backlog however long
+that takes, B3 offers load for 10 s). The load average before and after goes into the output: the
+reference machines are shared, and a figure taken under foreign load should be read as such.
 """
 
 from __future__ import annotations
@@ -11,67 +14,123 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
-from bench import b1
+from bench import b1, b2, b3
 from bench.pg import Endpoints
-from bench.report import BenchmarkError, Options, Report, markdown, write_json
+from bench.report import BenchmarkError, Options, Report, markdown, run_facts, write_json
+
+
+class Defaults(NamedTuple):
+    """--seconds and --reps when not given."""
+
+    seconds: float
+    reps: int
 
 
 class Benchmark(NamedTuple):
-    """A subcommand: its one-line help, and how to run it against a PostgreSQL server URL."""
+    """A subcommand: its one-line help, how to run it against the services, its default lengths."""
 
     title: str
-    run: Callable[[str, Options], Report]
+    run: Callable[[Endpoints, Options], Report]
+    full: Defaults
+    quick: Defaults
 
 
-BENCHMARKS = {"b1": Benchmark(b1.TITLE, b1.run)}
-RESULTS = Path(__file__).parent / "results"
 MIN_REPS = 3  # the benchmark rules: fewer repetitions give no median worth quoting
-FULL_SECONDS, QUICK_SECONDS = 5.0, 1.0
-FULL_REPS = 5
+QUICK = Defaults(seconds=1.0, reps=1)
+BENCHMARKS = {
+    "b1": Benchmark(
+        b1.TITLE, lambda endpoints, options: b1.run(endpoints.pg_url, options), Defaults(5.0, 5), QUICK
+    ),
+    "b2": Benchmark(b2.TITLE, b2.run, Defaults(5.0, MIN_REPS), QUICK),  # drains: --seconds unused
+    "b3": Benchmark(b3.TITLE, b3.run, Defaults(10.0, MIN_REPS), Defaults(2.0, 1)),
+}
+RESULTS = Path(__file__).parent / "results"
+N = TypeVar("N", int, float)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    options = _options(args)
+    benchmark = BENCHMARKS[args.benchmark]
+    options = _options(args, benchmark)
     minimum = 1 if options.quick else MIN_REPS
     if options.reps < minimum or options.seconds <= 0:
         parser.error(
             f"give --reps of at least {minimum} and --seconds above 0 "
             f"(fewer than {MIN_REPS} repetitions give no median worth quoting; --quick is for smoke runs)"
         )
+    before = run_facts()
     try:
-        report = BENCHMARKS[args.benchmark].run(Endpoints().pg_url, options)
+        report = benchmark.run(Endpoints(), options)
     except BenchmarkError as exc:
         print(f"bench {args.benchmark}: {exc}", file=sys.stderr)
         return 1
     path = args.json or RESULTS / f"{args.benchmark}.json"
-    write_json(path, report, options)
+    write_json(path, report, options, before=before)
     print(markdown(report))
-    print(f"\n{'quick run: figures not for quoting; ' if options.quick else ''}results in {path}")
+    print(_conditions(before, run_facts()))
+    print(f"{'quick run: figures not for quoting; ' if options.quick else ''}results in {path}")
     return 0
 
 
-def _options(args: argparse.Namespace) -> Options:
+def _conditions(before: dict[str, object], after: dict[str, object]) -> str:
+    """The load average and the code at start and end: a figure belongs to both."""
+    lines = [f"\nload average (1, 5, 15 min): before {_load(before)}, after {_load(after)}"]
+    lines.append(f"code: {_code(before['code'])}")
+    if after["code"] != before["code"]:
+        lines.append(f"code CHANGED during the run, now: {_code(after['code'])}")
+    return "\n".join(lines)
+
+
+def _load(facts: dict[str, object]) -> str:
+    averages = facts["load_average"]
+    return ", ".join(f"{a:.2f}" for a in averages) if isinstance(averages, tuple) else str(averages)
+
+
+def _code(facts: object) -> str:
+    if not isinstance(facts, dict) or not facts:
+        return "not a git checkout"
+    changed = ", ".join(map(str, facts["uncommitted"]))
+    return f"commit {str(facts['commit'])[:10]}, " + (
+        f"uncommitted changes in {changed}" if changed else "clean"
+    )
+
+
+def _options(args: argparse.Namespace, benchmark: Benchmark) -> Options:
     """--quick changes the defaults only: an explicit --seconds or --reps still wins."""
     quick: bool = args.quick
+    defaults = benchmark.quick if quick else benchmark.full
     return Options(
-        seconds=args.seconds if args.seconds is not None else (QUICK_SECONDS if quick else FULL_SECONDS),
-        reps=args.reps if args.reps is not None else (1 if quick else FULL_REPS),
+        seconds=args.seconds if args.seconds is not None else defaults.seconds,
+        reps=args.reps if args.reps is not None else defaults.reps,
         clients=args.clients,
         quick=quick,
+        rows=args.rows,
+        naive_rows=args.naive_rows,
+        batch_sizes=args.batch_sizes,
+        rate=args.rate,
+        poll_intervals=args.poll_intervals,
+        wakeup=args.wakeup,
     )
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--quick", action="store_true", help="1 repetition of 1 s: catches crashes only")
-    common.add_argument("--seconds", type=float, help=f"per measurement (default {FULL_SECONDS:g})")
-    common.add_argument("--reps", type=int, help=f"repetitions of each variant (default {FULL_REPS})")
-    common.add_argument("--clients", type=_clients, default=(1, 8), help="comma-separated (default 1,8)")
+    common.add_argument("--quick", action="store_true", help="1 short repetition: catches crashes only")
+    common.add_argument("--seconds", type=float, help="per measurement (b1 5, b3 10; b2 drains)")
+    common.add_argument("--reps", type=int, help="repetitions of each variant (b1 5, b2 and b3 3)")
     common.add_argument("--json", type=Path, help="results file (default bench/results/<benchmark>.json)")
+    common.add_argument("--clients", type=_positive(int), default=(1, 8), help="b1: comma-separated (1,8)")
+    common.add_argument("--rows", type=int, help="b2: outbox backlog (200000; quick 5000)")
+    common.add_argument("--naive-rows", type=int, help="b2: rows the naive poller drains (5000; quick 500)")
+    common.add_argument("--batch-sizes", type=_positive(int), help="b2: comma-separated (100,500,2000)")
+    common.add_argument("--rate", type=float, help="b3: offered events/s (1000; quick 200)")
+    common.add_argument(
+        "--poll-intervals", type=_positive(float), help="b3: seconds, baseline first (0.5,0.02)"
+    )
+    common.add_argument("--wakeup", action="store_true", help="b3: also the relay woken by the app's NOTIFY")
     parser = argparse.ArgumentParser(prog="python -m bench", description="outboxkit benchmarks")
     commands = parser.add_subparsers(dest="benchmark", required=True)
     for name, benchmark in BENCHMARKS.items():
@@ -79,14 +138,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _clients(text: str) -> tuple[int, ...]:
-    try:
-        clients = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        clients = ()
-    if not clients or min(clients) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give client counts like 1,8")
-    return clients
+def _positive(kind: Callable[[str], N]) -> Callable[[str], tuple[N, ...]]:
+    """A parser of comma-separated positive numbers, e.g. client counts 1,8 or intervals 0.5,0.02."""
+
+    def parse(text: str) -> tuple[N, ...]:
+        try:
+            values = tuple(kind(part) for part in text.split(","))
+        except ValueError:
+            values = ()
+        if not values or min(values) <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: give positive numbers like 1,8")
+        return values
+
+    return parse
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""PostgreSQL for the benchmarks: where it is, a scratch database per run, facts about the server.
+"""The services for the benchmarks: where PostgreSQL and Kafka are, a scratch database per run,
+facts about the server.
 
 Each run gets a database of its own, created at the start and dropped at the end (also when the
 run fails), so benchmark tables never meet the test suite's and a run always starts empty.
@@ -14,13 +15,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
+from outbox.kafka_settings import KafkaSettings
+
 
 class Endpoints(BaseSettings):
-    """Where PostgreSQL is: OUTBOXKIT_PG_URL, the variable scripts/services and the tests honour."""
+    """Where the services are: OUTBOXKIT_PG_URL and OUTBOXKIT_KAFKA_BOOTSTRAP, the variables
+    scripts/services and the tests honour."""
 
     model_config = SettingsConfigDict(env_prefix="OUTBOXKIT_", extra="ignore")
 
     pg_url: str = "postgresql://outboxkit@127.0.0.1:55432/outboxkit"
+    kafka_bootstrap: str = "127.0.0.1:19092"
+
+    @property
+    def kafka(self) -> KafkaSettings:
+        """Client settings for the broker, as the relay and the tests build them."""
+        return KafkaSettings(bootstrap_servers=self.kafka_bootstrap)
 
 
 @contextmanager

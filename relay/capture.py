@@ -292,7 +292,7 @@ def _records(rows: Sequence[Row[Any]]) -> list[OutboxRecord]:
 
 
 def _envelope(row: Row[Any]) -> Envelope:
-    headers: dict[str, str] = json.loads(row.headers or "{}")
+    headers: dict[str, str] = {} if row.headers in (None, "", "{}") else json.loads(row.headers)
     return Envelope(
         event_id=row.event_id,
         topic=row.topic,

@@ -344,14 +344,15 @@ class RelayService:
 
 
 def _contexts(envelopes: list[Envelope], most: int = 128) -> list[SpanContext]:
+    """The write-time span contexts of the first `most` events: a bounded cost per batch."""
     found: list[SpanContext] = []
-    for envelope in envelopes:
+    for envelope in envelopes[:most]:
+        if not envelope.extra_headers:
+            continue  # written outside any span: nothing to extract
         headers = {name: value.decode(errors="replace") for name, value in envelope.extra_headers}
         context = span_context_from(headers)
         if context is not None:
             found.append(context)
-            if len(found) == most:  # a bounded cost per batch, whatever its size
-                break
     return found
 
 

@@ -1,4 +1,5 @@
-"""B1 runs, reports, and refuses to report a figure its tables contradict.
+"""The benchmarks run, report, and refuse to report a figure their checks contradict: B1 its
+tables, B2 and B3 what a read_committed consumer finds in Kafka.
 
 Quick mode only: these catch a broken benchmark, they do not judge the outbox's speed.
 """
@@ -9,16 +10,22 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import confluent_kafka
 import pytest
 from sqlalchemy import delete, event
 from sqlalchemy.orm import Session
 
-from bench import b1
+from bench import b1, b2, b3
+from bench.pg import Endpoints
 from bench.report import BenchmarkError, Options
 from outbox import outbox_table
+from outbox.envelope import Envelope
+from outbox.kafka_settings import KafkaSettings
+from relay import TransactionalPublisher
+from relay.checkpoint import CheckpointRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,3 +69,94 @@ def outbox_losing_its_rows() -> Iterator[None]:
 def test_b1_refuses_a_figure_when_the_outbox_wrote_no_rows(pg_database: str) -> None:
     with pytest.raises(BenchmarkError, match="outbox grew by 0 rows"):
         b1.run(pg_database, Options(seconds=0.2, reps=1, clients=(1,), quick=True))
+
+
+def _run_quick(benchmark: str, results: Path, pg_database: str, kafka: KafkaSettings) -> str:
+    """`python -m bench <benchmark> --quick` against the test services; its standard output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", benchmark, "--quick", "--json", str(results)],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "OUTBOXKIT_PG_URL": pg_database,
+            "OUTBOXKIT_KAFKA_BOOTSTRAP": kafka.bootstrap_servers,
+        },
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_b2_quick_drains_with_all_three_variants_and_reports_ratios(
+    pg_database: str, kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    results = tmp_path / "b2.json"
+    stdout = _run_quick("b2", results, pg_database, kafka)
+    assert "| B2 relay drain | 500 |" in stdout
+    assert "naive: drained the oldest 500 rows of the 5,000-row backlog" in stdout
+    document = json.loads(results.read_text())
+    [result] = document["results"]
+    assert (result["batch_size"], result["rows"], result["naive_rows"]) == (500, 5000, 500)
+    for variant in ("outboxkit", "naive", "ceiling"):
+        assert len(result[variant]) == 1  # --quick: one repetition
+        assert result[variant][0] > 0
+        assert result["cpu_per_1k"][variant][0] > 0
+    assert result["vs_naive"] == pytest.approx(result["outboxkit_median"] / result["naive_median"])
+    assert result["vs_ceiling"] == pytest.approx(result["outboxkit_median"] / result["ceiling_median"])
+    assert [goal["where"] for goal in document["goals"]] == ["batch size 500 (default)"] * 3
+    assert document["host"]["kafka"]["librdkafka"] == confluent_kafka.libversion()[0]
+    assert document["host"]["kafka"]["bootstrap_servers"] == kafka.bootstrap_servers
+
+
+@pytest.fixture
+def relay_publishing_its_first_batch_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relay that is not exactly-once: its first batch goes out again in a second transaction."""
+    publish = TransactionalPublisher.publish
+    calls = 0
+
+    def twice(
+        self: TransactionalPublisher, envelopes: Sequence[Envelope], checkpoint: CheckpointRecord
+    ) -> None:
+        nonlocal calls
+        calls += 1
+        publish(self, envelopes, checkpoint)
+        if calls == 1:
+            publish(self, envelopes, checkpoint)
+
+    monkeypatch.setattr(TransactionalPublisher, "publish", twice)
+
+
+@pytest.mark.usefixtures("relay_publishing_its_first_batch_twice")
+def test_b2_refuses_a_figure_when_the_topic_holds_duplicates(pg_database: str, kafka: KafkaSettings) -> None:
+    options = Options(
+        seconds=1, reps=1, clients=(1,), quick=True, rows=1000, naive_rows=20, batch_sizes=(200,)
+    )
+    with pytest.raises(BenchmarkError, match=r"outboxkit/200: .* 1200 committed records for 1000 events"):
+        b2.run(Endpoints(pg_url=pg_database, kafka_bootstrap=kafka.bootstrap_servers), options)
+
+
+def test_b3_quick_reports_latency_percentiles_for_both_poll_intervals(
+    pg_database: str, kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    results = tmp_path / "b3.json"
+    stdout = _run_quick("b3", results, pg_database, kafka)
+    assert "| commit -> visible p99 |" in stdout
+    document = json.loads(results.read_text())
+    assert [r["poll_interval"] for r in document["results"]] == [0.5, 0.02]
+    for result in document["results"]:
+        [run] = result["runs"]  # --quick: one repetition of 200 events/s for 2 s
+        assert run["events"] == 400
+        assert 0 < run["achieved"] <= 1.1 * run["offered"]
+        assert 0 < run["commit_p50"] <= run["commit_p95"] <= run["commit_p99"] <= run["commit_max"]
+    assert len(document["goals"]) == 2
+    assert document["host"]["kafka"]["librdkafka"] == confluent_kafka.libversion()[0]
+
+
+@pytest.mark.usefixtures("relay_publishing_its_first_batch_twice")
+def test_b3_refuses_figures_when_an_event_arrives_twice(pg_database: str, kafka: KafkaSettings) -> None:
+    options = Options(1, 1, (1,), quick=True, rate=50, poll_intervals=(0.02,))
+    with pytest.raises(BenchmarkError, match=r"B3: .* duplicated"):
+        b3.run(Endpoints(pg_url=pg_database, kafka_bootstrap=kafka.bootstrap_servers), options)

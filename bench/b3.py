@@ -1,0 +1,403 @@
+"""B3, live latency: how long a committed outbox event takes to become visible in Kafka.
+
+What a consumer of the events waits for in steady state: from the application's commit to the
+moment a read_committed consumer can read the event. A relay runs in a background thread, as the
+sidecar's loop (`Relay.run` with a stop flag) on a PostgreSQL outbox; open-loop writer processes
+(`bench.writers`) commit one event per transaction at the offered rate; a read_committed consumer
+thread notes when each event arrives, matching it by the schedule number in its payload.
+
+An idle relay sleeps `poll_interval` between polls, so the latency is measured at the default
+0.5 s (the baseline) and at 0.02 s. `--wakeup` adds the relay woken by the app's NOTIFY
+(`relay.wakeup.Listener`, polling 0.5 s as fallback), which `Relay.run` does not use. Each
+measurement starts from an empty outbox with a fresh topic and a fresh relay source, and
+repetitions are interleaved (0.5, 0.02, 0.5, ...). Latencies are percentiles of every event of a
+measurement; the table gives the median over the repetitions with their min-max.
+
+Honesty checks: the writers must have committed every event of the schedule, the consumer must
+have seen each committed event exactly once and nothing else, and the topic read to its end
+after the relay stopped must hold exactly those records; otherwise the run fails.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import queue
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from statistics import median
+from typing import Any, NamedTuple
+
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
+from sqlalchemy import URL, Engine, create_engine, text
+
+import outbox
+from bench import writers
+from bench.kafka import (
+    PARTITIONS,
+    Topics,
+    broker_facts,
+    check_exactly,
+    committed_event_ids,
+    header,
+    read_committed_consumer,
+    run_topics,
+)
+from bench.pg import Endpoints, scratch_database, server_facts
+from bench.report import BenchmarkError, Goal, Options, Report, Table, percentile
+from outbox.envelope import HEADER_EVENT_ID
+from outbox.kafka_settings import KafkaSettings
+from outbox.settings import OutboxSettings
+from relay import Checkpoints, PostgresCapture, Relay, RelayService, SoleLease, TransactionalPublisher
+from relay.quarantine import Quarantine
+from relay.wakeup import Listener
+
+TITLE = "live latency: commit -> visible to a read_committed consumer, open-loop writers, relay polling"
+NAME = "B3 live latency"
+FULL_RATE, QUICK_RATE = 1000.0, 200.0
+POLL_INTERVALS = (0.5, 0.02)  # the relay's default first: the baseline
+PER_WRITER = 250.0  # events/s one writer process is asked for (a commit takes 1-3 ms on 2 cores)
+SETTLE = 30.0  # seconds past the last commit for the last events to arrive
+GOAL_P99_MS, GOAL_RATE = 100.0, 1000.0
+# librdkafka's defaults: what the sink's consumer uses too. A fetch waits for new data up to
+# fetch.wait.max.ms (500 ms), but the broker answers as soon as committed data is there.
+CONSUMER: dict[str, str | int | bool] = {}
+
+
+class Variant(NamedTuple):
+    """How the relay waits when the outbox is empty: `poll_interval`, or until the app's NOTIFY."""
+
+    poll_interval: float
+    wakeup: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"poll {self.poll_interval:g} s" + (" + wake-up" if self.wakeup else "")
+
+
+@dataclass(frozen=True)
+class Latencies:
+    """One measurement: rates, and percentiles in milliseconds."""
+
+    poll_interval: float
+    wakeup: bool
+    offered: float
+    achieved: float
+    events: int
+    commit_p50: float
+    commit_p95: float
+    commit_p99: float
+    commit_max: float
+    due_p99: float  # from the time the event was due: includes a late writer's lag
+    lag_p99: float  # how late writers started a transaction
+
+
+FIGURES = (
+    ("achieved", "achieved rate", "events/s"),
+    ("commit_p50", "commit -> visible p50", "ms"),
+    ("commit_p95", "commit -> visible p95", "ms"),
+    ("commit_p99", "commit -> visible p99", "ms"),
+    ("commit_max", "commit -> visible max", "ms"),
+    ("due_p99", "due -> visible p99", "ms"),
+    ("lag_p99", "writer start lag p99", "ms"),
+)
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Every repetition of one variant."""
+
+    benchmark: str
+    poll_interval: float
+    wakeup: bool
+    runs: tuple[Latencies, ...]
+
+    @property
+    def label(self) -> str:
+        return Variant(self.poll_interval, self.wakeup).label
+
+    def median(self, figure: str) -> float:
+        return float(median(getattr(run, figure) for run in self.runs))
+
+    def to_json(self) -> dict[str, object]:
+        medians = {f"{figure}_median": self.median(figure) for figure, _, _ in FIGURES}
+        return {**asdict(self), **medians}
+
+
+def run(endpoints: Endpoints, options: Options) -> Report:
+    """Measure each variant `options.reps` times, interleaved, in a scratch database."""
+    rate = options.rate or (QUICK_RATE if options.quick else FULL_RATE)
+    variants = [Variant(interval) for interval in options.poll_intervals or POLL_INTERVALS]
+    variants += [Variant(POLL_INTERVALS[0], wakeup=True)] if options.wakeup else []
+    kafka = endpoints.kafka
+    with scratch_database(endpoints.pg_url) as url, run_topics(kafka, "outboxkit-bench.b3") as topics:
+        engine = create_engine(url, pool_pre_ping=True)
+        try:
+            outbox.metadata.create_all(engine)
+            runs: dict[Variant, list[Latencies]] = {variant: [] for variant in variants}
+            for _ in range(options.reps):
+                for variant in variants:
+                    runs[variant].append(_measure(engine, url, topics, variant, rate, options.seconds))
+            results = [LatencyResult(NAME, v.poll_interval, v.wakeup, tuple(runs[v])) for v in variants]
+            return _report(results, rate, options.seconds, server_facts(engine), broker_facts(kafka))
+        finally:
+            engine.dispose()
+
+
+def _measure(  # noqa: PLR0917 - one measurement's whole setting
+    engine: Engine, url: URL, topics: Topics, variant: Variant, rate: float, seconds: float
+) -> Latencies:
+    """One measurement on an empty outbox: relay and consumer first, then the writers' schedule."""
+    _empty(engine)
+    topic = topics.new(f"b3-poll-{variant.poll_interval:g}{'-wakeup' if variant.wakeup else ''}")
+    events = max(1, round(rate * seconds))
+    with _Watcher(topics.kafka, topic) as watcher, _RelayThread(engine, topics, variant) as relay:
+        sent = _write_all(url.render_as_string(hide_password=False), topic, rate, events)
+        watcher.wait_for(len(sent), deadline=time.monotonic() + variant.poll_interval + SETTLE)
+        relay.stop()
+    seen = watcher.seen
+    _check(events, sent, seen)
+    # And the whole topic, read to its end once the relay stopped: no copy came after the watcher.
+    check_exactly("B3 topic", [event_id for _, _, event_id in seen], committed_event_ids(topics.kafka, topic))
+    return _latencies(variant, rate, sent, {seq: at for seq, at, _ in seen})
+
+
+def _empty(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE outbox, outbox_versions"))
+
+
+def _write_all(url: str, topic: str, rate: float, events: int) -> list[writers.Sent]:
+    """Run the schedule on `ceil(rate / PER_WRITER)` spawned writer processes; what they committed."""
+    count = max(1, math.ceil(rate / PER_WRITER))
+    context = multiprocessing.get_context("spawn")
+    ready, go = context.Barrier(count + 1, timeout=120), context.Barrier(count + 1, timeout=120)
+    start, results = context.Value("d", 0.0), context.Queue()
+    processes = [
+        context.Process(
+            target=writers.write,
+            args=(writers.Schedule(url, topic, rate, events, n, count), ready, go, start, results),
+            daemon=True,
+        )
+        for n in range(count)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        return _run_schedule(ready, go, start, results, count=count, seconds=events / rate)
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+
+
+def _run_schedule(
+    ready: threading.Barrier, go: threading.Barrier, start: Any, results: Any, *, count: int, seconds: float
+) -> list[writers.Sent]:
+    try:
+        ready.wait()  # every writer connected and warmed up
+        start.value = time.monotonic() + 0.1
+        go.wait()
+    except threading.BrokenBarrierError:
+        raise BenchmarkError(f"B3: a writer failed to start: {_first_error(results)}") from None
+    sent: list[writers.Sent] = []
+    for _ in range(count):
+        kind, value = results.get(timeout=seconds + 120)
+        if kind != "sent":
+            raise BenchmarkError(f"B3: {value}")
+        sent += [writers.Sent(*item) for item in value]
+    return sent
+
+
+def _first_error(results: Any) -> str:
+    try:
+        return str(results.get(timeout=5)[1])
+    except queue.Empty:
+        return "no error reported (killed?)"
+
+
+class _Watcher:
+    """A read_committed consumer in a thread, noting when each event becomes visible: (seq, time, id)."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+        self._kafka, self._topic = kafka, topic
+        self.seen: list[tuple[int, float, str]] = []
+        self._ready, self._stop = threading.Event(), threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="b3-watcher", daemon=True)
+
+    def __enter__(self) -> _Watcher:
+        self._thread.start()
+        if not self._ready.wait(60):
+            raise BenchmarkError(f"B3: the consumer could not start on {self._topic!r}: {self._error!r}")
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        if kind is None and self._error is not None:
+            raise BenchmarkError(f"B3: the consumer failed: {self._error!r}") from self._error
+
+    def wait_for(self, count: int, deadline: float) -> None:
+        while len(self.seen) < count and time.monotonic() < deadline and self._error is None:
+            time.sleep(0.01)
+
+    def _run(self) -> None:
+        consumer = read_committed_consumer(self._kafka, CONSUMER)
+        try:
+            consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+            consumer.poll(1.0)  # connects and fetches once (the topic is still empty)
+            self._ready.set()
+            while not self._stop.is_set():
+                self._note(consumer.poll(0.05))
+        except Exception as exc:  # noqa: BLE001 - handed to the benchmark's thread, which raises it
+            self._error = exc
+        finally:
+            consumer.close()
+
+    def _note(self, message: Message | None) -> None:
+        if message is None:
+            return
+        at = time.monotonic()
+        error = message.error()
+        if error is not None:
+            raise BenchmarkError(f"B3: consuming failed: {error.str()}")
+        seq = int(json.loads(message.value() or b"{}")["seq"])
+        self.seen.append((seq, at, header(message, HEADER_EVENT_ID)))
+
+
+class _RelayThread:
+    """outboxkit's relay loop in a background thread, as the sidecar runs it, until `stop()`."""
+
+    def __init__(self, engine: Engine, topics: Topics, variant: Variant) -> None:
+        source = f"bench-b3-{uuid.uuid4().hex[:8]}"
+        self._relay = Relay(
+            PostgresCapture(engine),
+            TransactionalPublisher(topics.kafka, f"outboxkit-relay.{source}"),
+            Checkpoints(topics.kafka, topics.checkpoints, source),
+            Quarantine(engine),
+            poll_interval=variant.poll_interval,
+        )
+        self._engine, self._variant = engine, variant
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="b3-relay", daemon=True)
+
+    def __enter__(self) -> _RelayThread:
+        self._relay.start()
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.stop()
+        if kind is None and self._error is not None:
+            raise BenchmarkError(f"B3: the relay failed: {self._error!r}") from self._error
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def _run(self) -> None:
+        try:
+            if self._variant.wakeup:  # what `Relay.run` does, plus the listener `relay_from_settings` adds
+                channel = OutboxSettings().notify_channel  # the channel the writers notify on
+                RelayService(
+                    SoleLease(),
+                    lambda _: self._relay,
+                    poll_interval=self._variant.poll_interval,
+                    listener=Listener(self._engine, channel),
+                ).run(self._stop.is_set)
+            else:
+                self._relay.run(self._stop.is_set)
+        except Exception as exc:  # noqa: BLE001 - handed to the benchmark's thread, which raises it
+            self._error = exc
+
+
+def _check(events: int, sent: Sequence[writers.Sent], seen: Sequence[tuple[int, float, str]]) -> None:
+    """Refuse figures unless every scheduled event was committed and seen exactly once."""
+    if sorted(s.seq for s in sent) != list(range(events)):
+        raise BenchmarkError(f"B3: the writers committed {len(sent)} events of the {events} scheduled")
+    check_exactly("B3", [str(s.seq) for s in sent], Counter(str(seq) for seq, _, _ in seen))
+    if len({event_id for _, _, event_id in seen}) != len(seen):
+        raise BenchmarkError("B3: an event id arrived twice under different schedule numbers")
+
+
+def _latencies(
+    variant: Variant, rate: float, sent: Sequence[writers.Sent], visible: dict[int, float]
+) -> Latencies:
+    commit = [1000 * (visible[s.seq] - s.committed) for s in sent]
+    first, last = min(s.due for s in sent), max(s.committed for s in sent)
+    return Latencies(
+        poll_interval=variant.poll_interval,
+        wakeup=variant.wakeup,
+        offered=rate,
+        achieved=len(sent) / (last - first),
+        events=len(sent),
+        commit_p50=percentile(commit, 0.50),
+        commit_p95=percentile(commit, 0.95),
+        commit_p99=percentile(commit, 0.99),
+        commit_max=max(commit),
+        due_p99=percentile([1000 * (visible[s.seq] - s.due) for s in sent], 0.99),
+        lag_p99=percentile([1000 * (s.started - s.due) for s in sent], 0.99),
+    )
+
+
+def _report(
+    results: list[LatencyResult], rate: float, seconds: float, server: dict[str, str], kafka: dict[str, str]
+) -> Report:
+    writers_used = max(1, math.ceil(rate / PER_WRITER))
+    notes = [
+        f"{rate:,.0f} events/s offered for {seconds:g} s by {writers_used} open-loop writer process(es), one "
+        "event per transaction (`outbox.publish` in an ORM Session); relay batch size 500, "
+        f"{PARTITIONS}-partition topic. Cells: median over the repetitions (min-max); ratios: variant / "
+        "baseline medians. 'due -> visible' counts from the time the schedule set, so a writer that fell "
+        "behind cannot hide its delay.",
+    ]
+    return Report(results, server, kafka, tables=[_table(results, rate)], goals=_goals(results), notes=notes)
+
+
+def _table(results: list[LatencyResult], rate: float) -> Table:
+    """Figures down, variants across: the baseline, then each variant with its ratio to it."""
+    baseline, variants = results[0], results[1:]
+    columns = [f"{NAME}, {rate:,.0f} events/s offered", f"{baseline.label} (baseline)"]
+    for v in variants:
+        columns += [v.label, "ratio to baseline"]
+    rows = []
+    for figure, label, unit in FIGURES:
+        row = [label, _cell(baseline, figure, unit)]
+        for v in variants:
+            row += [_cell(v, figure, unit), _ratio(v.median(figure), baseline.median(figure))]
+        rows.append(tuple(row))
+    return Table(tuple(columns), "l" + "r" * (len(columns) - 1), tuple(rows))
+
+
+def _cell(result: LatencyResult, figure: str, unit: str) -> str:
+    values = [getattr(run, figure) for run in result.runs]
+    digits = 0 if unit == "events/s" or result.median(figure) >= 10 else 1
+    return f"{result.median(figure):,.{digits}f} {unit} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+
+
+def _ratio(value: float, baseline: float) -> str:
+    return f"{value / baseline:.2f}" if baseline > 0 else "-"
+
+
+def _goals(results: list[LatencyResult]) -> list[Goal]:
+    """p99 commit -> visible <= 100 ms, judged only where at least 95 % of 1,000 events/s was achieved."""
+    goals = []
+    for result in results:
+        p99, achieved = result.median("commit_p99"), result.median("achieved")
+        goals.append(
+            Goal(
+                f"p99 commit -> visible <= {GOAL_P99_MS:g} ms at {GOAL_RATE:,.0f} events/s",
+                result.label,
+                f"p99 {p99:,.0f} ms at {achieved:,.0f} events/s achieved",
+                p99 <= GOAL_P99_MS and achieved >= 0.95 * GOAL_RATE,
+            )
+        )
+    return goals

@@ -1,0 +1,187 @@
+"""B2's three ways of moving an outbox backlog into Kafka, each timed the same way.
+
+* `outboxkit`: the relay as `outboxkit relay run --drain` runs it — PostgreSQL capture by snapshot
+  deltas, one Kafka transaction per batch carrying the checkpoint — built as the tests build it,
+  on an engine with `pool_pre_ping` as `relay_from_settings` makes it;
+* `naive`: the outbox poller people write by hand — lock the oldest row, produce it with a plain
+  idempotent producer, wait for the broker's ack (`flush`), delete the row, commit; one row at a
+  time, so each event costs a database commit and a Kafka round trip;
+* `ceiling`: the same records, already in memory, produced transactionally in batches of the same
+  size by a bare producer configured as the relay's: what the relay could reach if reading,
+  checkpointing and its own Python cost nothing.
+
+Timing covers the draining only: creating producers, `init_transactions` and the relay's start
+(fencing, reading its checkpoint back) happen once per process and are left out of every variant.
+CPU is `time.process_time()` of this process — Python and librdkafka's threads; PostgreSQL's
+server processes are not in it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+from sqlalchemy import Connection, Engine, Row, delete, select
+
+from bench.report import BenchmarkError
+from outbox import outbox_table
+from outbox.envelope import Envelope
+from outbox.kafka_settings import KafkaSettings
+from relay import Checkpoints, Position, PostgresCapture, Relay, TransactionalPublisher
+from relay.quarantine import Quarantine
+
+TIMEOUT = 1800.0  # seconds a drain may take before the run is declared broken
+# The relay's own producer settings (relay.publisher), so the ceiling is that producer's.
+PRODUCER: dict[str, str | int | bool] = {
+    "enable.idempotence": True,
+    "linger.ms": 5,
+    "partitioner": "murmur2_random",
+}
+_OUTBOX = outbox_table.c
+_OLDEST = select(outbox_table).order_by(_OUTBOX.id).limit(1).with_for_update(skip_locked=True)
+
+Headers = list[tuple[str, str | bytes | None]]
+KafkaRecord = tuple[str, bytes | None, bytes, Headers]
+
+
+@dataclass(frozen=True)
+class Drained:
+    """One measurement: how many events went out, in how long, for how much of this process's CPU."""
+
+    events: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def cpu_per_1k(self) -> float:
+        """CPU seconds per 1,000 events."""
+        return 1000 * self.cpu_seconds / self.events
+
+
+class _Clock:
+    events = 0
+    seconds = 0.0
+    cpu_seconds = 0.0
+
+
+@contextmanager
+def _timed() -> Iterator[_Clock]:
+    clock = _Clock()
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield clock
+    clock.seconds, clock.cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _result(clock: _Clock) -> Drained:
+    return Drained(clock.events, clock.seconds, clock.cpu_seconds)
+
+
+def outboxkit(engine: Engine, kafka: KafkaSettings, checkpoint_topic: str, batch_size: int) -> Drained:
+    """Drain the whole outbox with outboxkit's relay, `batch_size` events per Kafka transaction."""
+    source = f"bench-b2-{uuid.uuid4().hex[:8]}"
+    relay = Relay(
+        PostgresCapture(engine),
+        TransactionalPublisher(kafka, f"outboxkit-relay.{source}"),
+        Checkpoints(kafka, checkpoint_topic, source),
+        Quarantine(engine),
+        batch_size=batch_size,
+        poll_interval=0.05,
+    )
+    relay.start()
+    deadline = time.monotonic() + TIMEOUT
+    with _timed() as clock:
+        stats = relay.run(lambda: time.monotonic() > deadline, drain=True)
+    clock.events = stats.published
+    return _result(clock)
+
+
+def naive(engine: Engine, kafka: KafkaSettings, rows: int) -> Drained:
+    """Relay the oldest `rows` outbox rows one at a time, as a hand-written poller does."""
+    producer = Producer(kafka.client_config({"enable.idempotence": True, "partitioner": "murmur2_random"}))
+    failures: list[KafkaError] = []
+    with engine.connect() as conn, _timed() as clock:
+        for _ in range(rows):
+            _relay_oldest(conn, producer, failures.append)
+            clock.events += 1
+    if failures:
+        raise BenchmarkError(f"naive relay: {len(failures)} records failed, first: {failures[0].str()}")
+    return _result(clock)
+
+
+def _relay_oldest(conn: Connection, producer: Producer, on_failure: Callable[[KafkaError], None]) -> None:
+    def delivered(error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            on_failure(error)
+
+    with conn.begin():
+        row = conn.execute(_OLDEST).one()
+        event = envelope(row)
+        headers: Headers = list(event.kafka_headers())
+        producer.produce(event.topic, event.payload, event.key, headers=headers, on_delivery=delivered)
+        if producer.flush(30) != 0:
+            raise BenchmarkError("naive relay: the broker did not acknowledge a record within 30 s")
+        conn.execute(delete(outbox_table).where(_OUTBOX.id == row.id))
+
+
+def in_memory(engine: Engine, rows: int) -> list[KafkaRecord]:
+    """The outbox's records as the relay would produce them, read (untimed) for the ceiling."""
+    batch = PostgresCapture(engine).fetch(Position(), rows)
+    return [_record(r.envelope) for r in batch.records]
+
+
+def _record(event: Envelope) -> KafkaRecord:
+    headers: Headers = list(event.kafka_headers())
+    return event.topic, event.key, event.payload, headers
+
+
+def ceiling(kafka: KafkaSettings, records: Sequence[KafkaRecord], batch_size: int) -> Drained:
+    """Produce `records` in transactions of `batch_size`, no database: the producer's own limit."""
+    config = {**PRODUCER, "transactional.id": f"outboxkit-bench-ceiling.{uuid.uuid4().hex[:8]}"}
+    producer = Producer(kafka.client_config(config))
+    producer.init_transactions(30)
+    with _timed() as clock:
+        for first in range(0, len(records), batch_size):
+            producer.begin_transaction()
+            for record in records[first : first + batch_size]:
+                _produce(producer, record)
+            producer.commit_transaction(30)
+            clock.events += len(records[first : first + batch_size])
+    return _result(clock)
+
+
+def _produce(producer: Producer, record: KafkaRecord) -> None:
+    topic, key, value, headers = record
+    while True:
+        try:
+            producer.produce(topic, value, key, headers=headers)
+        except BufferError:  # local queue full: let deliveries drain, as the relay's publisher does
+            producer.poll(0.1)
+        else:
+            return
+
+
+def envelope(row: Row[Any]) -> Envelope:
+    """An outbox row as the envelope to produce: the mapping `relay.capture` applies."""
+    headers: dict[str, str] = json.loads(row.headers or "{}")
+    return Envelope(
+        event_id=row.event_id,
+        topic=row.topic,
+        key=None if row.key is None else row.key.encode(),
+        payload=row.payload.encode(),
+        event_type=row.type,
+        aggregate_type=row.aggregatetype,
+        aggregate_id=row.aggregateid,
+        aggregate_version=row.aggregateversion,
+        schema_version=row.schema_version,
+        extra_headers=tuple((name, value.encode()) for name, value in headers.items()),
+    )

@@ -18,22 +18,21 @@ server processes are not in it.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
-from sqlalchemy import Connection, Engine, Row, delete, select
+from sqlalchemy import Connection, Engine, delete, select
 
 from bench.report import BenchmarkError
 from outbox import outbox_table
 from outbox.envelope import Envelope
 from outbox.kafka_settings import KafkaSettings
 from relay import Checkpoints, Position, PostgresCapture, Relay, TransactionalPublisher
+from relay.capture import envelope_of
 from relay.quarantine import Quarantine
 
 TIMEOUT = 1800.0  # seconds a drain may take before the run is declared broken
@@ -125,7 +124,7 @@ def _relay_oldest(conn: Connection, producer: Producer, on_failure: Callable[[Ka
 
     with conn.begin():
         row = conn.execute(_OLDEST).one()
-        event = envelope(row)
+        event = envelope_of(row)
         headers: Headers = list(event.kafka_headers())
         producer.produce(event.topic, event.payload, event.key, headers=headers, on_delivery=delivered)
         if producer.flush(30) != 0:
@@ -168,20 +167,3 @@ def _produce(producer: Producer, record: KafkaRecord) -> None:
             producer.poll(0.1)
         else:
             return
-
-
-def envelope(row: Row[Any]) -> Envelope:
-    """An outbox row as the envelope to produce: the mapping `relay.capture` applies."""
-    headers: dict[str, str] = json.loads(row.headers or "{}")
-    return Envelope(
-        event_id=row.event_id,
-        topic=row.topic,
-        key=None if row.key is None else row.key.encode(),
-        payload=row.payload.encode(),
-        event_type=row.type,
-        aggregate_type=row.aggregatetype,
-        aggregate_id=row.aggregateid,
-        aggregate_version=row.aggregateversion,
-        schema_version=row.schema_version,
-        extra_headers=tuple((name, value.encode()) for name, value in headers.items()),
-    )

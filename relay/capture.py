@@ -288,10 +288,11 @@ def _backlog(engine: Engine, unpublished: list[ColumnElement[bool]]) -> Backlog:
 
 
 def _records(rows: Sequence[Row[Any]]) -> list[OutboxRecord]:
-    return [OutboxRecord(id=row.id, envelope=_envelope(row)) for row in rows]
+    return [OutboxRecord(id=row.id, envelope=envelope_of(row)) for row in rows]
 
 
-def _envelope(row: Row[Any]) -> Envelope:
+def envelope_of(row: Row[Any]) -> Envelope:
+    """An outbox row as the envelope to produce: the one mapping from table to wire."""
     headers: dict[str, str] = {} if row.headers in (None, "", "{}") else json.loads(row.headers)
     return Envelope(
         event_id=row.event_id,

@@ -14,7 +14,6 @@ class ExitCode(IntEnum):
     ERROR = 1
     CONFIG = 2
     FENCED = 3  # another relay owns the transactional id now: this instance is a zombie
-    LEASE_LOST = 4  # the lease connection broke while holding shards: restart to rejoin as a standby
 
 
 class RelayError(Exception):
@@ -53,10 +52,8 @@ class KafkaFatalError(RelayError):
 
 class LeaseLostError(RelayError):
     """The connection holding this relay's leases broke (database restart, or this process was
-    paused past the lease timeout): another relay may publish its shards now. It stopped
-    publishing them; restart it to rejoin as a standby."""
-
-    exit_code = ExitCode.LEASE_LOST
+    paused past the lease timeout): another relay may publish its shards now. The relay stops
+    publishing them at once and carries on as a standby, taking shards again once free."""
 
 
 class UnpublishableRecordError(PublishAbortedError):

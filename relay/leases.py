@@ -10,8 +10,9 @@ held on a connection of its own:
   once for a killed process; within the TCP keepalive settings for a vanished host);
 * a holder that hangs (paused) stops its lease heartbeat, and the server ends the idle lease
   session after the lease timeout (`idle_session_timeout`), freeing its shards;
-* a holder that finds its lease connection gone stops publishing and exits (`LeaseLostError`):
-  it can no longer know who holds its shards. Restarted, it rejoins as a standby.
+* a holder that finds its lease connection gone stops publishing at once (`LeaseLostError`): it
+  can no longer know who holds its shards. It carries on as a standby — when the database is
+  back it takes free shards again, and its new producer fences whatever published meanwhile.
 
 Leases are the first line of defence. The second is Kafka's: each shard's producer has a stable
 `transactional.id`, so a new holder's `init_transactions()` fences a predecessor that still

@@ -30,6 +30,7 @@ from relay.errors import (
     CaptureError,
     FencedError,
     KafkaFatalError,
+    LeaseLostError,
     PublishAbortedError,
     RelayError,
     UnpublishableRecordError,
@@ -295,7 +296,11 @@ class RelayService:
         if self._clock() < self._next_refresh:
             return
         self._next_refresh = self._clock() + self._lease_interval
-        self._held = self._leases.refresh()
+        try:
+            self._held = self._leases.refresh()
+        except LeaseLostError as exc:
+            log.warning("%s; standing by until a lease can be taken again", exc)
+            self._held = frozenset()
         for shard in self._active.keys() - self._held:
             log.warning("no longer holds the lease of %s: stopped publishing it", shard)
             gone = self._active.pop(shard)

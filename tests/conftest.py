@@ -86,7 +86,7 @@ def new_topic(kafka: KafkaSettings, unique_name: Callable[[str], str]) -> Callab
 def pg_database() -> Iterator[str]:
     """A database of its own for this test session (dropped at the end), as a SQLAlchemy URL."""
     server = make_url(ENDPOINTS.pg_url).set(drivername="postgresql+psycopg")
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", pool_pre_ping=True)  # outlives restarts
     name = f"outboxkit_test_{uuid.uuid4().hex[:10]}"
     try:
         with admin.connect() as conn:
@@ -114,7 +114,7 @@ class PgSchema:
 @pytest.fixture
 def pg_schema(pg_database: str, unique_name: Callable[[str], str]) -> Iterator[PgSchema]:
     schema = PgSchema(pg_database, unique_name("s").replace("-", "_"))
-    admin = create_engine(pg_database)
+    admin = create_engine(pg_database, pool_pre_ping=True)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema.name}"'))
     yield schema

@@ -70,20 +70,20 @@ class Envelope:
 
     def kafka_headers(self) -> list[tuple[str, bytes]]:
         """Headers to produce with the record: identity first, then the user's own."""
-        identity = [
-            (HEADER_EVENT_ID, self.event_id),
-            (HEADER_EVENT_TYPE, self.event_type),
-            (HEADER_AGGREGATE_TYPE, self.aggregate_type),
-            (HEADER_AGGREGATE_ID, self.aggregate_id),
-            *(
-                []
-                if self.aggregate_version is None
-                else [(HEADER_AGGREGATE_VERSION, str(self.aggregate_version))]
-            ),
-            (HEADER_SCHEMA_VERSION, str(self.schema_version)),
-            (HEADER_CONTENT_TYPE, self.content_type),
+        headers = [
+            (HEADER_EVENT_ID, self.event_id.encode()),
+            (HEADER_EVENT_TYPE, self.event_type.encode()),
+            (HEADER_AGGREGATE_TYPE, self.aggregate_type.encode()),
+            (HEADER_AGGREGATE_ID, self.aggregate_id.encode()),
         ]
-        return [(name, value.encode()) for name, value in identity] + list(self.extra_headers)
+        if self.aggregate_version is not None:
+            headers.append((HEADER_AGGREGATE_VERSION, str(self.aggregate_version).encode()))
+        headers += [
+            (HEADER_SCHEMA_VERSION, str(self.schema_version).encode()),
+            (HEADER_CONTENT_TYPE, self.content_type.encode()),
+            *self.extra_headers,
+        ]
+        return headers
 
     @classmethod
     def from_kafka(

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,21 +257,29 @@ def services(*args: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@contextmanager
+def stopped(service: str) -> Iterator[None]:
+    """The `scripts/services` instance of `service` is down for the block, and up again after."""
+    external = {"kafka": "OUTBOXKIT_KAFKA_BOOTSTRAP", "postgres": "OUTBOXKIT_PG_URL"}[service]
+    if external in os.environ:
+        pytest.skip(f"{service} is external: this test stops and starts the one scripts/services runs")
+    services("down", service)
+    try:
+        yield
+    finally:
+        services("up", service)
+
+
 def test_kafka_stopped_for_twenty_seconds_then_restarted_loses_nothing(
     kafka: KafkaSettings, sidecar: Sidecar
 ) -> None:
-    if "OUTBOXKIT_KAFKA_BOOTSTRAP" in os.environ:
-        pytest.skip("the broker is external: this test stops and starts the one scripts/services runs")
     relay = sidecar.start()
     try:
         sidecar.write(30)
         wait_for_records(kafka, sidecar.topic, 30, timeout=60)
-        services("down", "kafka")
-        try:
+        with stopped("kafka"):
             sidecar.write(30, first=30)  # the app goes on committing while the broker is away
             time.sleep(20)
-        finally:
-            services("up", "kafka")
         sidecar.write(30, first=60)
         try:
             wait_for_records(kafka, sidecar.topic, 90, timeout=120)
@@ -390,17 +399,12 @@ def test_metrics_and_probes_show_backlog_progress_and_readiness(
 def test_postgresql_restarted_under_a_running_relay_loses_nothing(
     kafka: KafkaSettings, sidecar: Sidecar
 ) -> None:
-    if "OUTBOXKIT_PG_URL" in os.environ:
-        pytest.skip("PostgreSQL is external: this test stops and starts the one scripts/services runs")
     relay = sidecar.start()
     try:
         sidecar.write(20)
         wait_for_records(kafka, sidecar.topic, 20, timeout=60)
-        services("down", "postgres")
-        try:
+        with stopped("postgres"):
             time.sleep(5)  # the relay retries: its capture fails, its leases are gone
-        finally:
-            services("up", "postgres")
         sidecar.write(20, first=20)
         wait_for_records(kafka, sidecar.topic, 40, timeout=90)
         assert relay.count("standing by") >= 1  # it noticed, and took its shard again

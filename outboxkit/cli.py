@@ -94,8 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = relay_status(RelaySettings())
             print(report.to_json() if args.json else report.render())
         elif args.command == "relay":
-            relay = relay_from_settings(RelaySettings())
-            relay.run(StopFlag(), drain=args.drain)
+            stop = StopFlag()
+            relay_from_settings(RelaySettings(), stop).run(stop, drain=args.drain)
         else:
             sink_from_settings(SinkSettings()).run(StopFlag(), drain=args.drain)
     except ValidationError as exc:

@@ -53,8 +53,16 @@ _RECORD_CODES = {
 class TransactionalPublisher:
     """Owns one transactional producer. Not thread-safe: one relay loop drives it."""
 
-    def __init__(self, kafka: KafkaSettings, transactional_id: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        transactional_id: str,
+        *,
+        timeout: float = 30.0,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._timeout = timeout
+        self._stopping = stopping
         self._transactional_id = transactional_id
         self._producer = Producer(
             kafka.client_config(
@@ -153,13 +161,18 @@ class TransactionalPublisher:
                 return
 
     def _call(self, operation: Callable[[], T], what: str, *, in_transaction: bool = False) -> T:
-        """Run one producer call, repeating it while librdkafka calls its error retriable."""
+        """Run one producer call, repeating it while librdkafka calls its error retriable.
+
+        Once the process is stopping it gives up instead (aborting an open transaction), so a
+        broker that stays away cannot hold a SIGTERM for longer than two Kafka timeouts.
+        """
         while True:
             try:
                 return operation()
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
-                if error.retriable() and not error.fatal() and not error.txn_requires_abort():
+                retriable = error.retriable() and not error.fatal() and not error.txn_requires_abort()
+                if retriable and not self._stopping():
                     log.warning("%s retriable error, retrying: %s", what, error.str())
                     continue
                 raise self._translate(exc, what, in_transaction=in_transaction) from exc

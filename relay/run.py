@@ -222,7 +222,13 @@ class RelayService:
         try:
             while not should_stop():
                 self._refresh_leases()
-                published = self._step_all()
+                try:
+                    published = self._step_all()
+                except RelayError as exc:
+                    if not should_stop() or isinstance(exc, FencedError):
+                        raise
+                    log.warning("stopping with Kafka unreachable: %s", exc)
+                    break
                 self._clean_up()
                 self.health.beat(ok=published is not None)
                 if published is None:
@@ -361,8 +367,13 @@ def _contexts(envelopes: list[Envelope], most: int = 128) -> list[SpanContext]:
     return found
 
 
-def relay_from_settings(settings: RelaySettings) -> RelayService:
-    """Compose the relay service from its settings: the one place that picks the parts."""
+def relay_from_settings(
+    settings: RelaySettings, stopping: Callable[[], bool] = lambda: False
+) -> RelayService:
+    """Compose the relay service from its settings: the one place that picks the parts.
+
+    `stopping` is the process's stop request (SIGTERM): Kafka calls that would retry stop waiting.
+    """
     # No pool_pre_ping: a connection lost to a database restart fails one fetch, the pool drops
     # it, and the retry gets a new one — cheaper than a ping before every fetch.
     engine = create_engine(settings.database_url.get_secret_value())
@@ -380,7 +391,7 @@ def relay_from_settings(settings: RelaySettings) -> RelayService:
     )
     return RelayService(
         leases,
-        lambda shard: _started_relay(settings, engine, shard),
+        lambda shard: _started_relay(settings, engine, shard, stopping),
         poll_interval=settings.poll_interval,
         lease_interval=settings.lease_interval,
         cleanup=Cleanup(retention=settings.retention) if settings.cleanup else None,
@@ -394,10 +405,18 @@ def relay_from_settings(settings: RelaySettings) -> RelayService:
     )
 
 
-def _started_relay(settings: RelaySettings, engine: Engine, shard: Shard) -> Relay:
+def _started_relay(
+    settings: RelaySettings, engine: Engine, shard: Shard, stopping: Callable[[], bool]
+) -> Relay:
+    publisher = TransactionalPublisher(
+        settings.kafka,
+        settings.transactional_id + shard.suffix,
+        timeout=settings.kafka_timeout,
+        stopping=stopping,
+    )
     relay = Relay(
         capture_for(engine, shard),
-        TransactionalPublisher(settings.kafka, settings.transactional_id + shard.suffix),
+        publisher,
         Checkpoints(settings.kafka, settings.checkpoint_topic, settings.source_id, shard),
         Quarantine(engine),
         batch_size=settings.batch_size,

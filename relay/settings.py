@@ -57,6 +57,12 @@ class RelaySettings(BaseSettings):
         "standby. Keep it above the longest Kafka commit (30 s at most) you want to ride out.",
     )
 
+    kafka_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds one Kafka transaction call (commit, abort) may take before it is retried; "
+        "after SIGTERM at most two of them pass before the relay exits.",
+    )
     http_port: int | None = Field(
         None,
         ge=0,

@@ -397,6 +397,29 @@ def test_metrics_and_probes_show_backlog_progress_and_readiness(
         relay.kill()
 
 
+def test_sigterm_with_the_broker_away_stops_the_relay_within_two_kafka_timeouts(
+    kafka: KafkaSettings, sidecar: Sidecar
+) -> None:
+    sidecar.env["OUTBOXKIT_RELAY_KAFKA_TIMEOUT"] = "3"
+    relay = sidecar.start()
+    try:
+        sidecar.write(10)
+        wait_for_records(kafka, sidecar.topic, 10, timeout=60)
+        with stopped("kafka"):
+            sidecar.write(10, first=10)
+            time.sleep(2)  # its next transaction is now waiting for the broker
+            relay.signal(signal.SIGTERM)
+            asked = time.monotonic()
+            assert relay.wait(30) == ExitCode.OK
+            took = time.monotonic() - asked
+    finally:
+        relay.kill()
+    print(f"stopped {took:.1f}s after SIGTERM")
+    assert took < 2 * 3 + 5  # two Kafka timeouts, and the close's flush
+    sidecar.drain()
+    assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 20)
+
+
 def test_postgresql_restarted_under_a_running_relay_loses_nothing(
     kafka: KafkaSettings, sidecar: Sidecar
 ) -> None:

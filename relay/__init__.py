@@ -5,9 +5,11 @@ from relay.checkpoint import Checkpoints
 from relay.errors import ExitCode, FencedError, RelayError
 from relay.leases import AdvisoryLeases, Leases, SoleLease
 from relay.publisher import TransactionalPublisher
-from relay.run import Relay, RelayService, RelayStats, relay_from_settings
+from relay.run import Relay, relay_from_settings
+from relay.service import RelayService
 from relay.settings import RelaySettings
 from relay.shards import Shard
+from relay.stats import RelayStats
 
 __all__ = [
     "AdvisoryLeases",

@@ -1,10 +1,9 @@
-"""The relay loop: leases -> capture -> publish (with checkpoint) -> repeat. Deliberately thin.
+"""A relay for one shard — capture -> publish, the checkpoint in the same Kafka transaction —
+and the composition of the relay service from settings.
 
-All guarantees live in the parts: the capture source's commit order, the publisher's transaction
-that carries the checkpoint, the leases that give each shard one publisher, Kafka's fencing behind
-them. The loop only keeps positions in memory, retries what librdkafka calls retriable or
-abortable (and a database or broker that is away), and stops on anything fatal. A stop request is
-honoured between transactions, so SIGTERM never leaves one open.
+The guarantees live in the parts it holds: the capture source's commit order and the publisher's
+transaction that carries the checkpoint. `relay.service` runs one relay per shard this process
+holds a lease on.
 """
 
 from __future__ import annotations
@@ -12,9 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from functools import partial
+from datetime import datetime
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, Tracer
@@ -22,49 +19,23 @@ from sqlalchemy import Engine, create_engine
 
 from outbox.backoff import Backoff
 from outbox.envelope import Envelope
-from outbox.observe import Health, Metrics, serve
 from outbox.tracing import span_context_from
 from relay.capture import Backlog, CaptureSource, Position, capture_for
 from relay.checkpoint import Checkpoints
 from relay.errors import (
-    CaptureError,
-    FencedError,
-    KafkaFatalError,
-    LeaseLostError,
-    PublishAbortedError,
     RelayError,
     UnpublishableRecordError,
 )
 from relay.leases import AdvisoryLeases, Leases, SoleLease
 from relay.publisher import TransactionalPublisher
 from relay.quarantine import Quarantine
+from relay.service import Cleanup, RelayService
 from relay.settings import RelaySettings
 from relay.shards import Shard
+from relay.stats import RelayStats
 from relay.wakeup import Listener
 
 log = logging.getLogger("outboxkit.relay")
-
-
-@dataclass(frozen=True)
-class Cleanup:
-    """Deleting published rows: `batch` rows per statement, for at most `budget` seconds every
-    `interval` seconds, keeping rows younger than `retention` seconds."""
-
-    interval: float = 5.0
-    batch: int = 5000
-    budget: float = 1.0
-    retention: float = 0.0
-
-
-@dataclass
-class RelayStats:
-    published: int = 0
-    transactions: int = 0
-    aborted: int = 0
-    quarantined: int = 0
-    deleted: int = 0
-    commit_seconds: float = 0.0
-    position: Position = field(default_factory=Position)
 
 
 class Relay:
@@ -174,184 +145,6 @@ class Relay:
         )
         service.run(should_stop, drain=drain)
         return self.stats
-
-
-class RelayService:
-    """Runs a relay for every shard this process holds a lease on; the sidecar's main loop."""
-
-    def __init__(
-        self,
-        leases: Leases,
-        relay_for: Callable[[Shard], Relay],
-        *,
-        poll_interval: float = 0.5,
-        lease_interval: float = 1.0,
-        cleanup: Cleanup | None = None,
-        listener: Listener | None = None,
-        http_port: int | None = None,
-        backoff: Backoff | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._leases = leases
-        self._relay_for = relay_for
-        self._poll_interval = poll_interval
-        self._lease_interval = lease_interval
-        self._cleanup = cleanup
-        self._next_cleanup = 0.0
-        self._idle = listener.wait if listener is not None else sleep
-        self._listener = listener
-        self._http_port = http_port
-        self.health = Health()
-        self.metrics = self._metrics()
-        self._retired = RelayStats()  # totals of relays whose shard this process gave up
-        self._backoff = backoff or Backoff(sleep=sleep)
-        self._sleep = sleep
-        self._clock = clock
-        self._active: dict[Shard, Relay] = {}
-        self._held: frozenset[Shard] = frozenset()
-        self._next_refresh = 0.0
-
-    @property
-    def active(self) -> frozenset[Shard]:
-        return frozenset(self._active)
-
-    def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> RelayStats:
-        """Loop until `should_stop()`; with `drain`, also stop once the held shards are caught up."""
-        server = serve(self._http_port, self.metrics, self.health) if self._http_port is not None else None
-        try:
-            while not should_stop():
-                self._refresh_leases()
-                try:
-                    published = self._step_all()
-                except RelayError as exc:
-                    if not should_stop() or isinstance(exc, FencedError):
-                        raise
-                    log.warning("stopping with Kafka unreachable: %s", exc)
-                    break
-                self._clean_up()
-                self.health.beat(ok=published is not None)
-                if published is None:
-                    continue  # a failure: the backoff has already waited
-                self._backoff.reset()
-                if published == 0:
-                    if drain and self._held <= self._active.keys():
-                        break
-                    self._idle(self._poll_interval)
-        finally:
-            for relay in self._active.values():
-                relay.close()
-            self._leases.close()
-            if self._listener is not None:
-                self._listener.close()
-            if server is not None:
-                server.shutdown()
-        return self.stats()
-
-    def stats(self) -> RelayStats:
-        """Totals since start; the position is the first active shard's."""
-        relays = [self._active[shard] for shard in sorted(self._active)]
-        total = RelayStats(position=relays[0].stats.position if relays else Position())
-        for stats in [self._retired, *(relay.stats for relay in relays)]:
-            total.published += stats.published
-            total.transactions += stats.transactions
-            total.aborted += stats.aborted
-            total.quarantined += stats.quarantined
-            total.deleted += stats.deleted
-            total.commit_seconds += stats.commit_seconds
-        return total
-
-    def _metrics(self) -> Metrics:
-        metrics = Metrics()
-        for name, text in (
-            ("published", "events published (committed to Kafka)"),
-            ("transactions", "Kafka transactions committed"),
-            ("aborted", "Kafka transactions aborted and retried"),
-            ("quarantined", "outbox rows Kafka refused for good, moved to outbox_quarantine"),
-            ("deleted", "published outbox rows deleted by cleanup"),
-            ("commit_seconds", "seconds spent producing and committing Kafka transactions"),
-        ):
-            metrics.counter(f"outboxkit_relay_{name}_total", text, partial(self._total, name))
-        metrics.gauge(
-            "outboxkit_relay_shards_held", "shards this relay publishes", lambda: float(len(self._active))
-        )
-        metrics.gauge(
-            "outboxkit_relay_backlog_events", "committed events not yet published", self._backlog_rows
-        )
-        metrics.gauge(
-            "outboxkit_relay_oldest_unpublished_seconds",
-            "age of the oldest unpublished event",
-            self._oldest_age,
-        )
-        return metrics
-
-    def _total(self, name: str) -> float:
-        return float(getattr(self.stats(), name))
-
-    def _backlogs(self) -> list[Backlog]:
-        return [relay.backlog() for relay in list(self._active.values())]
-
-    def _backlog_rows(self) -> float:
-        return float(sum(backlog.rows for backlog in self._backlogs()))
-
-    def _oldest_age(self) -> float:
-        oldest = [backlog.oldest for backlog in self._backlogs() if backlog.oldest is not None]
-        return (datetime.now(UTC) - min(oldest)).total_seconds() if oldest else 0.0
-
-    def _refresh_leases(self) -> None:
-        if self._clock() < self._next_refresh:
-            return
-        self._next_refresh = self._clock() + self._lease_interval
-        try:
-            self._held = self._leases.refresh()
-        except LeaseLostError as exc:
-            log.warning("%s; standing by until a lease can be taken again", exc)
-            self._held = frozenset()
-        for shard in self._active.keys() - self._held:
-            log.warning("no longer holds the lease of %s: stopped publishing it", shard)
-            gone = self._active.pop(shard)
-            gone.close()
-            self._retire(gone.stats)
-        for shard in sorted(self._held - self._active.keys()):
-            try:
-                self._active[shard] = self._relay_for(shard)
-            except (FencedError, KafkaFatalError):
-                raise
-            except RelayError as exc:
-                log.warning("cannot start publishing %s yet (%s); retrying", shard, exc)
-
-    def _retire(self, stats: RelayStats) -> None:
-        for name in ("published", "transactions", "aborted", "quarantined", "deleted", "commit_seconds"):
-            setattr(self._retired, name, getattr(self._retired, name) + getattr(stats, name))
-
-    def _clean_up(self) -> None:
-        if self._cleanup is None or self._clock() < self._next_cleanup:
-            return
-        self._next_cleanup = self._clock() + self._cleanup.interval
-        created_before = (
-            datetime.now(UTC) - timedelta(seconds=self._cleanup.retention)
-            if self._cleanup.retention
-            else None
-        )
-        deadline = self._clock() + self._cleanup.budget
-        for relay in self._active.values():
-            try:
-                while relay.delete_published(self._cleanup.batch, created_before) == self._cleanup.batch:
-                    if self._clock() > deadline:
-                        return  # the rest next time: publishing comes first
-            except CaptureError as exc:
-                log.warning("cleanup postponed: %s", exc)
-
-    def _step_all(self) -> int | None:
-        published = 0
-        for relay in list(self._active.values()):
-            try:
-                published += relay.step()
-            except (CaptureError, PublishAbortedError) as exc:
-                relay.stats.aborted += isinstance(exc, PublishAbortedError)
-                log.warning("%s; retried after %.1fs", exc, self._backoff.wait())
-                return None
-        return published
 
 
 def _contexts(envelopes: list[Envelope], most: int = 128) -> list[SpanContext]:

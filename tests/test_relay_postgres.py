@@ -24,7 +24,7 @@ from outbox import SETTINGS_KEY, OutboxSettings
 from outbox.kafka_settings import KafkaSettings
 from outbox.table import quarantine_table
 from relay import Relay, RelayService, RelaySettings, SoleLease
-from relay.run import Cleanup
+from relay.service import Cleanup
 from relay.status import relay_status
 from relay.topics import ensure_topic
 from tests.conftest import PgSchema

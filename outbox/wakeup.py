@@ -3,15 +3,18 @@
 The obvious way — `NOTIFY` inside every writing transaction — serialises commits: PostgreSQL
 takes a cluster-wide lock to queue notifications at commit. So the transaction only marks the
 session; after it committed, a background thread per engine sends one `NOTIFY` on a connection
-of its own, coalescing every commit that happened meanwhile. The application's commit never waits
-for it, and a lost notification costs at most the relay's poll interval — polling stays the
-fallback, the notification only makes the relay prompt.
+of its own, coalescing every commit that happened meanwhile, and at most one every 20 ms: a busy
+app pays for ~50 notifications a second however fast it commits, and the relay still hears
+within 20 ms. The application's commit never waits for it (B1 measured the whole mechanism at
+about 0.03 of the plain transaction rate), and a lost notification costs at most the relay's poll
+interval — polling stays the fallback, the notification only makes the relay prompt.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from typing import Final
 
@@ -23,6 +26,7 @@ from outbox.settings import settings_for
 
 log = logging.getLogger("outboxkit.outbox")
 _WROTE: Final = "outboxkit.wrote-to"
+_PACE: Final = 0.02  # seconds between two notifications from one process
 _notifiers: weakref.WeakKeyDictionary[Engine, _Notifier] = weakref.WeakKeyDictionary()
 _notifiers_guard = threading.Lock()
 
@@ -82,3 +86,4 @@ class _Notifier:
             except psycopg.Error as exc:
                 log.debug("could not wake the relay (%s); it will find the events by polling", exc)
                 self._conn = None
+            time.sleep(_PACE)

@@ -195,19 +195,16 @@ class PostgresCapture:
         if position.base is None:
             return 0
         # Every transaction below the base snapshot's xmin was visible in it: published.
-        base = cast(bindparam("base", position.base, type_=Text), _PgType("pg_snapshot"))
-        published = _OUTBOX.xid < cast(cast(func.pg_snapshot_xmin(base), Text), BigInteger)
+        published = _OUTBOX.xid < _xmin(_snapshot_param("base", position.base))
         return _delete(self._engine, [published, *self._in_shard()], limit, created_before)
 
     def backlog(self, position: Position) -> Backlog:
         if position.base is None or position.target is None:
             return _backlog(self._engine, self._in_shard())
-        xid = cast(cast(_OUTBOX.xid, Text), _PgType("xid8"))
-        base = cast(bindparam("base", position.base, type_=Text), _PgType("pg_snapshot"))
-        target = cast(bindparam("target", position.target, type_=Text), _PgType("pg_snapshot"))
+        base, target = _snapshot_param("base", position.base), _snapshot_param("target", position.target)
         published = or_(
-            func.pg_visible_in_snapshot(xid, base),
-            and_(func.pg_visible_in_snapshot(xid, target), _OUTBOX.id <= position.after_id),
+            _visible_in(base),
+            and_(_visible_in(target), _OUTBOX.id <= position.after_id),
         )
         return _backlog(self._engine, [~published, *self._in_shard()])
 
@@ -221,14 +218,12 @@ class PostgresCapture:
             return str(conn.execute(text("select pg_current_snapshot()::text")).scalar_one())
 
     def _delta(self, position: Position, limit: int) -> Select[Any]:
-        xid = cast(cast(_OUTBOX.xid, Text), _PgType("xid8"))  # PostgreSQL has no bigint -> xid8 cast
-        base = cast(bindparam("base", position.base, type_=Text), _PgType("pg_snapshot"))
-        target = cast(bindparam("target", position.target, type_=Text), _PgType("pg_snapshot"))
+        base, target = _snapshot_param("base", position.base), _snapshot_param("target", position.target)
         query = select(*_WIRE).where(
             # Cheap prefilter on the index: below the base's xmin everything was visible in it.
-            _OUTBOX.xid >= cast(cast(func.pg_snapshot_xmin(base), Text), BigInteger),
-            ~func.pg_visible_in_snapshot(xid, base),
-            func.pg_visible_in_snapshot(xid, target),
+            _OUTBOX.xid >= _xmin(base),
+            ~_visible_in(base),
+            _visible_in(target),
             _OUTBOX.id > position.after_id,
         )
         return query.where(*self._in_shard()).order_by(_OUTBOX.id).limit(limit)
@@ -244,6 +239,22 @@ class _PgType(UserDefinedType[str]):
 
     def get_col_spec(self, **kw: Any) -> str:
         return self.name
+
+
+def _snapshot_param(name: str, snapshot: str | None) -> ColumnElement[Any]:
+    """A snapshot in its text form (`xmin:xmax:xip,...`) as a bound `pg_snapshot`."""
+    return cast(bindparam(name, snapshot, type_=Text), _PgType("pg_snapshot"))
+
+
+def _visible_in(snapshot: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Whether the row's writing transaction is visible in `snapshot` (committed before it)."""
+    xid = cast(cast(_OUTBOX.xid, Text), _PgType("xid8"))  # PostgreSQL has no bigint -> xid8 cast
+    return func.pg_visible_in_snapshot(xid, snapshot)
+
+
+def _xmin(snapshot: ColumnElement[Any]) -> ColumnElement[int]:
+    """The snapshot's oldest running transaction, as the bigint `outbox.xid` is compared with."""
+    return cast(cast(func.pg_snapshot_xmin(snapshot), Text), BigInteger)
 
 
 def capture_for(engine: Engine, shard: Shard = ONLY) -> CaptureSource:

@@ -126,12 +126,7 @@ class RelayService:
         relays = [self._active[shard] for shard in sorted(self._active)]
         total = RelayStats(position=relays[0].stats.position if relays else Position())
         for stats in [self._retired, *(relay.stats for relay in relays)]:
-            total.published += stats.published
-            total.transactions += stats.transactions
-            total.aborted += stats.aborted
-            total.quarantined += stats.quarantined
-            total.deleted += stats.deleted
-            total.commit_seconds += stats.commit_seconds
+            total.add(stats)
         return total
 
     def _metrics(self) -> Metrics:
@@ -184,7 +179,7 @@ class RelayService:
             log.warning("no longer holds the lease of %s: stopped publishing it", shard)
             gone = self._active.pop(shard)
             gone.close()
-            self._retire(gone.stats)
+            self._retired.add(gone.stats)
         for shard in sorted(self._held - self._active.keys()):
             try:
                 self._active[shard] = self._relay_for(shard)
@@ -192,10 +187,6 @@ class RelayService:
                 raise
             except RelayError as exc:
                 log.warning("cannot start publishing %s yet (%s); retrying", shard, exc)
-
-    def _retire(self, stats: RelayStats) -> None:
-        for name in ("published", "transactions", "aborted", "quarantined", "deleted", "commit_seconds"):
-            setattr(self._retired, name, getattr(self._retired, name) + getattr(stats, name))
 
     def _clean_up(self) -> None:
         if self._cleanup is None or self._clock() < self._next_cleanup:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from relay.capture import Position
 
@@ -16,3 +16,9 @@ class RelayStats:
     deleted: int = 0
     commit_seconds: float = 0.0
     position: Position = field(default_factory=Position)
+
+    def add(self, other: RelayStats) -> None:
+        """Add `other`'s counts to these (the position stays)."""
+        for counter in fields(self):
+            if counter.name != "position":
+                setattr(self, counter.name, getattr(self, counter.name) + getattr(other, counter.name))

@@ -1,4 +1,4 @@
-"""The `outboxkit` command: `demo`, `migrate`, `relay run`, `sink run`, `--version`.
+"""The `outboxkit` command: `demo`, `migrate`, `relay run|status`, `sink run|status|replay`.
 
 Exit codes are named (relay.ExitCode) so a supervisor can tell a fenced zombie from a crash.
 """
@@ -10,7 +10,8 @@ import logging
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
@@ -24,6 +25,8 @@ from outboxkit import __version__
 from relay import ExitCode, RelayError, RelaySettings, relay_from_settings
 from relay.status import relay_status
 from sink import SinkError, SinkSettings, sink_from_settings
+from sink.replay import replay
+from sink.status import sink_status
 
 
 class StopFlag:
@@ -64,19 +67,35 @@ def _parser() -> argparse.ArgumentParser:
         "--downgrade", action="store_true", help="go down to REVISION instead ('base' drops the tables)"
     )
 
+    groups = {}
     for name, what in (
         ("relay", "publish the outbox to Kafka"),
         ("sink", "write Kafka topics to the warehouse"),
     ):
-        group = commands.add_parser(name, help=what).add_subparsers(dest="action", required=True)
+        group = groups[name] = commands.add_parser(name, help=what).add_subparsers(
+            dest="action", required=True
+        )
         run = group.add_parser("run", help=f"{what} (settings from OUTBOXKIT_{name.upper()}_* and .env)")
         run.add_argument("--drain", action="store_true", help="exit once there is nothing left to do")
-        if name == "relay":
-            status = group.add_parser(
-                "status",
-                help="backlog, oldest waiting event, checkpoint and lease holder per shard, quarantine",
-            )
-            status.add_argument("--json", action="store_true", help="machine-readable output")
+        status = group.add_parser(
+            "status",
+            help="backlog, oldest waiting event, checkpoint and lease holder per shard, quarantine"
+            if name == "relay"
+            else "stored offset, lag and stop reason per partition, tables, dead letters",
+        )
+        status.add_argument("--json", action="store_true", help="machine-readable output")
+    replay = groups["sink"].add_parser(
+        "replay", help="rewind the stored offsets so a sink reprocesses a range (idempotently)"
+    )
+    start = replay.add_mutually_exclusive_group(required=True)
+    start.add_argument("--from-offset", type=int, help="offset to start again from (every partition)")
+    start.add_argument(
+        "--from-timestamp",
+        type=datetime.fromisoformat,
+        help="ISO time, e.g. 2026-11-26T08:00:00+00:00: the first record at or after it",
+    )
+    replay.add_argument("--topic", action="append", help="only this topic (repeatable; default: all)")
+    replay.add_argument("--partition", type=int, help="only this partition")
     return parser
 
 
@@ -85,28 +104,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "demo": lambda a: _demo(a.orders, a.workdir),
+        "migrate": lambda a: _migrate(a.url, a.revision, down=a.downgrade),
+        "relay": _relay,
+        "sink": _sink,
+    }
     try:
-        if args.command == "demo":
-            return _demo(args.orders, args.workdir)
-        if args.command == "migrate":
-            return _migrate(args.url, args.revision, down=args.downgrade)
-        if args.command == "relay" and args.action == "status":
-            report = relay_status(RelaySettings())
-            print(report.to_json() if args.json else report.render())
-        elif args.command == "relay":
-            stop = StopFlag()
-            relay_from_settings(RelaySettings(), stop).run(stop, drain=args.drain)
-        else:
-            sink_from_settings(SinkSettings()).run(StopFlag(), drain=args.drain)
+        return commands[args.command](args)
     except ValidationError as exc:
         print(f"outboxkit: invalid settings:\n{exc}", file=sys.stderr)
         return ExitCode.CONFIG
     except RelayError as exc:
         print(f"outboxkit: {exc}", file=sys.stderr)
         return exc.exit_code
-    except SinkError as exc:
+    except (SinkError, ValueError) as exc:
         print(f"outboxkit: {exc}", file=sys.stderr)
         return ExitCode.ERROR
+
+
+def _relay(args: argparse.Namespace) -> int:
+    if args.action == "status":
+        report = relay_status(RelaySettings())
+        print(report.to_json() if args.json else report.render())
+    else:
+        stop = StopFlag()
+        relay_from_settings(RelaySettings(), stop).run(stop, drain=args.drain)
+    return ExitCode.OK
+
+
+def _sink(args: argparse.Namespace) -> int:
+    settings = SinkSettings()
+    if args.action == "status":
+        report = sink_status(settings)
+        print(report.to_json() if args.json else report.render())
+    elif args.action == "replay":
+        moved = replay(
+            settings,
+            from_offset=args.from_offset,
+            from_timestamp=args.from_timestamp,
+            topics=args.topic,
+            partition=args.partition,
+        )
+        for (topic, partition), offset in sorted(moved.items()):
+            print(f"{topic}[{partition}]: stored offset rewound to {offset}")
+        print(f"{len(moved)} partition(s) rewound; a running sink re-reads them at its next batch")
+    else:
+        stats = sink_from_settings(settings).run(StopFlag(), drain=args.drain)
+        print(
+            f"outboxkit sink: {stats.applied} applied, {stats.skipped} skipped as duplicates, "
+            f"{stats.dead_letters} dead letter(s) in {stats.batches} batch(es)",
+            file=sys.stderr,
+        )
     return ExitCode.OK
 
 

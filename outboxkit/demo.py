@@ -24,7 +24,7 @@ from outbox import metadata as outbox_metadata
 from outbox.kafka_settings import KafkaSettings
 from relay import RelaySettings, relay_from_settings
 from relay.topics import ensure_topic
-from sink import SinkSettings, sink_from_settings
+from sink import SinkSettings, TableMapping, sink_from_settings
 
 
 class DemoSettings(BaseSettings):
@@ -100,11 +100,14 @@ def run_demo(workdir: Path, orders: int, out: TextIO, kafka: KafkaSettings | Non
         warehouse_url=f"duckdb:///{warehouse}",
         kafka=kafka,
         group_id=f"outboxkit-demo-{run_id}",
-        topics=[topic],
+        tables=[
+            TableMapping(topic=topic, table="orders", mode="upsert"),  # current state per order
+            TableMapping(topic=topic, table="order_events", mode="append"),  # the event log
+        ],
     )
     deadline = time.monotonic() + 60
     sink_stats = sink_from_settings(sink_settings).run(lambda: time.monotonic() > deadline, drain=True)
-    out.write(f"sink    applied {sink_stats.applied} events to DuckDB at {warehouse}\n\n")
+    out.write(f"sink    applied {sink_stats.applied} changes to 2 tables in DuckDB at {warehouse}\n\n")
 
     landed = _print_warehouse(create_engine(f"duckdb:///{warehouse}"), topic, sink_settings.group_id, out)
     return DemoReport(committed=committed, landed=landed)
@@ -125,17 +128,25 @@ def _place_orders(sessions: sessionmaker[Session], count: int, *, roll_back: boo
 
 
 def _print_warehouse(warehouse: Engine, topic: str, group_id: str, out: TextIO) -> list[str]:
-    query = text(
-        'select topic, partition, "offset", key, event_type, payload, event_id from outboxkit_events '
-        'where topic = :topic order by partition, "offset"'
-    )
     with warehouse.connect() as conn:
-        rows = conn.execute(query, {"topic": topic}).all()
+        events = conn.execute(
+            text("select _partition, _offset, _key, _event_type, _event_id from order_events order by 1, 2")
+        ).all()
+        orders = conn.execute(
+            text("select id, customer, amount_cents, _version from orders order by id")
+        ).all()
         stored = conn.execute(
             text("select count(*) from outboxkit_offsets where group_id = :group"), {"group": group_id}
         ).scalar_one()
-    out.write(f"{'partition@offset':<17} {'key':<5} {'type':<12} payload\n")
-    for row in rows:
-        out.write(f"{f'{row.partition}@{row.offset}':<17} {row.key:<5} {row.event_type:<12} {row.payload}\n")
-    out.write(f"\nwarehouse holds {len(rows)} events of {topic} and offsets for {stored} partition(s)\n")
-    return [row.event_id for row in rows]
+    out.write(f"order_events (append: the event log of {topic})\n")
+    out.write(f"  {'partition@offset':<17} {'key':<5} type\n")
+    for partition, offset, key, event_type, _ in events:
+        out.write(f"  {f'{partition}@{offset}':<17} {key:<5} {event_type}\n")
+    out.write("orders (upsert: the current state, one row per order, deduped by version)\n")
+    out.write(f"  {'id':<4} {'customer':<9} {'amount_cents':>12} version\n")
+    for order in orders:
+        out.write(f"  {order.id:<4} {order.customer:<9} {order.amount_cents:>12} {order._version}\n")
+    out.write(
+        f"\nwarehouse holds {len(events)} events, {len(orders)} orders, offsets of {stored} partition(s)\n"
+    )
+    return [event_id for *_, event_id in events]

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from datetime import datetime
 
 from opentelemetry import trace
-from opentelemetry.trace import Link, SpanContext, SpanKind, Tracer
+from opentelemetry.trace import Link, SpanKind, Tracer
 from sqlalchemy import Engine, create_engine
 
 from outbox.backoff import Backoff
 from outbox.envelope import Envelope
-from outbox.tracing import span_context_from
+from outbox.tracing import span_contexts
 from relay.capture import Backlog, CaptureSource, Position, capture_for
 from relay.checkpoint import Checkpoints
 from relay.errors import (
@@ -110,7 +110,7 @@ class Relay:
 
     def _publish(self, envelopes: list[Envelope], position: Position) -> None:
         """One Kafka transaction, in a span linked to the spans the events were written in."""
-        links = [Link(context) for context in _contexts(envelopes)]
+        links = [Link(context) for context in span_contexts(e.extra_headers for e in envelopes)]
         attributes: dict[str, str | int] = {
             "messaging.system": "kafka",
             "messaging.batch.message_count": len(envelopes),
@@ -145,19 +145,6 @@ class Relay:
         )
         service.run(should_stop, drain=drain)
         return self.stats
-
-
-def _contexts(envelopes: list[Envelope], most: int = 128) -> list[SpanContext]:
-    """The write-time span contexts of the first `most` events: a bounded cost per batch."""
-    found: list[SpanContext] = []
-    for envelope in envelopes[:most]:
-        if not envelope.extra_headers:
-            continue  # written outside any span: nothing to extract
-        headers = {name: value.decode(errors="replace") for name, value in envelope.extra_headers}
-        context = span_context_from(headers)
-        if context is not None:
-            found.append(context)
-    return found
 
 
 def relay_from_settings(

@@ -3,36 +3,31 @@
 * `isolation.level` is always `read_committed`: a read_uncommitted sink would apply events of
   relay transactions that were later aborted. Any other value is refused at start-up.
 * Kafka-side offset commits are disabled. On every assignment the consumer seeks to the offsets
-  stored in the warehouse with the data, so a crash can neither skip nor repeat a batch.
+  stored in the warehouse with the data, and remembers them: the writer moves each one only from
+  that value (compare-and-set), so a partition written meanwhile by another instance is re-read.
+* A partition can be stopped (an incompatible record): it is paused where it is and its offset
+  stays, until the sink restarts.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from outbox.envelope import Envelope, EnvelopeError
+from outbox.backoff import Backoff
 from outbox.kafka_settings import KafkaSettings
-from sink.errors import PoisonRecordError, SinkConfigError, SinkError
-from sink.writer import Delivered
+from sink.errors import SinkConfigError, SinkError, WarehouseError
 
 log = logging.getLogger("outboxkit.sink")
 OffsetLoader = Callable[[Iterable[str]], dict[tuple[str, int], int]]
-
-
-@dataclass
-class Received:
-    """What one poll produced: good events in order, then possibly the poison record that stopped it."""
-
-    delivered: list[Delivered] = field(default_factory=list)
-    poison: PoisonRecordError | None = None
+Where = tuple[str, int]
+ASSIGN_RETRIES = 15  # about a minute of a warehouse away before the sink gives up and exits
 
 
 class WarehouseConsumer:
-    """Consumes outboxkit envelopes for one consumer group. Not thread-safe."""
+    """Consumes outboxkit topics for one consumer group. Not thread-safe."""
 
     def __init__(
         self,
@@ -50,7 +45,9 @@ class WarehouseConsumer:
             )
         self._topics = list(topics)
         self._load_offsets = load_offsets
-        self._at_end: dict[tuple[str, int], bool] = {}
+        self._at_end: dict[Where, bool] = {}
+        self.positions: dict[Where, int | None] = {}  # next offset as stored; None: no row yet
+        self.stopped: set[Where] = set()
         self._consumer = Consumer(
             kafka.client_config(
                 {
@@ -65,83 +62,87 @@ class WarehouseConsumer:
         )
         self._consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
 
-    def poll(self, max_records: int, timeout: float) -> Received:
-        """Up to `max_records` envelopes. Stops early at the first record that is not an envelope."""
-        received = Received()
+    def poll(self, max_records: int, timeout: float) -> list[Message]:
+        """Up to `max_records` records of assigned, running partitions, in offset order per partition."""
+        records = []
         for message in self._consumer.consume(max_records, timeout):
-            if not self._accept(message, received):
-                break
-        return received
+            where = (message.topic() or "", message.partition() or 0)
+            error = message.error()
+            if error is None:
+                self._at_end[where] = False
+                if where in self.positions and where not in self.stopped:
+                    records.append(message)
+            elif error.code() == KafkaError._PARTITION_EOF:
+                self._at_end[where] = True
+            elif error.fatal():
+                raise SinkError(f"fatal Kafka consumer error: {error.str()}")
+            else:
+                log.warning("Kafka consumer error (librdkafka retries it): %s", error.str())
+        return records
+
+    def advanced(self, moves: dict[Where, tuple[int | None, int]]) -> None:
+        """The warehouse committed `moves`: remember the new stored offsets."""
+        for where, (_, next_offset) in moves.items():
+            if where in self.positions:
+                self.positions[where] = next_offset
+
+    def stop(self, where: Where) -> None:
+        """Halt one partition at its stored offset (an incompatible record sits there)."""
+        self.stopped.add(where)
+        self._consumer.pause([TopicPartition(*where)])
+
+    def reseek(self) -> None:
+        """Re-read every assigned partition from the warehouse's offsets (another writer moved them)."""
+        stored = self._stored_offsets()
+        for where in list(self.positions):
+            self.positions[where] = stored.get(where)
+            try:
+                self._consumer.seek(TopicPartition(*where, stored.get(where, OFFSET_BEGINNING)))
+            except KafkaException as exc:  # not yet fetching: the next assignment seeks anyway
+                log.info("seek %s deferred: %s", where, exc)
 
     def caught_up(self) -> bool:
-        """True once every assigned partition was read to its last committed record."""
-        return bool(self._at_end) and all(self._at_end.values())
+        """True once every running assigned partition was read to its last committed record."""
+        running = [where for where in self._at_end if where not in self.stopped]
+        return bool(self.positions) and all(self._at_end[where] for where in running)
+
+    def lag(self) -> int:
+        """Records between the stored offsets and the partitions' ends (from the last fetch)."""
+        total = 0
+        for (topic, partition), stored in list(self.positions.items()):
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            if high >= 0:
+                total += max(0, high - (stored or 0))
+        return total
 
     def close(self) -> None:
         self._consumer.close()
 
-    def _accept(self, message: Message, received: Received) -> bool:
-        error = message.error()
-        where = _coordinates(message)[:2]
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                self._at_end[where] = True
-                return True
-            if error.fatal():
-                raise SinkError(f"fatal Kafka consumer error: {error.str()}")
-            log.warning("Kafka consumer error (librdkafka retries it): %s", error.str())
-            return True
-        self._at_end[where] = False
-        try:
-            received.delivered.append(_delivered(message))
-        except PoisonRecordError as poison:
-            received.poison = poison
-            return False
-        return True
-
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        stored = self._load_offsets(self._topics)
+        stored = self._stored_offsets()
         for tp in partitions:
-            tp.offset = stored.get((tp.topic, tp.partition), OFFSET_BEGINNING)
-            self._at_end[(tp.topic, tp.partition)] = False
+            where = (tp.topic, tp.partition)
+            self.positions[where] = stored.get(where)
+            tp.offset = stored.get(where, OFFSET_BEGINNING)
+            self._at_end[where] = False
         log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
         consumer.assign(partitions)
 
+    def _stored_offsets(self) -> dict[Where, int]:
+        """The warehouse's offsets, waited for: partitions must not start anywhere else."""
+        backoff = Backoff(maximum=5.0)
+        while True:
+            try:
+                return self._load_offsets(self._topics)
+            except WarehouseError as exc:
+                if backoff.failures >= ASSIGN_RETRIES:
+                    raise
+                log.warning("%s; assignment waits %.1fs for the warehouse", exc, backoff.wait())
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            self._at_end.pop((tp.topic, tp.partition), None)
+            where = (tp.topic, tp.partition)
+            self._at_end.pop(where, None)
+            self.positions.pop(where, None)
+            self.stopped.discard(where)
         consumer.unassign()
-
-
-def _coordinates(message: Message) -> tuple[str, int, int]:
-    """Topic, partition, offset: always set on consumed records and EOF events."""
-    topic, partition, offset = message.topic(), message.partition(), message.offset()
-    return topic or "", -1 if partition is None else partition, -1 if offset is None else offset
-
-
-def _delivered(message: Message) -> Delivered:
-    topic, partition, offset = _coordinates(message)
-    headers = message.headers() or []
-    try:
-        envelope = Envelope.from_kafka(
-            topic,
-            message.key(),
-            message.value(),
-            list(headers.items()) if isinstance(headers, dict) else headers,
-        )
-        envelope.payload.decode()
-        if envelope.key is not None:
-            envelope.key.decode()
-    except EnvelopeError as exc:
-        raise PoisonRecordError(
-            exc.reason, topic=topic, partition=partition, offset=offset, raw=exc.value
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise PoisonRecordError(
-            f"key or payload is not UTF-8 ({exc})",
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            raw=message.value(),
-        ) from exc
-    return Delivered(envelope=envelope, partition=partition, offset=offset)

@@ -1,4 +1,4 @@
-"""The sink's exception tree. Errors carry the Kafka coordinates needed to find the record."""
+"""The sink's exception tree. Each message says what happened and what to do next."""
 
 from __future__ import annotations
 
@@ -11,16 +11,30 @@ class SinkConfigError(SinkError):
     """Settings that would break a guarantee (e.g. read_uncommitted); the message names the field."""
 
 
-class PoisonRecordError(SinkError):
-    """A record that is not an outboxkit event. Its offset is NOT advanced, so nothing is lost."""
-
-    def __init__(self, reason: str, *, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
-        super().__init__(
-            f"record {topic}[{partition}]@{offset} cannot be applied: {reason}. The partition stops "
-            "here and its offset is not advanced; fix or remove the record, then restart the sink"
-        )
-        self.topic, self.partition, self.offset, self.raw = topic, partition, offset, raw
-
-
 class WarehouseError(SinkError):
-    """The warehouse rejected a batch; the whole batch and its offsets were rolled back."""
+    """The warehouse rejected a batch; the whole batch and its offsets were rolled back.
+
+    `data`: the database refused a value (out of range, constraint), so retrying the same batch
+    cannot help; the sink narrows it down to the record and dead-letters that one. Otherwise the
+    failure is taken as transient (connection lost, lock timeout) and the same batch is retried.
+    """
+
+    def __init__(self, message: str, *, data: bool = False) -> None:
+        super().__init__(message)
+        self.data = data
+
+
+class PartitionMovedError(SinkError):
+    """The stored offset of a partition is not where this sink left it: another instance wrote it.
+
+    The batch was rolled back whole; the sink re-reads the partition from the stored offset (or
+    has already lost it to a rebalance), so nothing is applied twice.
+    """
+
+    def __init__(self, topic: str, partition: int) -> None:
+        super().__init__(
+            f"{topic}[{partition}]: the stored offset moved under this sink (another instance, a "
+            "replay, or this one paused past its session); the batch was rolled back and the "
+            "partition is re-read from the warehouse"
+        )
+        self.topic, self.partition = topic, partition

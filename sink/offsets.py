@@ -1,50 +1,73 @@
-"""Consumer offsets stored in the warehouse, next to the data they describe.
+"""Consumer offsets stored in the warehouse, advanced by compare-and-set inside each batch.
 
-Kafka-side commits would be a second system to keep in step (and a crash between the two
-duplicates or loses rows); here the offsets row is updated in the same transaction as the batch,
-and on assignment the consumer seeks to what this table says.
+Kafka-side commits would be a second system to keep in step (a crash between the two duplicates or
+loses rows). Here the offsets row moves in the batch's own transaction, and only from the value
+this sink last read or wrote: if another instance moved it (a rebalance, or this process was
+paused past its session and is now a zombie), the batch is refused whole and the partition is
+re-read from the stored offset. That turns "one writer per partition" from a hope into a check.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from sqlalchemy import BigInteger, Column, Connection, Integer, MetaData, String, Table, and_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
-TopicPartitionKey = tuple[str, int]
+from sink.errors import PartitionMovedError
+from sink.tables import offsets
 
-offsets_metadata = MetaData()
-
-offsets_table = Table(
-    "outboxkit_offsets",
-    offsets_metadata,
-    Column("group_id", String(255), primary_key=True),
-    Column("topic", String(249), primary_key=True),
-    Column("partition", Integer, primary_key=True),
-    Column("next_offset", BigInteger, nullable=False),
-)
+TopicPartition = tuple[str, int]
 
 
-def load(conn: Connection, group_id: str, topics: Iterable[str]) -> dict[TopicPartitionKey, int]:
+def load(conn: Connection, group_id: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
     """Next offset to consume per (topic, partition) for this group; absent means 'from the start'."""
-    query = select(offsets_table).where(
-        and_(offsets_table.c.group_id == group_id, offsets_table.c.topic.in_(list(topics)))
-    )
+    query = select(offsets).where(and_(offsets.c.group_id == group_id, offsets.c.topic.in_(list(topics))))
     return {(row.topic, row.partition): row.next_offset for row in conn.execute(query)}
 
 
-def store(conn: Connection, group_id: str, next_offsets: Mapping[TopicPartitionKey, int]) -> None:
-    """Move the stored offsets forward, inside the caller's (the batch's) transaction."""
-    for (topic, partition), next_offset in next_offsets.items():
+def advance(conn: Connection, group_id: str, moves: Mapping[TopicPartition, tuple[int | None, int]]) -> None:
+    """Set each partition's offset from `expected` (None: no row yet) to `next`, or raise
+    `PartitionMovedError` if any stored value is not what this sink expected."""
+    for (topic, partition), (expected, next_offset) in moves.items():
+        if expected is None:
+            try:  # a concurrent first insert blocks on the key, then fails here
+                conn.execute(
+                    insert(offsets).values(
+                        group_id=group_id, topic=topic, partition=partition, next_offset=next_offset
+                    )
+                )
+            except IntegrityError:
+                raise PartitionMovedError(topic, partition) from None
+            continue
         where = and_(
-            offsets_table.c.group_id == group_id,
-            offsets_table.c.topic == topic,
-            offsets_table.c.partition == partition,
+            offsets.c.group_id == group_id,
+            offsets.c.topic == topic,
+            offsets.c.partition == partition,
+            offsets.c.next_offset == expected,
         )
-        if conn.execute(update(offsets_table).where(where).values(next_offset=next_offset)).rowcount == 0:
-            conn.execute(
-                insert(offsets_table).values(
-                    group_id=group_id, topic=topic, partition=partition, next_offset=next_offset
+        if conn.execute(update(offsets).where(where).values(next_offset=next_offset)).rowcount != 1:
+            raise PartitionMovedError(topic, partition)
+
+
+def rewind(
+    conn: Connection, group_id: str, targets: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """Move stored offsets back to `targets` (never forward); returns the offsets now stored."""
+    stored = load(conn, group_id, {topic for topic, _ in targets})
+    result = {}
+    for (topic, partition), target in targets.items():
+        current = stored.get((topic, partition))
+        if current is None or current <= target:
+            continue  # nothing consumed past the target yet: nothing to replay
+        conn.execute(
+            update(offsets)
+            .where(
+                and_(
+                    offsets.c.group_id == group_id, offsets.c.topic == topic, offsets.c.partition == partition
                 )
             )
+            .values(next_offset=target)
+        )
+        result[(topic, partition)] = target
+    return result

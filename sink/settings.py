@@ -2,24 +2,49 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.kafka_settings import KafkaSettings
+from sink.mapping import TableMapping
 
 
 class SinkSettings(BaseSettings):
-    """E.g. `OUTBOXKIT_SINK_WAREHOUSE_URL`, `OUTBOXKIT_SINK_TOPICS='["orders"]'`."""
+    """E.g. `OUTBOXKIT_SINK_WAREHOUSE_URL=postgresql://...`,
+    `OUTBOXKIT_SINK_TABLES='[{"topic": "shop.orders", "table": "orders"}]'`."""
 
     model_config = SettingsConfigDict(
         env_prefix="OUTBOXKIT_SINK_", env_file=".env", env_nested_delimiter="__", extra="ignore"
     )
 
-    warehouse_url: SecretStr = SecretStr("duckdb:///outboxkit-warehouse.duckdb")
+    warehouse_url: SecretStr = Field(
+        SecretStr("duckdb:///outboxkit-warehouse.duckdb"),
+        description="duckdb:///file.duckdb or postgresql+psycopg://user@host/db",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    group_id: str = "outboxkit-sink"
-    topics: list[str] = Field(default_factory=list, min_length=1)
+    group_id: str = Field("outboxkit-sink", description="Consumer group; offsets are stored per group.")
+    tables: list[TableMapping] = Field(min_length=1, description="One mapping per topic: table, mode, model.")
     isolation_level: str = Field("read_committed", description="Anything else is refused at start-up.")
-    batch_size: int = Field(1000, ge=1, le=100_000, description="Records per warehouse transaction.")
-    poll_timeout: float = Field(0.5, gt=0)
-    max_backoff: float = Field(10.0, gt=0)
+    poison_policy: Literal["dlq", "stop"] = Field(
+        "dlq", description="dlq: dead-letter bad records and go on; stop: halt their partition."
+    )
+    max_record_bytes: int = Field(1 << 20, ge=1, description="Larger record values are dead letters.")
+    batch_size: int = Field(5000, ge=1, le=100_000, description="Records per warehouse transaction.")
+    poll_timeout: float = Field(0.5, gt=0, description="Seconds a poll waits for records.")
+    max_backoff: float = Field(10.0, gt=0, description="Longest wait between warehouse retries.")
+    http_port: int | None = Field(None, description="Serve /metrics, /healthz, /readyz on this port.")
+
+    @model_validator(mode="after")
+    def _one_mapping_per_table(self) -> SinkSettings:
+        names = [mapping.table for mapping in self.tables]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"tables: each table may be fed by one mapping, {', '.join(twice)} repeat")
+        return self
+
+    @property
+    def topics(self) -> list[str]:
+        """The topics to consume, each once (one topic may feed several tables)."""
+        return list(dict.fromkeys(mapping.topic for mapping in self.tables))

@@ -1,136 +1,281 @@
-"""Sink writers: apply a batch of events and its offsets to a warehouse in ONE transaction.
+"""Sink writers: apply a batch and its offsets to a warehouse in ONE transaction.
 
-That single transaction is the whole exactly-once argument on this side: either the events and
-the offsets after them are both durable, or neither is, and a restarted sink resumes from the
-stored offsets. The event log is also unique by event id, so a duplicate that reached Kafka at a
-new offset (an at-least-once producer upstream) is absorbed rather than applied twice.
+That single transaction is the exactly-once argument on this side: the rows, the offsets after
+them (moved by compare-and-set, see `offsets`), the dead letters, the delete markers and the
+column catalogue all commit together or not at all, and a restarted sink resumes from the stored
+offsets. Within it, `merge` decides which events are new, so replays and duplicates change nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    Connection,
-    DateTime,
-    Engine,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    func,
-    select,
-)
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Connection, Engine, delete, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from outbox.envelope import Envelope
-from sink import offsets
+from sink import columns, deadletters, merge, offsets
+from sink.columns import SQL_TYPES, Kind
 from sink.errors import WarehouseError
+from sink.loaders import Loader, loader_for, quote
+from sink.mapping import Row, TableMapping, TableSchema
+from sink.merge import Held, Plan, Stamp
+from sink.records import DeadLetter
+from sink.tables import bookkeeping, catalog, deleted
+
+KEYS = "_outboxkit_keys"  # per-connection temp table: keys of a batch, with offsets and times
+KEYS_COLUMNS = {"k": Kind.TEXT, "id": Kind.TEXT, "n": Kind.INTEGER, "p": Kind.INTEGER, "t": Kind.TIMESTAMP}
 
 
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """An event as the sink received it: the envelope and where it sat in Kafka."""
+@dataclass
+class Batch:
+    """What the sink hands a writer: rows per table, dead letters, offset moves, draft schemas."""
 
-    envelope: Envelope
-    partition: int
-    offset: int
+    rows: dict[str, list[Row]] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    moves: dict[offsets.TopicPartition, tuple[int | None, int]] = field(default_factory=dict)
+    schemas: dict[str, TableSchema] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    applied: int = 0
+    skipped: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
 class SinkWriter(Protocol):
     """A warehouse target. Implementations need not be thread-safe."""
 
-    def stored_offsets(self, group_id: str, topics: Iterable[str]) -> dict[offsets.TopicPartitionKey, int]:
+    schemas: dict[str, TableSchema]  # committed columns per table
+
+    def stored_offsets(self, group_id: str, topics: Iterable[str]) -> dict[offsets.TopicPartition, int]:
         """Next offset per (topic, partition) as committed with the data; missing = from the start."""
         ...
 
-    def write(self, group_id: str, batch: Sequence[Delivered]) -> int:
-        """Apply `batch` and advance the group's offsets past it, atomically. Return rows applied
-        (duplicates by event id are skipped). Raises `WarehouseError`; then nothing was applied."""
+    def write(self, group_id: str, batch: Batch) -> Outcome:
+        """Apply `batch` and move the offsets, atomically. Raises `WarehouseError` (nothing was
+        applied; retry) or `PartitionMovedError` (another instance owns a partition now)."""
         ...
 
 
-events_metadata = MetaData()
-
-events_table = Table(
-    "outboxkit_events",
-    events_metadata,
-    Column("event_id", String(36), primary_key=True),
-    Column("topic", String(249), nullable=False),
-    Column("partition", Integer, nullable=False),
-    Column("offset", BigInteger, nullable=False),
-    Column("key", Text, nullable=True),
-    Column("event_type", String(255), nullable=False),
-    Column("aggregate_type", String(255), nullable=False),
-    Column("aggregate_id", String(255), nullable=False),
-    Column("schema_version", Integer, nullable=False),
-    Column("payload", Text, nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
-
-
 class SqlWriter:
-    """Appends events to `outboxkit_events` on DuckDB or PostgreSQL (both speak ON CONFLICT)."""
+    """Writes to DuckDB or PostgreSQL through SQLAlchemy, bulk-loading with the dialect's `Loader`."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, mappings: Sequence[TableMapping]) -> None:
         self._engine = engine
-        events_metadata.create_all(engine)
-        offsets.offsets_metadata.create_all(engine)
+        self._loader: Loader = loader_for(engine.dialect.name, engine.driver)
+        self._mappings = {mapping.table: mapping for mapping in mappings}
+        self._types = SQL_TYPES[self._loader.dialect]
+        try:
+            bookkeeping.create_all(engine)
+            with engine.begin() as conn:
+                self.schemas = _load_catalog(conn)
+                for mapping in mappings:
+                    if mapping.model is not None:
+                        self._evolve_to_model(conn, mapping)
+        except SQLAlchemyError as exc:
+            raise WarehouseError(f"cannot prepare the warehouse tables: {exc}") from exc
 
-    def stored_offsets(self, group_id: str, topics: Iterable[str]) -> dict[offsets.TopicPartitionKey, int]:
-        with self._engine.connect() as conn:
-            return offsets.load(conn, group_id, topics)
+    def stored_offsets(self, group_id: str, topics: Iterable[str]) -> dict[offsets.TopicPartition, int]:
+        try:
+            with self._engine.connect() as conn:
+                return offsets.load(conn, group_id, topics)
+        except SQLAlchemyError as exc:
+            raise WarehouseError(f"cannot read the stored offsets ({type(exc).__name__}): {exc}") from exc
 
-    def write(self, group_id: str, batch: Sequence[Delivered]) -> int:
-        if not batch:
-            return 0
-        next_offsets = {(d.envelope.topic, d.partition): d.offset + 1 for d in batch}
+    def write(self, group_id: str, batch: Batch) -> Outcome:
+        outcome = Outcome()
         try:
             with self._engine.begin() as conn:
-                rows = _new_rows(conn, batch)
-                if rows:
-                    conn.execute(insert(events_table).on_conflict_do_nothing(), rows)
-                offsets.store(conn, group_id, next_offsets)
+                offsets.advance(conn, group_id, batch.moves)
+                for table, draft in batch.schemas.items():
+                    self._ensure(conn, self._mappings[table], draft)
+                for table, rows in batch.rows.items():
+                    plan = self._apply(conn, self._mappings[table], batch.schemas[table], rows)
+                    outcome.applied += plan.applied
+                    outcome.skipped += plan.skipped
+                    outcome.dead_letters += plan.dead
+                outcome.dead_letters = [*batch.dead_letters, *outcome.dead_letters]
+                deadletters.store(conn, group_id, outcome.dead_letters)
         except SQLAlchemyError as exc:
-            raise WarehouseError(f"warehouse rejected a batch of {len(batch)} events: {exc}") from exc
-        return len(rows)
+            raise WarehouseError(
+                f"the warehouse rejected a batch ({type(exc).__name__}): {exc}",
+                data=self._loader.refused_data(getattr(exc, "orig", exc)),
+            ) from exc
+        self.schemas.update(batch.schemas)
+        return outcome
+
+    def _evolve_to_model(self, conn: Connection, mapping: TableMapping) -> None:
+        assert mapping.model is not None
+        draft = self.schemas.get(mapping.table, TableSchema()).copy()
+        draft.columns = {**draft.columns, **columns.model_columns(mapping.model)}
+        draft.schema_version = max(draft.schema_version, mapping.schema_version)
+        self._ensure(conn, mapping, draft)
+        self.schemas[mapping.table] = draft
+
+    def _apply(self, conn: Connection, mapping: TableMapping, draft: TableSchema, rows: list[Row]) -> Plan:
+        table = mapping.table
+        if mapping.mode == "append":
+            plan = merge.plan_append(rows, self._stored_ids(conn, table, rows))
+        elif mapping.mode == "history":
+            plan = merge.plan_history(table, rows, self._held(conn, mapping, rows))
+            self._close(conn, table, plan)
+        else:
+            plan = merge.plan_upsert(
+                table, rows, self._held(conn, mapping, rows), soft=mapping.deletes == "soft"
+            )
+            self._replace(conn, table, plan)
+        all_columns = columns.metadata_columns(mapping.mode) | draft.columns
+        self._loader.load(conn, table, all_columns, [_cells(row, plan) for row in plan.inserts])
+        self._remember_deleted(conn, table, plan.deleted)
+        return plan
+
+    def _ensure(self, conn: Connection, mapping: TableMapping, draft: TableSchema) -> None:
+        """Create the table, or add the draft's new columns (always nullable); then the catalogue."""
+        committed = self.schemas.get(mapping.table)
+        if committed is not None and committed == draft:
+            return
+        name = quote(conn, mapping.table)
+        if committed is None:
+            wanted = columns.metadata_columns(mapping.mode) | draft.columns
+            key = columns.KEY if mapping.mode == "upsert" else columns.EVENT_ID
+            definitions = ", ".join(
+                f"{quote(conn, column)} {self._types[kind]}" for column, kind in wanted.items()
+            )
+            conn.exec_driver_sql(
+                f"CREATE TABLE IF NOT EXISTS {name} ({definitions}, PRIMARY KEY ({quote(conn, key)}))"
+            )
+        else:
+            for column, kind in draft.columns.items():
+                if column not in committed.columns:
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {name} ADD COLUMN {quote(conn, column)} {self._types[kind]}"
+                    )
+        conn.execute(delete(catalog).where(catalog.c.table_name == mapping.table))
+        conn.execute(
+            insert(catalog).values(
+                table_name=mapping.table,
+                topic=mapping.topic,
+                mode=mapping.mode,
+                columns=json.dumps(draft.columns),
+                schema_version=draft.schema_version,
+            )
+        )
+
+    def _keys(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Fill this connection's temp key table (created on first use, emptied each time)."""
+        definitions = ", ".join(f"{column} {self._types[kind]}" for column, kind in KEYS_COLUMNS.items())
+        conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {KEYS} ({definitions})")
+        conn.exec_driver_sql(f"DELETE FROM {KEYS}")
+        self._loader.load(conn, KEYS, KEYS_COLUMNS, rows)
+
+    def _stored_ids(self, conn: Connection, table: str, rows: list[Row]) -> set[str]:
+        self._keys(conn, [{"k": row.event_id} for row in rows])
+        found = conn.exec_driver_sql(
+            f"SELECT _event_id FROM {quote(conn, table)} WHERE _event_id IN (SELECT k FROM {KEYS})"
+        )
+        return {event_id for (event_id,) in found}
+
+    def _held(self, conn: Connection, mapping: TableMapping, rows: list[Row]) -> dict[str, Held]:
+        """What the table holds for each key of the batch: its live row, or its delete marker."""
+        self._keys(conn, [{"k": key} for key in {row.key: None for row in rows}])
+        current = "TRUE" if mapping.mode == "upsert" else f"{columns.VALID_TO} IS NULL"
+        held: dict[str, Held] = {}
+        found = conn.exec_driver_sql(
+            f"SELECT _key, _version, _partition, _offset FROM {quote(conn, mapping.table)} "
+            f"WHERE {current} AND _key IN (SELECT k FROM {KEYS})"
+        )
+        for key, version, partition, offset in found:
+            held[key] = Held(Stamp(version, partition, offset), live=True)  # a row (soft-deleted or not)
+        markers = text(
+            f'SELECT "key", "version", "partition", "offset" FROM {deleted.name} '
+            f'WHERE table_name = :table AND "key" IN (SELECT k FROM {KEYS})'
+        )
+        for key, version, partition, offset in conn.execute(markers, {"table": mapping.table}):
+            stamp = Stamp(version, partition, offset)
+            if key not in held or stamp.after(held[key].stamp):
+                held[key] = Held(stamp, live=False)
+        return held
+
+    def _replace(self, conn: Connection, table: str, plan: Plan) -> None:
+        """Upsert: drop the rows being replaced or deleted; flag soft-deleted ones in place."""
+        gone = [{"k": row.key} for row in (*plan.inserts, *plan.deleted)]
+        if gone:
+            self._keys(conn, gone)
+            conn.exec_driver_sql(f"DELETE FROM {quote(conn, table)} WHERE _key IN (SELECT k FROM {KEYS})")
+        if plan.flagged:
+            self._keys(conn, [_key_row(row) for row in plan.flagged])
+            conn.exec_driver_sql(
+                f"UPDATE {quote(conn, table)} SET _deleted = TRUE, _event_id = s.id, "
+                f"_event_type = 'tombstone', _partition = s.p, _offset = s.n "
+                f"FROM {KEYS} s WHERE {quote(conn, table)}._key = s.k"
+            )
+
+    def _close(self, conn: Connection, table: str, plan: Plan) -> None:
+        """History: end the open version of each key that got a newer one or was deleted."""
+        if plan.closes:
+            self._keys(conn, [{"k": key, "t": at} for key, at in plan.closes.items()])
+            conn.exec_driver_sql(
+                f"UPDATE {quote(conn, table)} SET {columns.VALID_TO} = s.t FROM {KEYS} s "
+                f"WHERE {quote(conn, table)}._key = s.k AND {quote(conn, table)}.{columns.VALID_TO} IS NULL"
+            )
+
+    def _remember_deleted(self, conn: Connection, table: str, rows: list[Row]) -> None:
+        if not rows:
+            return
+        conn.execute(
+            delete(deleted).where(deleted.c.table_name == table, deleted.c.key.in_([r.key for r in rows]))
+        )
+        markers = [
+            {
+                "table_name": table,
+                "key": row.key,
+                "version": row.version,
+                "partition": row.source.partition,
+                "offset": row.source.offset,
+            }
+            for row in rows
+        ]
+        marker_columns = {
+            "table_name": Kind.TEXT,
+            "key": Kind.TEXT,
+            "version": Kind.INTEGER,
+            "partition": Kind.INTEGER,
+            "offset": Kind.INTEGER,
+        }
+        self._loader.load(conn, deleted.name, marker_columns, markers)
 
 
-def _new_rows(conn: Connection, batch: Sequence[Delivered]) -> list[dict[str, object]]:
-    """Rows for the events not yet stored, first occurrence only.
-
-    Looked up rather than counted from the insert: DuckDB reports no rowcount for executemany,
-    and the number of duplicates skipped is a metric users watch.
-    """
-    ids = [item.envelope.event_id for item in batch]
-    seen = set(
-        conn.execute(select(events_table.c.event_id).where(events_table.c.event_id.in_(ids))).scalars()
-    )
-    rows = []
-    for item in batch:
-        if item.envelope.event_id not in seen:
-            seen.add(item.envelope.event_id)
-            rows.append(_row(item))
-    return rows
+def _key_row(row: Row) -> dict[str, Any]:
+    return {"k": row.key, "id": row.event_id, "n": row.source.offset, "p": row.source.partition}
 
 
-def _row(item: Delivered) -> dict[str, object]:
-    envelope = item.envelope
-    return {
-        "event_id": envelope.event_id,
-        "topic": envelope.topic,
-        "partition": item.partition,
-        "offset": item.offset,
-        "key": None if envelope.key is None else envelope.key.decode(),
-        "event_type": envelope.event_type,
-        "aggregate_type": envelope.aggregate_type,
-        "aggregate_id": envelope.aggregate_id,
-        "schema_version": envelope.schema_version,
-        "payload": envelope.payload.decode(),  # checked to be UTF-8 when it was received
+def _cells(row: Row, plan: Plan) -> dict[str, Any]:
+    values = {name: columns.cell(value) for name, value in row.values.items()}
+    at = merge.event_time(row)
+    values |= {
+        columns.KEY: row.key,
+        columns.EVENT_ID: row.event_id,
+        columns.EVENT_TYPE: row.event_type,
+        columns.VERSION: row.version,
+        columns.SCHEMA_VERSION: row.schema_version,
+        columns.TOPIC: row.source.topic,
+        columns.PARTITION: row.source.partition,
+        columns.OFFSET: row.source.offset,
+        columns.EVENT_TIME: at,
+        columns.DELETED: row.delete,
+        columns.VALID_FROM: at,
+        columns.VALID_TO: plan.valid_to.get(row.event_id),
     }
+    return values
+
+
+def _load_catalog(conn: Connection) -> dict[str, TableSchema]:
+    schemas = {}
+    for row in conn.execute(select(catalog.c.table_name, catalog.c.columns, catalog.c.schema_version)):
+        kinds = {name: Kind(kind) for name, kind in json.loads(row.columns).items()}
+        schemas[row.table_name] = TableSchema(kinds, row.schema_version)
+    return schemas

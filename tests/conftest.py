@@ -176,3 +176,14 @@ def kafka_classpath() -> str:
     if not jars:
         unavailable("the kafka-clients jar", f"nothing under {cache}")
     return str(jars[-1].parent / "*")
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """Every sink-writer test runs against each warehouse target (the same contract suite)."""
+    if request.param == "duckdb":
+        engine = create_engine(f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+        yield engine
+        engine.dispose()
+    else:
+        yield request.getfixturevalue("pg_engine")

@@ -36,12 +36,14 @@ def test_the_demo_delivers_every_committed_event_exactly_once_and_no_rolled_back
         orders = {str(row[0]) for row in app.execute("select id from orders")}
         left_in_outbox = app.execute("select count(*) from outbox").fetchone()[0]
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as warehouse:
-        landed = warehouse.execute("select event_id, event_type, key from outboxkit_events").fetchall()
+        landed = warehouse.execute("select _event_id, _event_type, _key from order_events").fetchall()
+        amounts = dict(warehouse.execute("select id, amount_cents from orders").fetchall())
 
     assert len(orders) == 7  # the rolled-back order left no row...
     assert {key for _, _, key in landed} == orders  # ...and no event: every event is of a committed order
     assert len({event_id for event_id, _, _ in landed}) == len(landed) == 8  # each exactly once
     assert sorted(kind for _, kind, _ in landed) == ["OrderCreated"] * 7 + ["OrderUpdated"]
+    assert amounts == {1: 1099, 2: 1250, 3: 1500, 4: 1750, 5: 2000, 6: 2250, 7: 2500}  # the current state
     assert left_in_outbox == 0  # published rows were cleaned up
     assert result.stdout.count("OrderCreated") == 7  # every landed event is shown to the user
     assert result.stdout.count("OrderUpdated") == 1

@@ -55,14 +55,15 @@ def test_relay_exports() -> None:
 
 def test_sink_exports() -> None:
     assert sorted(sink.__all__) == [
-        "Delivered",
-        "PoisonRecordError",
+        "PartitionMovedError",
         "Sink",
+        "SinkConfigError",
         "SinkError",
         "SinkSettings",
         "SinkStats",
         "SinkWriter",
         "SqlWriter",
+        "TableMapping",
         "WarehouseConsumer",
         "WarehouseError",
         "sink_from_settings",

@@ -1,0 +1,92 @@
+"""From one poll's records to one warehouse batch: rows per table, dead letters, offset moves.
+
+Offsets move past every record that was applied, skipped as a duplicate or dead-lettered. A
+record that stops its partition (policy `stop`, or an incompatible schema change) ends that
+partition's share of the batch: the records before it are written, its offset is where the
+partition stays, and it is recorded (action `stopped`) so status can say why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Literal
+
+from confluent_kafka import Message
+
+from sink.consumer import Where
+from sink.mapping import Row, TableMapping, TableSchema, to_row
+from sink.records import DeadLetter, Record, decode
+from sink.writer import Batch
+
+Policy = Literal["dlq", "stop"]
+Refusals = Mapping[tuple[str, int, int], str]  # records the warehouse refused, and its words
+
+
+def assemble(
+    messages: Iterable[Message],
+    mappings: Mapping[str, Sequence[TableMapping]],
+    schemas: Mapping[str, TableSchema],
+    positions: Mapping[Where, int | None],
+    *,
+    max_bytes: int,
+    policy: Policy,
+    refused: Refusals,
+) -> tuple[Batch, set[Where]]:
+    """The batch for `messages` and the partitions that must stop. Records in `refused` (by
+    topic, partition, offset) become dead letters with the reason given there."""
+    batch = Batch()
+    stopping: set[Where] = set()
+    for message in messages:
+        record = decode(message, max_bytes=max_bytes)
+        reason = refused.get((record.source.topic, record.source.partition, record.source.offset))
+        if reason is not None:
+            record = DeadLetter(record.source, record.raw, reason, getattr(record, "event_id", None))
+        where = record.source.where
+        if where in stopping:
+            continue
+        rows, letter = _map(record, mappings[where[0]], batch, schemas)
+        if letter is not None and (letter.stop or policy == "stop"):
+            stopping.add(where)
+            batch.dead_letters.append(replace(letter, stop=True))
+            batch.moves[where] = (positions.get(where), record.source.offset)
+            continue
+        if letter is not None:
+            batch.dead_letters.append(letter)
+        for table, row in rows:
+            batch.rows.setdefault(table, []).append(row)
+        batch.moves[where] = (positions.get(where), record.source.offset + 1)
+    return batch, stopping
+
+
+def _map(
+    record: Record | DeadLetter,
+    mappings: Sequence[TableMapping],
+    batch: Batch,
+    schemas: Mapping[str, TableSchema],
+) -> tuple[list[tuple[str, Row]], DeadLetter | None]:
+    """The record's row for each table its topic feeds, and its dead letter if any table refused it
+    (a stop if any refusal is one; the reason names the tables when a topic feeds several)."""
+    if isinstance(record, DeadLetter):
+        return [], record
+    rows: list[tuple[str, Row]] = []
+    refused: list[tuple[str, DeadLetter]] = []
+    for mapping in mappings:
+        mapped = to_row(mapping, _draft(batch, schemas, mapping.table), record)
+        if isinstance(mapped, DeadLetter):
+            refused.append((mapping.table, mapped))
+        else:
+            rows.append((mapping.table, mapped))
+    if not refused:
+        return rows, None
+    if len(mappings) == 1:
+        return rows, refused[0][1]
+    reason = "; ".join(f"table {table}: {letter.reason}" for table, letter in refused)
+    return rows, replace(refused[0][1], reason=reason, stop=any(letter.stop for _, letter in refused))
+
+
+def _draft(batch: Batch, committed: Mapping[str, TableSchema], table: str) -> TableSchema:
+    """The batch's working copy of a table's schema, widened as new fields turn up."""
+    if table not in batch.schemas:
+        batch.schemas[table] = committed.get(table, TableSchema()).copy()
+    return batch.schemas[table]

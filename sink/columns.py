@@ -1,0 +1,171 @@
+"""Column kinds: what a payload field becomes in the warehouse, and when a value no longer fits.
+
+A small closed set of kinds, because both targets must agree on them and because a kind is what
+schema evolution compares: a new field adds a nullable column of its inferred kind; a value whose
+kind differs from its column's is drift, never silently coerced (a text `"12.50"` landing in a
+numeric column is how warehouses end up with half their rows wrong).
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import types
+import typing
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+# Columns outboxkit adds to every target table. A payload field may not take one of these names.
+KEY = "_key"
+EVENT_ID = "_event_id"
+EVENT_TYPE = "_event_type"
+VERSION = "_version"
+SCHEMA_VERSION = "_schema_version"
+TOPIC = "_topic"
+PARTITION = "_partition"
+OFFSET = "_offset"
+EVENT_TIME = "_event_time"
+DELETED = "_deleted"
+VALID_FROM = "_valid_from"
+VALID_TO = "_valid_to"
+MAX_NAME = 63  # PostgreSQL truncates longer identifiers silently; refuse them instead
+
+
+class Kind(StrEnum):
+    INTEGER = "integer"
+    FLOAT = "float"
+    BOOLEAN = "boolean"
+    TEXT = "text"
+    NUMERIC = "numeric"
+    TIMESTAMP = "timestamp"
+    DATE = "date"
+    JSON = "json"  # objects and arrays, stored as their JSON text
+
+
+SQL_TYPES: Mapping[str, Mapping[Kind, str]] = {
+    "postgresql": {
+        Kind.INTEGER: "BIGINT",
+        Kind.FLOAT: "DOUBLE PRECISION",
+        Kind.BOOLEAN: "BOOLEAN",
+        Kind.TEXT: "TEXT",
+        Kind.NUMERIC: "NUMERIC",
+        Kind.TIMESTAMP: "TIMESTAMPTZ",
+        Kind.DATE: "DATE",
+        Kind.JSON: "TEXT",
+    },
+    "duckdb": {
+        Kind.INTEGER: "BIGINT",
+        Kind.FLOAT: "DOUBLE",
+        Kind.BOOLEAN: "BOOLEAN",
+        Kind.TEXT: "VARCHAR",
+        Kind.NUMERIC: "DECIMAL(38, 9)",
+        Kind.TIMESTAMP: "TIMESTAMPTZ",
+        Kind.DATE: "DATE",
+        Kind.JSON: "VARCHAR",
+    },
+}
+
+
+def metadata_columns(mode: str) -> dict[str, Kind]:
+    """The outboxkit columns of a table in `mode` (upsert, append or history), key first."""
+    columns = {
+        KEY: Kind.TEXT,
+        EVENT_ID: Kind.TEXT,
+        EVENT_TYPE: Kind.TEXT,
+        VERSION: Kind.INTEGER,
+        SCHEMA_VERSION: Kind.INTEGER,
+        TOPIC: Kind.TEXT,
+        PARTITION: Kind.INTEGER,
+        OFFSET: Kind.INTEGER,
+        EVENT_TIME: Kind.TIMESTAMP,
+    }
+    if mode == "upsert":
+        columns[DELETED] = Kind.BOOLEAN
+    if mode == "history":
+        columns |= {VALID_FROM: Kind.TIMESTAMP, VALID_TO: Kind.TIMESTAMP}
+    return columns
+
+
+RESERVED = frozenset(metadata_columns("upsert")) | frozenset(metadata_columns("history"))
+
+
+def kind_of(value: Any) -> Kind | None:
+    """The kind a JSON value implies; None for null, which fits every column."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return Kind.BOOLEAN
+    if isinstance(value, int):
+        return Kind.INTEGER
+    if isinstance(value, float):
+        return Kind.FLOAT
+    if isinstance(value, str):
+        return Kind.TEXT
+    return Kind.JSON
+
+
+def fits(value: Any, kind: Kind) -> bool:
+    """Whether a decoded JSON value can be stored in a column of `kind` without guessing."""
+    found = kind_of(value)
+    if found is None or found == kind:
+        return True
+    if kind in (Kind.FLOAT, Kind.NUMERIC):
+        return found in (Kind.INTEGER, Kind.FLOAT)
+    # Text columns of typed models hold timestamps, dates and decimals as validated strings.
+    return found == Kind.TEXT and kind in (Kind.TIMESTAMP, Kind.DATE, Kind.NUMERIC)
+
+
+def cell(value: Any) -> Any:
+    """A value as the loaders take it: objects and arrays become their JSON text."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return value
+
+
+def name_problem(name: str) -> str | None:
+    """Why a payload field cannot be a column, or None if it can."""
+    if name in RESERVED:
+        return f"field {name!r} clashes with a column outboxkit adds (rename it in the producer)"
+    if not name or len(name) > MAX_NAME:
+        return f"field name {name[:80]!r} is empty or longer than {MAX_NAME} characters"
+    return None
+
+
+_PYTHON_KINDS: Mapping[type, Kind] = {
+    bool: Kind.BOOLEAN,
+    int: Kind.INTEGER,
+    float: Kind.FLOAT,
+    str: Kind.TEXT,
+    decimal.Decimal: Kind.NUMERIC,
+    datetime.datetime: Kind.TIMESTAMP,
+    datetime.date: Kind.DATE,
+}
+
+
+def model_columns(model: type[BaseModel]) -> dict[str, Kind]:
+    """Columns of a pydantic model's fields: `int | None` is an integer column, lists are JSON."""
+    columns = {}
+    for name, field in model.model_fields.items():
+        problem = name_problem(name)
+        if problem is not None:
+            raise ValueError(f"model {model.__name__}: {problem}")
+        columns[name] = _annotation_kind(field.annotation)
+    return columns
+
+
+def _annotation_kind(annotation: Any) -> Kind:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        present = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _annotation_kind(present[0]) if len(present) == 1 else Kind.JSON
+    if origin is typing.Literal:
+        return kind_of(typing.get_args(annotation)[0]) or Kind.TEXT
+    if isinstance(annotation, type):
+        for python_type, kind in _PYTHON_KINDS.items():
+            if issubclass(annotation, python_type):
+                return kind
+    return Kind.JSON

@@ -1,0 +1,122 @@
+"""Bulk loading, the one thing each warehouse does its own way.
+
+Row-at-a-time INSERTs cost a round trip (PostgreSQL) or a plan (DuckDB) per row; these load a
+whole batch in one statement: PostgreSQL's `COPY ... FROM STDIN`, DuckDB's `read_json` over a
+newline-delimited file (JSON keeps NULL and '' apart, which CSV does not). A new target needs a
+`Loader`: its SQL type names and one bulk insert.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import duckdb
+import psycopg
+from sqlalchemy import Connection
+
+from sink.columns import SQL_TYPES, Kind
+from sink.errors import WarehouseError
+
+Rows = Sequence[Mapping[str, Any]]
+DATA_CLASSES = ("22", "23")
+DUCKDB_DATA_ERRORS = (
+    duckdb.ConversionException,
+    duckdb.InvalidInputException,
+    duckdb.ConstraintException,
+    duckdb.OutOfRangeException,
+)  # SQLSTATE classes of values the database refuses: data exception, constraint
+
+
+class Loader(Protocol):
+    """Appends rows to an existing table inside the caller's transaction."""
+
+    dialect: str
+
+    def load(self, conn: Connection, table: str, columns: Mapping[str, Kind], rows: Rows) -> None: ...
+
+    def refused_data(self, error: BaseException) -> bool:
+        """Whether `error` (a driver error) refuses a value rather than reports an outage."""
+        ...
+
+
+def quote(conn: Connection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote_identifier(name)
+
+
+def column_list(conn: Connection, names: Sequence[str]) -> str:
+    return ", ".join(quote(conn, name) for name in names)
+
+
+class PostgresLoader:
+    """COPY through psycopg 3 (`postgresql+psycopg://` URLs)."""
+
+    dialect = "postgresql"
+
+    def load(self, conn: Connection, table: str, columns: Mapping[str, Kind], rows: Rows) -> None:
+        if not rows:
+            return
+        names = list(columns)
+        sql = f"COPY {quote(conn, table)} ({column_list(conn, names)}) FROM STDIN"
+        try:
+            with conn.connection.driver_connection.cursor() as cursor, cursor.copy(sql) as copy:  # type: ignore[union-attr]
+                for row in rows:
+                    copy.write_row([row.get(name) for name in names])
+        except psycopg.Error as exc:  # raw driver use: SQLAlchemy does not wrap it
+            raise WarehouseError(f"COPY into {table} failed: {exc}", data=self.refused_data(exc)) from exc
+
+    def refused_data(self, error: BaseException) -> bool:
+        return isinstance(error, psycopg.Error) and (error.sqlstate or "")[:2] in DATA_CLASSES
+
+
+class DuckDBLoader:
+    """`INSERT ... SELECT FROM read_json(file)`: DuckDB's own bulk path from Python."""
+
+    dialect = "duckdb"
+
+    def load(self, conn: Connection, table: str, columns: Mapping[str, Kind], rows: Rows) -> None:
+        if not rows:
+            return
+        names = list(columns)
+        fd, path = tempfile.mkstemp(prefix="outboxkit-", suffix=".ndjson")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                for row in rows:
+                    file.write(json.dumps({name: row.get(name) for name in names}, default=_plain))
+                    file.write("\n")
+            types = ", ".join(f"'{name}': '{SQL_TYPES['duckdb'][kind]}'" for name, kind in columns.items())
+            conn.exec_driver_sql(
+                f"INSERT INTO {quote(conn, table)} ({column_list(conn, names)}) "
+                f"SELECT {column_list(conn, names)} FROM read_json(?, format='newline_delimited', "
+                f"columns={{{types}}})",
+                (path,),
+            )
+        finally:
+            os.unlink(path)
+
+    def refused_data(self, error: BaseException) -> bool:
+        return isinstance(error, DUCKDB_DATA_ERRORS)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    raise TypeError(f"cannot load a {type(value).__name__} value")
+
+
+def loader_for(dialect: str, driver: str) -> Loader:
+    """The loader of a SQLAlchemy dialect, or an error naming the URL schemes that work."""
+    if dialect == "postgresql" and driver == "psycopg":
+        return PostgresLoader()
+    if dialect == "duckdb":
+        return DuckDBLoader()
+    raise ValueError(
+        f"no sink writer for {dialect}+{driver}: use a duckdb:/// or postgresql+psycopg:// warehouse URL"
+    )

@@ -1,0 +1,167 @@
+"""The dedupe rules: which events of a batch change a table, decided before any SQL runs.
+
+An event applies only if it is newer than what the table holds for its key: by per-aggregate
+version when both sides have one (so a duplicate that reached Kafka at a new offset changes
+nothing, and an older version never overwrites a newer row), else by offset within the partition.
+What the table holds includes keys it deleted (`outboxkit_sink_deleted`), so a replayed create
+cannot bring a deleted row back.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from sink.mapping import Row
+from sink.records import DeadLetter, Raw
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """The position of the last change a table applied for a key."""
+
+    version: int | None
+    partition: int
+    offset: int
+
+    @classmethod
+    def of(cls, row: Row) -> Stamp:
+        return cls(row.version, row.source.partition, row.source.offset)
+
+    def after(self, other: Stamp) -> bool:
+        """Whether this change comes after `other` for the same key."""
+        if self.version is not None and other.version is not None:
+            return self.version > other.version
+        if self.partition != other.partition:
+            return True  # the topic was repartitioned: the later record is the one to keep
+        return self.offset > other.offset
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What the table holds for a key: the last change applied, and whether a live row exists."""
+
+    stamp: Stamp
+    live: bool
+
+
+def newer(row: Row, held: Held | None) -> bool:
+    return held is None or Stamp.of(row).after(held.stamp)
+
+
+def event_time(row: Row) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(row.source.timestamp_ms / 1000, datetime.UTC)
+
+
+@dataclass
+class Plan:
+    """What one batch does to one table."""
+
+    inserts: list[Row] = field(default_factory=list)
+    deleted: list[Row] = field(default_factory=list)  # keys removed (hard) or closed (history)
+    flagged: list[Row] = field(default_factory=list)  # soft-deleted by tombstone: flag the table's row
+    closes: dict[str, datetime.datetime] = field(default_factory=dict)  # history: key -> valid_to
+    valid_to: dict[str, datetime.datetime] = field(default_factory=dict)  # history: event id -> valid_to
+    applied: int = 0
+    skipped: int = 0
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def _unknown_key(row: Row, table: str) -> DeadLetter:
+    return DeadLetter(
+        row.source,
+        Raw(row.key.encode(), None, ()),
+        f"tombstone for key {row.key!r}, which table {table} does not hold",
+        row.event_id,
+    )
+
+
+def plan_upsert(table: str, rows: Iterable[Row], held: Mapping[str, Held], *, soft: bool) -> Plan:
+    """Current state per key: the newest change wins; deletes remove (hard) or flag (soft) the row."""
+    plan = Plan()
+    state = dict(held)
+    final: dict[str, Row] = {}
+    for row in rows:
+        before = state.get(row.key)
+        if not newer(row, before):
+            plan.skipped += 1
+            continue
+        if row.tombstone and not (before is not None and before.live):
+            plan.dead.append(_unknown_key(row, table))
+            continue
+        plan.applied += 1
+        change = _as_soft_delete(final[row.key], row) if row.tombstone and soft and row.key in final else row
+        state[row.key] = Held(Stamp.of(change), live=soft or not change.delete)
+        final[row.key] = change
+    for row in final.values():
+        if row.tombstone and soft:
+            plan.flagged.append(row)
+        elif row.delete and not soft:
+            plan.deleted.append(row)
+        else:
+            plan.inserts.append(row)
+    return plan
+
+
+def _as_soft_delete(last: Row, tombstone: Row) -> Row:
+    """A tombstone after an insert in the same batch: keep the inserted values, flagged deleted."""
+    return Row(
+        source=tombstone.source,
+        key=tombstone.key,
+        event_id=tombstone.event_id,
+        event_type=tombstone.event_type,
+        version=last.version,
+        schema_version=last.schema_version,
+        delete=True,
+        tombstone=False,
+        values=last.values,
+    )
+
+
+def plan_append(rows: Iterable[Row], stored_ids: set[str]) -> Plan:
+    """The event log: every event once, by event id."""
+    plan = Plan()
+    seen = set(stored_ids)
+    for row in rows:
+        if row.event_id in seen:
+            plan.skipped += 1
+            continue
+        seen.add(row.event_id)
+        plan.applied += 1
+        plan.inserts.append(row)
+    return plan
+
+
+def plan_history(table: str, rows: Iterable[Row], held: Mapping[str, Held]) -> Plan:
+    """Versions with validity: each new version closes the key's open one at its event time."""
+    plan = Plan()
+    state = dict(held)
+    open_in_batch: dict[str, Row] = {}
+    for row in rows:
+        before = state.get(row.key)
+        if not newer(row, before):
+            plan.skipped += 1
+            continue
+        live = before is not None and before.live
+        if row.tombstone and not live:
+            plan.dead.append(_unknown_key(row, table))
+            continue
+        plan.applied += 1
+        if live:
+            _close(plan, open_in_batch, row.key, event_time(row))
+        state[row.key] = Held(Stamp.of(row), live=not row.delete)
+        if row.delete:
+            plan.deleted.append(row)
+        else:
+            plan.inserts.append(row)
+            open_in_batch[row.key] = row
+    return plan
+
+
+def _close(plan: Plan, open_in_batch: dict[str, Row], key: str, at: datetime.datetime) -> None:
+    current = open_in_batch.pop(key, None)
+    if current is not None:
+        plan.valid_to[current.event_id] = at
+    else:
+        plan.closes.setdefault(key, at)

@@ -1,0 +1,213 @@
+"""The sink loop: poll -> assemble a batch -> write it and its offsets in one transaction -> repeat.
+
+It owns no guarantee itself (the writer's transaction and offset compare-and-set do); it keeps
+the process going — retrying a warehouse that went away with the same in-memory batch (nothing
+partial is ever committed), re-reading partitions another instance wrote, halting partitions
+that hit an incompatible record — and shows what happens: metrics, probes, one span per batch
+linked to the spans the events were written in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from functools import partial
+
+from confluent_kafka import Message
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, Tracer
+
+from outbox.backoff import Backoff
+from outbox.observe import Health, Metrics, serve
+from outbox.tracing import span_contexts
+from sink.batch import Policy, Refusals, assemble
+from sink.consumer import WarehouseConsumer
+from sink.errors import PartitionMovedError, WarehouseError
+from sink.mapping import TableMapping
+from sink.records import headers_of, source_of
+from sink.writer import Batch, Outcome, SinkWriter
+
+log = logging.getLogger("outboxkit.sink")
+
+
+@dataclass
+class SinkStats:
+    """Totals since start; `applied` + `skipped` + `dead_letters` = records consumed and settled."""
+
+    received: int = 0
+    applied: int = 0
+    skipped: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    moved: int = 0  # batches refused because another instance had moved a partition's offset
+    retries: int = 0  # warehouse failures retried
+
+
+class Sink:
+    """Moves events from Kafka into one warehouse for one consumer group."""
+
+    def __init__(
+        self,
+        consumer: WarehouseConsumer,
+        writer: SinkWriter,
+        group_id: str,
+        mappings: Mapping[str, Sequence[TableMapping]],
+        *,
+        batch_size: int = 5000,
+        poll_timeout: float = 0.5,
+        max_record_bytes: int = 1 << 20,
+        poison_policy: Policy = "dlq",
+        backoff: Backoff | None = None,
+        http_port: int | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._writer = writer
+        self._group_id = group_id
+        self._mappings = dict(mappings)
+        self._batch_size = batch_size
+        self._poll_timeout = poll_timeout
+        self._max_bytes = max_record_bytes
+        self._policy = poison_policy
+        self._backoff = backoff or Backoff()
+        self._http_port = http_port
+        self._tracer = tracer or trace.get_tracer("outboxkit.sink")
+        self.stats = SinkStats()
+        self.health = Health()
+        self.metrics = self._metrics()
+
+    def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> SinkStats:
+        """Loop until `should_stop()`; with `drain`, also stop once all partitions are caught up."""
+        server = serve(self._http_port, self.metrics, self.health) if self._http_port is not None else None
+        try:
+            while not should_stop():
+                messages = self._consumer.poll(self._batch_size, self._poll_timeout)
+                self._settle(messages, should_stop)
+                if drain and not messages and self._consumer.caught_up():
+                    break
+        finally:
+            self._consumer.close()
+            if server is not None:
+                server.shutdown()
+        return self.stats
+
+    def _settle(
+        self, messages: list[Message], should_stop: Callable[[], bool], refused: Refusals | None = None
+    ) -> None:
+        messages = [m for m in messages if (m.topic(), m.partition()) not in self._consumer.stopped]
+        if not messages:
+            self.health.beat(ok=not self._consumer.stopped)
+            return
+        batch, stopping = assemble(
+            messages,
+            self._mappings,
+            self._writer.schemas,
+            self._consumer.positions,
+            max_bytes=self._max_bytes,
+            policy=self._policy,
+            refused=refused or {},
+        )
+        with self._tracer.start_as_current_span(
+            "outboxkit.sink batch",
+            kind=SpanKind.CONSUMER,
+            links=[Link(context) for context in span_contexts(headers_of(m) for m in messages)],
+            attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(messages)},
+        ):
+            try:
+                outcome = self._write(batch, should_stop)
+            except WarehouseError as exc:
+                if not exc.data:
+                    raise
+                self._isolate(messages, exc, should_stop)
+                return
+        if outcome is None:
+            return
+        self._consumer.advanced(batch.moves)
+        for where in stopping:
+            log.error("%s[%d] stopped: %s", *where, _reason(batch, where))
+            self._consumer.stop(where)
+        self._count(len(messages), outcome)
+        self.health.beat(ok=not self._consumer.stopped)  # a halted partition needs an operator
+
+    def _isolate(
+        self, messages: list[Message], error: WarehouseError, should_stop: Callable[[], bool]
+    ) -> None:
+        """The warehouse refused a value: retrying cannot help, so halve the batch until the one
+        record is found, and settle it as a dead letter (or a stop, per policy) with the reason."""
+        if len(messages) > 1:
+            half = len(messages) // 2
+            self._settle(messages[:half], should_stop)
+            self._settle(messages[half:], should_stop)
+            return
+        source = source_of(messages[0])
+        reason = f"the warehouse refused it: {str(error).splitlines()[0]}"
+        self._settle(messages, should_stop, refused={(source.topic, source.partition, source.offset): reason})
+
+    def _write(self, batch: Batch, should_stop: Callable[[], bool]) -> Outcome | None:
+        """Write `batch`, retrying an unreachable warehouse with backoff; None if the partitions
+        moved. A refused value is raised at once (`WarehouseError.data`): a retry cannot help."""
+        while True:
+            try:
+                outcome = self._writer.write(self._group_id, batch)
+            except PartitionMovedError as exc:
+                log.warning("%s", exc)
+                self.stats.moved += 1
+                self._consumer.reseek()
+                return None
+            except WarehouseError as exc:
+                self.health.beat(ok=False)
+                self.stats.retries += 1
+                if exc.data or should_stop():
+                    raise
+                log.warning("%s; the same batch is retried in %.1fs", exc, self._backoff.wait())
+                continue
+            self._backoff.reset()
+            return outcome
+
+    def _count(self, received: int, outcome: Outcome) -> None:
+        for letter in outcome.dead_letters:
+            if not letter.stop:
+                log.warning(
+                    "dead letter %s[%d]@%d: %s", *letter.source.where, letter.source.offset, letter.reason
+                )
+        self.stats.received += received
+        self.stats.applied += outcome.applied
+        self.stats.skipped += outcome.skipped
+        self.stats.dead_letters += sum(1 for letter in outcome.dead_letters if not letter.stop)
+        self.stats.batches += 1
+
+    def _metrics(self) -> Metrics:
+        metrics = Metrics()
+        texts = {
+            "received": "records consumed and settled",
+            "applied": "events applied to warehouse tables",
+            "skipped": "events skipped as duplicates or older than the row (dedupe)",
+            "dead_letters": "records written to outboxkit_dead_letters",
+            "batches": "warehouse transactions committed",
+            "moved": "batches refused because another instance had moved a partition's offset",
+            "retries": "warehouse failures retried with the same batch",
+        }
+        for stat in fields(SinkStats):
+            metrics.counter(
+                f"outboxkit_sink_{stat.name}_total", texts[stat.name], partial(self._stat, stat.name)
+            )
+        metrics.gauge("outboxkit_sink_lag_records", "records behind the partitions' ends", self._lag)
+        metrics.gauge(
+            "outboxkit_sink_stopped_partitions",
+            "partitions halted at an incompatible or poison record",
+            lambda: float(len(self._consumer.stopped)),
+        )
+        return metrics
+
+    def _stat(self, name: str) -> float:
+        return float(getattr(self.stats, name))
+
+    def _lag(self) -> float:
+        return float(self._consumer.lag())
+
+
+def _reason(batch: Batch, where: tuple[str, int]) -> str:
+    return next(
+        letter.reason for letter in batch.dead_letters if letter.stop and letter.source.where == where
+    )

@@ -1,0 +1,248 @@
+"""The sink-writer contract, run against every warehouse target (DuckDB and PostgreSQL).
+
+Each test settles in-memory Kafka records through the same path as the running sink (decode ->
+map -> one warehouse transaction with the offsets) and reads the real tables back.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from pydantic import BaseModel
+from sqlalchemy import Engine, text
+
+from sink import PartitionMovedError, TableMapping, WarehouseError
+from tests.sinkkit import T0, Settle, message, tombstone
+
+UPSERT = TableMapping(topic="things", table="things")
+
+
+def test_a_batch_and_its_offsets_commit_together(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    settle(*(message("things", n, key=f"k{n}") for n in range(3)))
+
+    assert [row["n"] for row in settle.rows("things")] == [0, 1, 2]
+    assert settle.writer.stored_offsets("g", ["things"]) == {("things", 0): 3}
+
+
+def test_a_replayed_range_changes_nothing(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT, TableMapping(topic="things", table="log", mode="append")])
+    records = [message("things", n, key=f"k{n % 2}", event_id=f"e{n}") for n in range(4)]
+    settle(*records)
+    before = (settle.rows("things"), settle.rows("log", "_event_id"))
+
+    settle.positions[("things", 0)] = 4  # as after `sink replay` rewound to 0 and re-read
+    again = settle(*records)
+
+    assert (again.applied, again.skipped) == (0, 8)
+    assert (settle.rows("things"), settle.rows("log", "_event_id")) == before
+
+
+def test_an_older_version_never_overwrites_a_newer_row(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    settle(message("things", 0, payload={"n": "new"}, version=5))
+    outcome = settle(message("things", 1, payload={"n": "old"}, version=3))
+
+    assert outcome.skipped == 1
+    assert [(row["n"], row["_version"]) for row in settle.rows("things")] == [("new", 5)]
+
+
+def test_a_duplicate_that_reached_kafka_at_a_new_offset_is_skipped_in_every_mode(warehouse: Engine) -> None:
+    mappings = [
+        UPSERT,
+        TableMapping(topic="things", table="log", mode="append"),
+        TableMapping(topic="things", table="versions", mode="history"),
+    ]
+    settle = Settle(warehouse, mappings)
+    settle(message("things", 0, event_id="e1", version=1))
+    outcome = settle(message("things", 7, event_id="e1", version=1))  # same event, republished
+
+    assert (outcome.applied, outcome.skipped) == (0, 3)
+    assert [len(settle.rows(table)) for table in ("things", "log", "versions")] == [1, 1, 1]
+    assert settle.writer.stored_offsets("g", ["things"]) == {("things", 0): 8}
+
+
+def test_upsert_keeps_the_newest_state_per_key_within_one_batch(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    settle(
+        message("things", 0, key="a", payload={"n": 1}),
+        message("things", 1, key="a", payload={"n": 2}),
+        message("things", 2, key="b", payload={"n": 3}),
+    )
+
+    assert [(row["_key"], row["n"], row["_version"]) for row in settle.rows("things")] == [
+        ("a", 2, 2),
+        ("b", 3, 3),
+    ]
+
+
+def test_a_hard_delete_removes_the_row_and_a_replayed_create_does_not_bring_it_back(
+    warehouse: Engine,
+) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    create = message("things", 0, key="a", event_type="ThingCreated", version=1)
+    settle(create, message("things", 1, key="a", event_type="ThingDeleted", version=2))
+    assert settle.rows("things") == []
+
+    settle.positions[("things", 0)] = 2
+    assert settle(create).skipped == 1
+    assert settle.rows("things") == []
+    assert settle(message("things", 2, key="a", event_type="ThingCreated", version=3)).applied == 1
+    assert [row["_version"] for row in settle.rows("things")] == [3]
+
+
+def test_a_soft_delete_keeps_the_row_flagged(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [TableMapping(topic="things", table="things", deletes="soft")])
+    settle(message("things", 0, key="a", payload={"n": 1}))
+    settle(message("things", 1, key="a", event_type="ThingDeleted", payload={"n": 1}))
+    settle(message("things", 2, key="b", payload={"n": 2}), tombstone("things", 3, "b"))
+
+    rows = settle.rows("things")
+    assert [(row["_key"], row["n"], row["_deleted"]) for row in rows] == [("a", 1, True), ("b", 2, True)]
+
+
+def test_a_tombstone_deletes_its_key_and_one_for_an_unknown_key_is_a_dead_letter(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    settle(message("things", 0, key="a"))
+    outcome = settle(tombstone("things", 1, "a"), tombstone("things", 2, "nobody"))
+
+    assert settle.rows("things") == []
+    assert [letter.reason for letter in outcome.dead_letters] == [
+        "tombstone for key 'nobody', which table things does not hold"
+    ]
+    assert [(row["offset"], row["action"]) for row in settle.dead_letters()] == [(2, "dead-letter")]
+    assert settle.writer.stored_offsets("g", ["things"]) == {("things", 0): 3}
+
+
+def test_append_mode_is_the_event_log_unique_by_event_id(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [TableMapping(topic="things", table="log", mode="append")])
+    settle(
+        message("things", 0, event_id="e0"), message("things", 1, event_id="e1", event_type="ThingDeleted")
+    )
+    settle(message("things", 2, event_id="e0"), tombstone("things", 3, "k1"))
+
+    rows = settle.rows("log", "_offset")
+    assert [(row["_event_id"], row["_event_type"], row["_offset"]) for row in rows] == [
+        ("e0", "ThingUpdated", 0),
+        ("e1", "ThingDeleted", 1),
+        ("kafka:things:0:3", "tombstone", 3),
+    ]
+
+
+def test_history_mode_answers_as_of_queries(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [TableMapping(topic="things", table="versions", mode="history")])
+    settle(message("things", 0, key="a", payload={"n": 10}), message("things", 1, key="a", payload={"n": 11}))
+    settle(message("things", 2, key="a", payload={"n": 12}), message("things", 3, key="b", payload={"n": 20}))
+    settle(message("things", 4, key="b", event_type="ThingDeleted", payload={"n": 20}))
+
+    def as_of(second: float) -> list[tuple[str, int]]:
+        at = datetime.datetime.fromtimestamp(T0 / 1000 + second, datetime.UTC)
+        query = text(
+            "SELECT _key, n FROM versions "
+            "WHERE _valid_from <= :at AND (_valid_to IS NULL OR _valid_to > :at) ORDER BY _key"
+        )
+        with warehouse.connect() as conn:
+            return [tuple(row) for row in conn.execute(query, {"at": at})]  # type: ignore[misc]
+
+    assert as_of(0.5) == [("a", 10)]
+    assert as_of(1.5) == [("a", 11)]
+    assert as_of(3.5) == [("a", 12), ("b", 20)]
+    assert as_of(4.5) == [("a", 12)]  # b was deleted at 4s
+    assert len(settle.rows("versions")) == 4
+
+
+def test_a_new_optional_field_adds_a_nullable_column(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    settle(message("things", 0, key="a", payload={"n": 1}))
+    settle(message("things", 1, key="b", payload={"n": 2, "colour": "red"}, schema_version=2))
+
+    rows = settle.rows("things")
+    assert [(row["n"], row["colour"]) for row in rows] == [(1, None), (2, "red")]
+
+
+def test_a_misfit_of_the_known_schema_version_is_a_dead_letter(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    settle(message("things", 0, key="a", payload={"n": 1}))
+    outcome = settle(message("things", 1, key="b", payload={"n": "one"}), message("things", 2, key="c"))
+
+    assert [letter.reason for letter in outcome.dead_letters] == [
+        "field 'n' holds text, its column is integer"
+    ]
+    assert [row["_key"] for row in settle.rows("things")] == ["a", "c"]  # later good records flow
+
+
+def test_an_incompatible_schema_change_stops_its_partition_without_advancing(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    settle(message("things", 0, key="a", payload={"n": 1}))
+    settle(
+        message("things", 1, key="b", payload={"n": 2}),
+        message("things", 2, key="c", payload={"n": "two"}, schema_version=2),
+        message("things", 3, key="d", payload={"n": 4}),
+        message("things", 0, key="x", partition=1),  # another partition goes on
+    )
+
+    assert [row["_key"] for row in settle.rows("things")] == ["a", "b", "x"]
+    assert settle.writer.stored_offsets("g", ["things"]) == {("things", 0): 2, ("things", 1): 1}
+    [stop] = settle.dead_letters()
+    assert (stop["offset"], stop["action"]) == (2, "stopped")
+    assert "incompatible schema change: schema version 2" in stop["reason"]
+    assert "Update the mapping" in stop["reason"]
+
+
+class Thing(BaseModel):
+    n: int
+    label: str | None = None
+
+
+def test_a_model_mapping_types_the_columns_and_dead_letters_what_does_not_fit(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [TableMapping(topic="things", table="things", model=Thing)])
+    outcome = settle(
+        message("things", 0, key="a", payload={"n": 1, "ignored": True}),
+        message("things", 1, key="b", payload={"n": "many"}),
+        message("things", 2, key="c", payload={"state": {"n": 3, "label": "x"}, "changed": {}}),
+    )
+
+    assert [(row["_key"], row["n"], row["label"]) for row in settle.rows("things")] == [
+        ("a", 1, None),
+        ("c", 3, "x"),
+    ]
+    assert "ignored" not in settle.rows("things")[0]
+    assert [letter.reason for letter in outcome.dead_letters] == [
+        "does not fit model Thing: n: Input should be a valid integer, unable to parse string as an integer"
+    ]
+
+
+def test_a_batch_written_from_a_stale_offset_is_refused_whole(warehouse: Engine) -> None:
+    """Two instances believing they own a partition (a rebalance, a paused zombie): the one whose
+    idea of the stored offset is stale has its whole batch refused, and changes nothing."""
+    first, zombie = Settle(warehouse, [UPSERT]), Settle(warehouse, [UPSERT])
+    first(message("things", 0, key="a"))
+
+    with pytest.raises(PartitionMovedError, match=r"things\[0\]: the stored offset moved"):
+        zombie(message("things", 0, key="z"))  # it saw no stored offset, but one exists now
+    zombie.reload()
+    first(message("things", 1, key="b"))
+    with pytest.raises(PartitionMovedError):
+        zombie(message("things", 1, key="z"))  # it expects 1, the warehouse holds 2
+
+    assert [row["_key"] for row in first.rows("things")] == ["a", "b"]
+    assert first.writer.stored_offsets("g", ["things"]) == {("things", 0): 2}
+
+
+def test_a_warehouse_error_mid_batch_leaves_nothing_partial(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT, TableMapping(topic="things", table="log", mode="append")])
+    settle(message("things", 0, key="a"))
+    too_big = 2**70  # a JSON integer, but beyond BIGINT: the warehouse refuses it, after other rows
+
+    with pytest.raises(WarehouseError):
+        settle(message("things", 1, key="b"), message("things", 2, key="c", payload={"n": too_big}))
+    assert [row["_key"] for row in settle.rows("things")] == ["a"]
+    assert settle.writer.stored_offsets("g", ["things"]) == {("things", 0): 1}
+
+
+def test_a_value_the_warehouse_refuses_is_reported_as_data_not_as_an_outage(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    with pytest.raises(WarehouseError) as refused:
+        settle(message("things", 0, key="c", payload={"n": 2**70}))
+    assert refused.value.data

@@ -48,7 +48,7 @@ def assemble(
         rows, letter = _map(record, mappings[where[0]], batch, schemas)
         if letter is not None and (letter.stop or policy == "stop"):
             stopping.add(where)
-            batch.dead_letters.append(replace(letter, stop=True))
+            batch.dead_letters.append(letter if letter.stop else _halt(letter))
             batch.moves[where] = (positions.get(where), record.source.offset)
             continue
         if letter is not None:
@@ -90,3 +90,13 @@ def _draft(batch: Batch, committed: Mapping[str, TableSchema], table: str) -> Ta
     if table not in batch.schemas:
         batch.schemas[table] = committed.get(table, TableSchema()).copy()
     return batch.schemas[table]
+
+
+def _halt(letter: DeadLetter) -> DeadLetter:
+    """A bad record under policy `stop`: the reason says how to get the partition going again."""
+    return replace(
+        letter,
+        stop=True,
+        reason=f"{letter.reason} (poison_policy=stop: the partition waits here; fix the producer and "
+        "`outboxkit sink replay`, or set poison_policy=dlq, then restart)",
+    )

@@ -43,6 +43,12 @@ class WarehouseConsumer:
                 f"isolation_level={isolation_level!r} is refused: only 'read_committed' keeps events of "
                 "aborted relay transactions out of the warehouse"
             )
+        strategy = kafka.client_config().get("partition.assignment.strategy", "")
+        if "cooperative" in str(strategy):
+            raise SinkConfigError(
+                f"partition.assignment.strategy={strategy!r} is refused: the sink re-reads the warehouse "
+                "offsets for whole assignments (eager rebalancing); use range or roundrobin"
+            )
         self._topics = list(topics)
         self._load_offsets = load_offsets
         self._at_end: dict[Where, bool] = {}

@@ -29,7 +29,7 @@ Mode = Literal["upsert", "append", "history"]
 class TableMapping(BaseModel):
     """How one topic lands in one table."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")  # a misspelt key must not pass silently
 
     topic: str
     table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import create_engine
-
 from sink import offsets
 from sink.partitions import Where, inspector, offsets_at, partitions
-from sink.run import warehouse_url
+from sink.run import warehouse
 from sink.settings import SinkSettings
-from sink.tables import bookkeeping
 
 
 def replay(
@@ -40,7 +37,5 @@ def replay(
             targets = offsets_at(consumer, wheres, from_timestamp)
         else:
             targets = dict.fromkeys(wheres, from_offset or 0)
-    engine = create_engine(warehouse_url(settings))
-    bookkeeping.create_all(engine)
-    with engine.begin() as conn:
+    with warehouse(settings) as engine, engine.begin() as conn:
         return offsets.rewind(conn, settings.group_id, targets)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
-from sqlalchemy import create_engine, make_url
+from sqlalchemy import Engine, create_engine, make_url
 
 from outbox.backoff import Backoff
 from sink.consumer import WarehouseConsumer
 from sink.mapping import TableMapping
 from sink.service import Sink
 from sink.settings import SinkSettings
+from sink.tables import bookkeeping
 from sink.writer import SqlWriter
 
 
@@ -20,6 +22,18 @@ def warehouse_url(settings: SinkSettings) -> str:
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
     return url.render_as_string(hide_password=False)
+
+
+@contextmanager
+def warehouse(settings: SinkSettings) -> Iterator[Engine]:
+    """An engine on the warehouse with the bookkeeping tables in place, disposed after use (for
+    the tools: status, replay)."""
+    engine = create_engine(warehouse_url(settings))
+    try:
+        bookkeeping.create_all(engine)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def by_topic(mappings: Iterable[TableMapping]) -> dict[str, list[TableMapping]]:

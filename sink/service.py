@@ -74,6 +74,7 @@ class Sink:
         self._http_port = http_port
         self._tracer = tracer or trace.get_tracer("outboxkit.sink")
         self.stats = SinkStats()
+        self._lag = 0
         self.health = Health()
         self.metrics = self._metrics()
 
@@ -84,10 +85,12 @@ class Sink:
             while not should_stop():
                 messages = self._consumer.poll(self._batch_size, self._poll_timeout)
                 self._settle(messages, should_stop)
+                self._lag = self._consumer.lag()  # here: the consumer is not for the metrics thread
                 if drain and not messages and self._consumer.caught_up():
                     break
         finally:
             self._consumer.close()
+            self._writer.close()
             if server is not None:
                 server.shutdown()
         return self.stats
@@ -192,7 +195,9 @@ class Sink:
             metrics.counter(
                 f"outboxkit_sink_{stat.name}_total", texts[stat.name], partial(self._stat, stat.name)
             )
-        metrics.gauge("outboxkit_sink_lag_records", "records behind the partitions' ends", self._lag)
+        metrics.gauge(
+            "outboxkit_sink_lag_records", "records behind the partitions' ends", lambda: float(self._lag)
+        )
         metrics.gauge(
             "outboxkit_sink_stopped_partitions",
             "partitions halted at an incompatible or poison record",
@@ -202,9 +207,6 @@ class Sink:
 
     def _stat(self, name: str) -> float:
         return float(getattr(self.stats, name))
-
-    def _lag(self) -> float:
-        return float(self._consumer.lag())
 
 
 def _reason(batch: Batch, where: tuple[str, int]) -> str:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import Connection, create_engine, select
+from sqlalchemy import Connection, select
 
 from sink import deadletters, offsets
 from sink.deadletters import STOPPED, Letter
 from sink.partitions import ends, inspector, partitions
-from sink.run import warehouse_url
+from sink.run import warehouse
 from sink.settings import SinkSettings
-from sink.tables import bookkeeping, catalog, dead_letters
+from sink.tables import catalog, dead_letters
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,10 @@ class SinkStatus:
 
 
 def sink_status(settings: SinkSettings) -> SinkStatus:
-    engine = create_engine(warehouse_url(settings))
-    bookkeeping.create_all(engine)
     with inspector(settings.kafka) as consumer:
         wheres = partitions(consumer, settings.topics)
         limits = ends(consumer, wheres)
-    with engine.connect() as conn:
+    with warehouse(settings) as engine, engine.connect() as conn:
         stored = offsets.load(conn, settings.group_id, settings.topics)
         stops = _stops(conn, settings.group_id, stored)
         return SinkStatus(

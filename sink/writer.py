@@ -60,6 +60,10 @@ class SinkWriter(Protocol):
         applied; retry) or `PartitionMovedError` (another instance owns a partition now)."""
         ...
 
+    def close(self) -> None:
+        """Release the warehouse connections (DuckDB: the file lock)."""
+        ...
+
 
 class SqlWriter:
     """Writes to DuckDB or PostgreSQL through SQLAlchemy, bulk-loading with the dialect's `Loader`."""
@@ -107,6 +111,9 @@ class SqlWriter:
             ) from exc
         self.schemas.update(batch.schemas)
         return outcome
+
+    def close(self) -> None:
+        self._engine.dispose()
 
     def _evolve_to_model(self, conn: Connection, mapping: TableMapping) -> None:
         assert mapping.model is not None

@@ -179,11 +179,18 @@ def kafka_classpath() -> str:
 
 
 @pytest.fixture(params=["duckdb", "postgresql"])
-def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """Every sink-writer test runs against each warehouse target (the same contract suite)."""
+def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every sink test runs against each warehouse target (the same contract suite). A URL, so a
+    sink process can be pointed at it too: PostgreSQL's carries the test's schema as search_path."""
     if request.param == "duckdb":
-        engine = create_engine(f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
-        yield engine
-        engine.dispose()
-    else:
-        yield request.getfixturevalue("pg_engine")
+        return f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    schema: PgSchema = request.getfixturevalue("pg_schema")
+    url = make_url(schema.url).update_query_dict({"options": f"-csearch_path={schema.name}"})
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def warehouse(warehouse_url: str) -> Iterator[Engine]:
+    engine = create_engine(warehouse_url)
+    yield engine
+    engine.dispose()

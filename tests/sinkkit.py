@@ -13,10 +13,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import Message
+from confluent_kafka import Message, Producer
 from sqlalchemy import Engine, text
 
 from outbox.envelope import Envelope
+from outbox.kafka_settings import KafkaSettings
 from sink import TableMapping
 from sink.batch import Policy, assemble
 from sink.run import by_topic
@@ -112,6 +113,7 @@ class Settle:
             self.positions,
             max_bytes=10_000,
             policy=self.policy,
+            refused={},
         )
 
     def __call__(self, *messages: Message) -> Outcome:
@@ -129,3 +131,36 @@ class Settle:
 
     def dead_letters(self) -> list[dict[str, Any]]:
         return self.rows("outboxkit_dead_letters", 'topic, "partition", "offset"')
+
+
+def publish(
+    kafka: KafkaSettings,
+    messages: Sequence[Message],
+    *,
+    transactional_id: str | None = None,
+    abort: bool = False,
+) -> None:
+    """Produce `messages` as they are (key, value, headers, partition) — in one Kafka transaction,
+    committed or aborted, when `transactional_id` is given."""
+    config: dict[str, str | bool] = {"enable.idempotence": True}
+    if transactional_id is not None:
+        config["transactional.id"] = transactional_id
+    producer = Producer(kafka.client_config(config))
+    if transactional_id is not None:
+        producer.init_transactions(30)
+        producer.begin_transaction()
+    for m in messages:
+        producer.produce(
+            m.topic() or "",
+            m.value(),
+            m.key(),
+            partition=m.partition() or 0,
+            headers=m.headers() or [],
+            timestamp=m.timestamp()[1],
+        )
+    if transactional_id is None:
+        assert producer.flush(30) == 0
+    elif abort:
+        producer.abort_transaction(30)
+    else:
+        producer.commit_transaction(30)

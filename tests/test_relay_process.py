@@ -15,10 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,7 @@ from relay import ExitCode
 from tests.conftest import PgSchema
 from tests.helpers import Record, committed_records
 from tests.models import Base, Thing
+from tests.processes import get, metric, stopped
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -247,30 +245,6 @@ def wait_for_records(kafka: KafkaSettings, topic: str, count: int, timeout: floa
         time.sleep(0.2)
 
 
-def services(*args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "services"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-@contextmanager
-def stopped(service: str) -> Iterator[None]:
-    """The `scripts/services` instance of `service` is down for the block, and up again after."""
-    external = {"kafka": "OUTBOXKIT_KAFKA_BOOTSTRAP", "postgres": "OUTBOXKIT_PG_URL"}[service]
-    if external in os.environ:
-        pytest.skip(f"{service} is external: this test stops and starts the one scripts/services runs")
-    services("down", service)
-    try:
-        yield
-    finally:
-        services("up", service)
-
-
 def test_kafka_stopped_for_twenty_seconds_then_restarted_loses_nothing(
     kafka: KafkaSettings, sidecar: Sidecar
 ) -> None:
@@ -352,19 +326,6 @@ def test_a_commit_wakes_an_idle_relay_at_once_instead_of_after_its_poll_interval
         relay.kill()
     assert max(woken) < 2.0, woken
     assert polled > 2.0  # without the notification it waits for its poll: the test can tell
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def metric(text: str, name: str) -> float:
-    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
-    return float(value)
 
 
 def test_metrics_and_probes_show_backlog_progress_and_readiness(

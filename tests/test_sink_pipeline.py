@@ -1,0 +1,355 @@
+"""The sink end to end: the real broker in front, each real warehouse behind.
+
+Records are produced to fresh topics exactly as given (including broken ones), a sink built from
+its settings drains them, and the warehouse tables, dead letters and stored offsets are read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import Message
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import format_trace_id
+from pydantic import BaseModel, SecretStr
+from sqlalchemy import Engine, create_engine, text
+
+from outbox.kafka_settings import KafkaSettings
+from sink import (
+    Sink,
+    SinkConfigError,
+    SinkSettings,
+    SinkStats,
+    TableMapping,
+    WarehouseConsumer,
+    sink_from_settings,
+)
+from sink.run import by_topic
+from sink.writer import SqlWriter
+from tests.processes import ROOT, get, metric
+from tests.sinkkit import message, publish, tombstone
+
+Names = Callable[[str], str]
+
+
+@pytest.fixture
+def topic(new_topic: Callable[..., str]) -> str:
+    return new_topic(2)
+
+
+def settings(
+    kafka: KafkaSettings, url: str, group: str, tables: list[TableMapping], **more: Any
+) -> SinkSettings:
+    return SinkSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        warehouse_url=url,
+        kafka=kafka,
+        group_id=group,
+        tables=tables,
+        poll_timeout=0.2,
+        **more,
+    )
+
+
+def drain(config: SinkSettings) -> SinkStats:
+    deadline = time.monotonic() + 60
+    return sink_from_settings(config).run(lambda: time.monotonic() > deadline, drain=True)
+
+
+def rows(url: str, query: str) -> list[tuple[Any, ...]]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(query))]
+    finally:
+        engine.dispose()
+
+
+def test_the_sink_refuses_read_uncommitted(kafka: KafkaSettings) -> None:
+    with pytest.raises(SinkConfigError, match="read_committed"):
+        WarehouseConsumer(kafka, "g", ["orders"], lambda topics: {}, isolation_level="read_uncommitted")
+
+
+def test_the_sink_refuses_cooperative_rebalancing(kafka: KafkaSettings) -> None:
+    cooperative = kafka.model_copy(
+        update={"config": {"partition.assignment.strategy": SecretStr("cooperative-sticky")}}
+    )
+    with pytest.raises(SinkConfigError, match="eager rebalancing"):
+        WarehouseConsumer(cooperative, "g", ["orders"], lambda topics: {})
+
+
+def test_only_committed_kafka_transactions_reach_the_warehouse(
+    kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names
+) -> None:
+    publish(kafka, [message(topic, 0, key="aborted")], transactional_id=unique_name("tx"), abort=True)
+    publish(kafka, [message(topic, 0, key="committed")], transactional_id=unique_name("tx"))
+    log = TableMapping(topic=topic, table="log", mode="append")
+
+    stats = drain(settings(kafka, warehouse_url, unique_name("g"), [log]))
+
+    assert stats.applied == 1
+    assert rows(warehouse_url, "SELECT _key FROM log") == [("committed",)]
+
+
+def test_a_restarted_sink_resumes_from_the_warehouse_offsets_not_from_kafka(
+    kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names
+) -> None:
+    config = settings(
+        kafka, warehouse_url, unique_name("g"), [TableMapping(topic=topic, table="log", mode="append")]
+    )
+    publish(kafka, [message(topic, n, key=f"k{n}") for n in range(3)])
+    assert drain(config).applied == 3
+
+    publish(kafka, [message(topic, n, key=f"k{n}") for n in range(3, 5)])
+    second = drain(config)
+
+    assert (second.applied, second.skipped) == (2, 0)  # nothing re-read: Kafka holds no offsets for it
+    assert rows(warehouse_url, "SELECT count(*) FROM log") == [(5,)]
+
+
+class Order(BaseModel):
+    n: int
+
+
+def bad_and_good_records(topic: str) -> list[Message]:
+    """One record of each kind of bad input the sink must survive, then a good one."""
+    return [
+        message(topic, 0, key="malformed", payload=b'{"n": 1'),
+        message(topic, 1, key="wrong-type", payload={"n": "one"}),
+        message(topic, 2, key="unknown-type", event_type="SomethingElse"),
+        message(topic, 3, key=None),
+        message(topic, 4, key=b"\xff\xfe"),
+        message(topic, 5, key="oversized", payload={"n": 1, "blob": "x" * 3000}),
+        tombstone(topic, 6, "never-seen"),
+        message(topic, 7, key="good", payload={"n": 7}),
+    ]
+
+
+REASONS = [
+    "the payload is not valid JSON: Expecting ',' delimiter: line 1 column 8 (char 7)",
+    "does not fit model Order: n: Input should be a valid integer, unable to parse string as an integer",
+    "event type 'SomethingElse' is not one this table takes",
+    "the record has no key; outboxkit orders and dedupes by key",
+    "the key is not UTF-8 text (b'\\xff\\xfe')",
+    "the value is 3020 bytes, above max_record_bytes=2000",
+    "tombstone for key 'never-seen', which table orders does not hold",
+]
+
+
+def test_each_kind_of_bad_record_is_a_dead_letter_with_its_reason_and_good_ones_still_flow(
+    kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names
+) -> None:
+    records = bad_and_good_records(topic)
+    publish(kafka, records)
+    orders = TableMapping(topic=topic, table="orders", model=Order, event_types=["ThingUpdated"])
+
+    stats = drain(settings(kafka, warehouse_url, unique_name("g"), [orders], max_record_bytes=2000))
+
+    assert (stats.applied, stats.dead_letters) == (1, 7)
+    assert rows(warehouse_url, "SELECT _key, n FROM orders") == [("good", 7)]
+    letters = rows(
+        warehouse_url, 'SELECT "offset", action, reason, key, value FROM outboxkit_dead_letters ORDER BY 1'
+    )
+    assert [reason for _, _, reason, _, _ in letters] == REASONS
+    assert {action for _, action, _, _, _ in letters} == {"dead-letter"}
+    for (offset, _, _, key, value), record in zip(letters, records, strict=False):  # kept whole, to replay
+        assert (as_bytes(key), as_bytes(value)) == (record.key(), record.value()), offset
+    assert rows(warehouse_url, 'SELECT "partition", next_offset FROM outboxkit_offsets') == [(0, 8)]
+
+
+def as_bytes(value: bytes | memoryview | None) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+def test_with_policy_stop_a_bad_record_halts_only_its_partition_and_keeps_its_offset(
+    kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names
+) -> None:
+    publish(
+        kafka,
+        [
+            message(topic, 0, key="a"),
+            message(topic, 1, key="b", payload=b"{oops"),
+            message(topic, 2, key="c"),
+        ],
+    )
+    publish(kafka, [message(topic, 0, key="other", partition=1)])
+    config = settings(
+        kafka, warehouse_url, unique_name("g"), [TableMapping(topic=topic, table="t")], poison_policy="stop"
+    )
+
+    for _ in range(2):  # and again after a restart: the record is read again, never skipped
+        drain(config)
+        assert rows(warehouse_url, "SELECT _key FROM t ORDER BY 1") == [("a",), ("other",)]
+        assert sorted(rows(warehouse_url, 'SELECT "partition", next_offset FROM outboxkit_offsets')) == [
+            (0, 1),
+            (1, 1),
+        ]
+
+    [(action, reason)] = rows(warehouse_url, "SELECT action, reason FROM outboxkit_dead_letters")
+    assert (action, reason) == (
+        "stopped",
+        "the payload is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 "
+        "(char 1) (poison_policy=stop: the partition waits here; fix the producer and `outboxkit sink "
+        "replay`, or set poison_policy=dlq, then restart)",
+    )
+
+
+def cli(config: SinkSettings, *args: str) -> str:
+    env = os.environ | {
+        "OUTBOXKIT_SINK_WAREHOUSE_URL": config.warehouse_url.get_secret_value(),
+        "OUTBOXKIT_SINK_GROUP_ID": config.group_id,
+        "OUTBOXKIT_SINK_TABLES": json.dumps(
+            [m.model_dump(mode="json", exclude={"model"}) for m in config.tables]
+        ),
+        "OUTBOXKIT_SINK_KAFKA__BOOTSTRAP_SERVERS": config.kafka.bootstrap_servers,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "outboxkit.cli", "--log-level", "WARNING", "sink", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_status_shows_offsets_lag_tables_dead_letters_and_stops(
+    kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names
+) -> None:
+    publish(
+        kafka,
+        [message(topic, 0, key="a"), message(topic, 1, key="b", payload=b"[]"), message(topic, 2, key="c")],
+    )
+    publish(
+        kafka,
+        [message(topic, 0, key="d", partition=1), message(topic, 1, key="e", partition=1, payload=b"{")],
+    )
+    config = settings(kafka, warehouse_url, unique_name("g"), [TableMapping(topic=topic, table="t")])
+    drain(config)
+    publish(kafka, [message(topic, 3, key="f", payload={"n": "text now"}, schema_version=2)])  # stops p0
+    drain(config)
+    publish(kafka, [message(topic, 4, key="g")])  # waits behind the stop
+
+    report = json.loads(cli(config, "status", "--json"))
+
+    by_partition = {p["partition"]: p for p in report["partitions"]}
+    assert (by_partition[0]["stored"], by_partition[0]["lag"]) == (3, 2)
+    assert "incompatible schema change" in by_partition[0]["stopped"]
+    assert (by_partition[1]["stored"], by_partition[1]["lag"], by_partition[1]["stopped"]) == (2, 0, None)
+    assert report["dead_letters"] == {topic: 2}
+    assert report["tables"] == [
+        {"table": "t", "topic": topic, "mode": "upsert", "columns": 1, "schema_version": 1}
+    ]
+    human = cli(config, "status")
+    assert f"{topic}[0]: stored 3, end 5, lag 2; STOPPED: incompatible schema change" in human
+
+
+def test_replay_from_an_offset_or_a_time_changes_nothing_already_right(
+    kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names
+) -> None:
+    publish(kafka, [message(topic, n, key=f"k{n % 3}", event_id=f"e{n}") for n in range(6)])
+    tables = [
+        TableMapping(topic=topic, table="state"),
+        TableMapping(topic=topic, table="log", mode="append"),
+        TableMapping(topic=topic, table="versions", mode="history"),
+    ]
+    config = settings(kafka, warehouse_url, unique_name("g"), tables)
+    drain(config)
+    snapshot = [
+        rows(warehouse_url, f"SELECT * FROM {t} ORDER BY _event_id") for t in ("state", "log", "versions")
+    ]
+
+    assert "1 partition(s) rewound" in cli(config, "replay", "--from-offset", "0")
+    again = drain(config)
+    assert (again.applied, again.skipped) == (0, 18)
+    assert "rewound" in cli(config, "replay", "--from-timestamp", "2020-01-01T00:00:00+00:00")
+    assert drain(config).skipped == 18
+
+    assert [
+        rows(warehouse_url, f"SELECT * FROM {t} ORDER BY _event_id") for t in ("state", "log", "versions")
+    ] == snapshot
+
+
+def test_each_batch_is_a_span_linked_to_the_spans_the_events_were_written_in(
+    kafka: KafkaSettings, topic: str, warehouse: Engine, unique_name: Names
+) -> None:
+    written = "0af7651916cd43dd8448eb211c80319c"
+    traceparent = f"00-{written}-b7ad6b7169203331-01".encode()
+    record = message(topic, 0, key="a")
+    publish(
+        kafka, [message(topic, 0, key="a", headers=[*(record.headers() or []), ("traceparent", traceparent)])]
+    )
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    mappings = [TableMapping(topic=topic, table="t")]
+    group = unique_name("g")
+    writer = SqlWriter(warehouse, mappings)
+    consumer = WarehouseConsumer(kafka, group, [topic], lambda topics: writer.stored_offsets(group, topics))
+    sink = Sink(consumer, writer, group, by_topic(mappings), tracer=provider.get_tracer("test"))
+
+    sink.run(lambda: False, drain=True)
+
+    [span] = exporter.get_finished_spans()
+    assert span.name == "outboxkit.sink batch"
+    assert [format_trace_id(link.context.trace_id) for link in span.links] == [written]
+
+
+def test_metrics_and_probes_show_progress_dedupe_and_a_stopped_partition(
+    kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names, free_port: int
+) -> None:
+    publish(kafka, [message(topic, 0, key="a"), message(topic, 0, key="a", event_id="dup")])
+    publish(kafka, [message(topic, 1, key="a", event_id="dup")])  # the same event again, at a new offset
+    config = settings(
+        kafka, warehouse_url, unique_name("g"), [TableMapping(topic=topic, table="t")], http_port=free_port
+    )
+    sink = sink_from_settings(config)
+    done = threading.Event()
+    thread = threading.Thread(target=sink.run, args=(done.is_set,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: sink.stats.received == 3)
+        status, text_ = get(free_port, "/metrics")
+        assert status == 200
+        assert metric(text_, "outboxkit_sink_applied_total") == 2
+        assert metric(text_, "outboxkit_sink_skipped_total") == 1
+        assert metric(text_, "outboxkit_sink_lag_records") == 0
+        assert get(free_port, "/healthz")[0] == 200
+        assert get(free_port, "/readyz")[0] == 200
+
+        publish(kafka, [message(topic, 9, key="b", payload={"n": "x"}, schema_version=3)])
+        wait_until(lambda: bool(metric(get(free_port, "/metrics")[1], "outboxkit_sink_stopped_partitions")))
+        assert get(free_port, "/readyz")[0] == 503  # an operator must look; the process stays alive
+        assert get(free_port, "/healthz")[0] == 200
+    finally:
+        done.set()
+        thread.join(30)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

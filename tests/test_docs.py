@@ -41,6 +41,19 @@ def test_every_relay_setting_is_in_the_readme_table_and_nothing_else_is() -> Non
     assert relay_names_in(ROOT / "README.md") <= relay_setting_names()
 
 
+def test_every_sink_setting_is_in_the_readme_table_and_nothing_else_is() -> None:
+    table = {
+        line.split("`")[1]
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith("| `OUTBOXKIT_SINK_")
+    }
+    assert table == sink_setting_names() | {
+        "OUTBOXKIT_SINK_KAFKA__BOOTSTRAP_SERVERS",
+        "OUTBOXKIT_SINK_KAFKA__CONFIG",
+    }
+    assert set(re.findall(r"OUTBOXKIT_SINK_[A-Z_]+[A-Z]", (ROOT / "README.md").read_text())) <= table
+
+
 def test_the_sidecar_manifest_uses_real_settings() -> None:
     used = relay_names_in(ROOT / "k8s" / "relay-sidecar.yaml")
     assert used

@@ -79,6 +79,7 @@ class WarehouseConsumer:
                 if where in self.positions and where not in self.stopped:
                     records.append(message)
             elif error.code() == KafkaError._PARTITION_EOF:
+                log.debug("%s[%d] read to its end, offset %s", *where, message.offset())
                 self._at_end[where] = True
             elif error.fatal():
                 raise SinkError(f"fatal Kafka consumer error: {error.str()}")

@@ -34,6 +34,7 @@ from sink import (
     WarehouseConsumer,
     sink_from_settings,
 )
+from sink.replay import replay
 from sink.run import by_topic
 from sink.writer import SqlWriter
 from tests.processes import ROOT, get, metric
@@ -353,3 +354,41 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_a_value_the_warehouse_refuses_is_found_in_its_batch_and_dead_lettered(
+    kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names
+) -> None:
+    publish(kafka, [message(topic, n, key=f"k{n}", payload={"n": n}) for n in range(9)])
+    publish(kafka, [message(topic, 9, key="huge", payload={"n": 2**70})])  # JSON allows it, BIGINT does not
+    publish(kafka, [message(topic, n, key=f"k{n}", payload={"n": n}) for n in range(10, 16)])
+
+    stats = drain(settings(kafka, warehouse_url, unique_name("g"), [TableMapping(topic=topic, table="t")]))
+
+    assert (stats.applied, stats.dead_letters) == (15, 1)
+    assert rows(warehouse_url, "SELECT count(*) FROM t") == [(15,)]
+    [(offset, reason)] = rows(warehouse_url, 'SELECT "offset", reason FROM outboxkit_dead_letters')
+    assert offset == 9
+    assert reason.startswith("the warehouse refused it: ")
+
+
+def test_a_replay_reaches_a_running_sink_at_its_next_batch(
+    kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names
+) -> None:
+    publish(kafka, [message(topic, n, key=f"k{n}") for n in range(5)])
+    config = settings(kafka, warehouse_url, unique_name("g"), [TableMapping(topic=topic, table="t")])
+    sink = sink_from_settings(config)
+    done = threading.Event()
+    thread = threading.Thread(target=sink.run, args=(done.is_set,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: sink.stats.applied == 5)
+        replay(config, from_offset=0)
+        publish(kafka, [message(topic, 5, key="k5")])
+        wait_until(lambda: sink.stats.applied == 6)
+        wait_until(lambda: sink.stats.skipped == 5)  # everything again, from the rewound offset
+    finally:
+        done.set()
+        thread.join(30)
+    assert sink.stats.moved == 1
+    assert rows(warehouse_url, "SELECT count(*) FROM t") == [(6,)]

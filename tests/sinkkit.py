@@ -7,8 +7,8 @@ broker; everything that involves Kafka itself is tested end to end elsewhere.
 
 from __future__ import annotations
 
-import datetime
 import json
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,7 +23,9 @@ from sink.batch import Policy, assemble
 from sink.run import by_topic
 from sink.writer import Batch, Outcome, SqlWriter
 
-T0 = int(datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC).timestamp() * 1000)
+# Record timestamps start an hour ago: older ones would fall to the broker's retention (7 days)
+# within minutes, and a sink would find its stored offsets gone.
+T0 = (int(time.time()) - 3600) * 1000
 _UNSET: Any = object()
 
 

@@ -92,7 +92,7 @@ class Envelope:
         """Rebuild an envelope from a consumed record, or raise `EnvelopeError` saying why not."""
         if value is None:
             raise EnvelopeError("the record has no value (a tombstone?)", key=key, value=value)
-        found = _decode_headers(headers or (), key=key, value=value)
+        found, extra = _split_headers(headers or (), key=key, value=value)
         missing = [name for name in REQUIRED_HEADERS if name not in found]
         if missing:
             raise EnvelopeError(f"missing header(s) {', '.join(missing)}", key=key, value=value)
@@ -108,23 +108,25 @@ class Envelope:
             aggregate_version=numbers.get(HEADER_AGGREGATE_VERSION),
             schema_version=numbers.get(HEADER_SCHEMA_VERSION, 1),
             content_type=found.get(HEADER_CONTENT_TYPE, JSON),
-            extra_headers=tuple(
-                (name, raw.encode() if isinstance(raw, str) else raw)
-                for name, raw in (headers or ())
-                if name not in RESERVED_HEADERS and raw is not None
-            ),
+            extra_headers=extra,
         )
 
 
-def _decode_headers(headers: KafkaHeaders, *, key: bytes | None, value: bytes) -> dict[str, str]:
+def _split_headers(
+    headers: KafkaHeaders, *, key: bytes | None, value: bytes
+) -> tuple[dict[str, str], tuple[tuple[str, bytes], ...]]:
+    """outboxkit's headers decoded, and the user's as they are: one pass (it runs per record)."""
     found: dict[str, str] = {}
+    extra: list[tuple[str, bytes]] = []
     for name, raw in headers:
         if name in RESERVED_HEADERS:
             try:
                 found[name] = raw if isinstance(raw, str) else (raw or b"").decode()
             except UnicodeDecodeError:
                 raise EnvelopeError(f"header {name} is not UTF-8", key=key, value=value) from None
-    return found
+        elif raw is not None:
+            extra.append((name, raw.encode() if isinstance(raw, str) else raw))
+    return found, tuple(extra)
 
 
 def _numbers(found: dict[str, str], *, key: bytes | None, value: bytes) -> dict[str, int]:

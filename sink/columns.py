@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import datetime
 import decimal
-import json
 import types
 import typing
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from pydantic import BaseModel
 
 # Columns outboxkit adds to every target table. A payload field may not take one of these names.
@@ -93,36 +93,39 @@ def metadata_columns(mode: str) -> dict[str, Kind]:
 RESERVED = frozenset(metadata_columns("upsert")) | frozenset(metadata_columns("history"))
 
 
+_KINDS_OF_JSON: Mapping[type, Kind | None] = {
+    type(None): None,
+    bool: Kind.BOOLEAN,
+    int: Kind.INTEGER,
+    float: Kind.FLOAT,
+    str: Kind.TEXT,
+    dict: Kind.JSON,
+    list: Kind.JSON,
+}
+# What each column kind takes without guessing. Text columns of typed models hold timestamps,
+# dates and decimals as validated strings; a float column takes integers.
+_FITS = frozenset(
+    {(python, kind) for python, kind in _KINDS_OF_JSON.items() if kind is not None}
+    | {(int, Kind.FLOAT), (int, Kind.NUMERIC), (float, Kind.NUMERIC)}
+    | {(str, Kind.TIMESTAMP), (str, Kind.DATE), (str, Kind.NUMERIC)}
+)
+
+
 def kind_of(value: Any) -> Kind | None:
-    """The kind a JSON value implies; None for null, which fits every column."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return Kind.BOOLEAN
-    if isinstance(value, int):
-        return Kind.INTEGER
-    if isinstance(value, float):
-        return Kind.FLOAT
-    if isinstance(value, str):
-        return Kind.TEXT
-    return Kind.JSON
+    """The kind a decoded JSON value implies; None for null, which fits every column."""
+    return _KINDS_OF_JSON.get(type(value), Kind.JSON)
 
 
 def fits(value: Any, kind: Kind) -> bool:
-    """Whether a decoded JSON value can be stored in a column of `kind` without guessing."""
-    found = kind_of(value)
-    if found is None or found == kind:
-        return True
-    if kind in (Kind.FLOAT, Kind.NUMERIC):
-        return found in (Kind.INTEGER, Kind.FLOAT)
-    # Text columns of typed models hold timestamps, dates and decimals as validated strings.
-    return found == Kind.TEXT and kind in (Kind.TIMESTAMP, Kind.DATE, Kind.NUMERIC)
+    """Whether a decoded JSON value can be stored in a column of `kind` without guessing (a
+    lookup by type: it runs for every field of every event)."""
+    return value is None or (type(value), kind) in _FITS
 
 
 def cell(value: Any) -> Any:
     """A value as the loaders take it: objects and arrays become their JSON text."""
-    if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if type(value) in (dict, list):
+        return orjson.dumps(value).decode()
     return value
 
 

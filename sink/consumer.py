@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -23,6 +24,7 @@ from sink.errors import SinkConfigError, SinkError, WarehouseError
 log = logging.getLogger("outboxkit.sink")
 OffsetLoader = Callable[[Iterable[str]], dict[tuple[str, int], int]]
 Where = tuple[str, int]
+SLICE = 0.02  # seconds: how long a poll waits for more once records are flowing
 ASSIGN_RETRIES = 15  # about a minute of a warehouse away before the sink gives up and exits
 
 
@@ -69,9 +71,25 @@ class WarehouseConsumer:
         self._consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
 
     def poll(self, max_records: int, timeout: float) -> list[Message]:
-        """Up to `max_records` records of assigned, running partitions, in offset order per partition."""
+        """Up to `max_records` records of assigned, running partitions, in offset order per partition.
+
+        Waits up to `timeout` for the first records, then takes what keeps arriving in short
+        slices and returns as soon as a slice brings nothing: a batch never waits out the timeout
+        for records that are not coming (a tail, or a quiet topic), so latency stays low.
+        """
+        deadline = time.monotonic() + timeout
+        consumed: list[Message] = []
+        while len(consumed) < max_records:
+            left = deadline - time.monotonic()
+            more = self._consumer.consume(max_records - len(consumed), max(0.0, min(SLICE, left)))
+            consumed += more
+            if (consumed and not more) or left <= 0:
+                break
+        return self._accept(consumed)
+
+    def _accept(self, consumed: list[Message]) -> list[Message]:
         records = []
-        for message in self._consumer.consume(max_records, timeout):
+        for message in consumed:
             where = (message.topic() or "", message.partition() or 0)
             error = message.error()
             if error is None:

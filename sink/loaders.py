@@ -8,22 +8,21 @@ newline-delimited file (JSON keeps NULL and '' apart, which CSV does not). A new
 
 from __future__ import annotations
 
-import datetime
 import decimal
-import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import duckdb
+import orjson
 import psycopg
 from sqlalchemy import Connection
 
 from sink.columns import SQL_TYPES, Kind
 from sink.errors import WarehouseError
 
-Rows = Sequence[Mapping[str, Any]]
+Rows = Sequence[Sequence[Any]]  # in the order of the columns given with them
 DATA_CLASSES = ("22", "23")
 DUCKDB_DATA_ERRORS = (
     duckdb.ConversionException,
@@ -66,7 +65,7 @@ class PostgresLoader:
         try:
             with conn.connection.driver_connection.cursor() as cursor, cursor.copy(sql) as copy:  # type: ignore[union-attr]
                 for row in rows:
-                    copy.write_row([row.get(name) for name in names])
+                    copy.write_row(row)
         except psycopg.Error as exc:  # raw driver use: SQLAlchemy does not wrap it
             raise WarehouseError(f"COPY into {table} failed: {exc}", data=self.refused_data(exc)) from exc
 
@@ -85,10 +84,9 @@ class DuckDBLoader:
         names = list(columns)
         fd, path = tempfile.mkstemp(prefix="outboxkit-", suffix=".ndjson")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
+            with os.fdopen(fd, "wb") as file:
                 for row in rows:
-                    file.write(json.dumps({name: row.get(name) for name in names}, default=_plain))
-                    file.write("\n")
+                    file.write(orjson.dumps(dict(zip(names, row, strict=True)), default=_plain, option=LINE))
             types = ", ".join(f"'{name}': '{SQL_TYPES['duckdb'][kind]}'" for name, kind in columns.items())
             conn.exec_driver_sql(
                 f"INSERT INTO {quote(conn, table)} ({column_list(conn, names)}) "
@@ -103,9 +101,11 @@ class DuckDBLoader:
         return isinstance(error, DUCKDB_DATA_ERRORS)
 
 
+LINE = orjson.OPT_APPEND_NEWLINE
+
+
 def _plain(value: Any) -> Any:
-    if isinstance(value, datetime.date):
-        return value.isoformat()
+    """What orjson does not encode itself (it does datetimes)."""
     if isinstance(value, decimal.Decimal):
         return str(value)
     raise TypeError(f"cannot load a {type(value).__name__} value")

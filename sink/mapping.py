@@ -13,6 +13,7 @@ with its offset not advanced, until the mapping is updated.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Literal
@@ -37,10 +38,12 @@ class TableMapping(BaseModel):
     model: ImportString[type[BaseModel]] | None = Field(
         None, description="'package.module:Class' of a pydantic model; None infers columns"
     )
-    event_types: list[str] | None = Field(
+    event_types: tuple[str, ...] | None = Field(
         None, description="event types (glob patterns) this table takes; others are dead letters"
     )
-    delete_types: list[str] = Field(["*Deleted"], description="event types (globs) that delete the key")
+    delete_types: tuple[str, ...] = Field(
+        ("*Deleted",), description="event types (globs) that delete the key"
+    )
     deletes: Literal["hard", "soft"] = "hard"
     schema_version: int = Field(1, ge=1, description="producer schema version the model was written for")
 
@@ -52,12 +55,18 @@ class TableMapping(BaseModel):
         return model
 
     def is_delete(self, event_type: str) -> bool:
-        return any(fnmatchcase(event_type, pattern) for pattern in self.delete_types)
+        return _verdict(self.delete_types, self.event_types, event_type)[1]
 
     def accepts(self, event_type: str) -> bool:
-        if self.event_types is None or self.is_delete(event_type):
-            return True
-        return any(fnmatchcase(event_type, pattern) for pattern in self.event_types)
+        return _verdict(self.delete_types, self.event_types, event_type)[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _verdict(deletes: tuple[str, ...], takes: tuple[str, ...] | None, event_type: str) -> tuple[bool, bool]:
+    """(taken, deletes) for an event type, matched once per type: it runs for every event."""
+    deleting = any(fnmatchcase(event_type, pattern) for pattern in deletes)
+    taken = takes is None or deleting or any(fnmatchcase(event_type, pattern) for pattern in takes)
+    return taken, deleting
 
 
 @dataclass
@@ -138,18 +147,20 @@ def _fields(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _widen(schema: TableSchema, fields: dict[str, Any]) -> str | None:
     """Check `fields` against the inferred columns, adding new ones; a reason if they do not fit."""
+    known = schema.columns
+    new = []
     for name, value in fields.items():
-        kind = schema.columns.get(name)
+        kind = known.get(name)
         if kind is None:
             problem = columns.name_problem(name)
             if problem is not None:
                 return problem
-            continue
-        if not columns.fits(value, kind):
+            if value is not None:
+                new.append(name)
+        elif not columns.fits(value, kind):
             return f"field {name!r} holds {columns.kind_of(value)}, its column is {kind}"
-    for name, value in fields.items():
-        if name not in schema.columns and value is not None:
-            schema.columns[name] = columns.kind_of(value) or Kind.TEXT
+    for name in new:
+        known[name] = columns.kind_of(fields[name]) or Kind.TEXT
     return None
 
 

@@ -33,9 +33,9 @@ class Stamp:
         """Whether this change comes after `other` for the same key."""
         if self.version is not None and other.version is not None:
             return self.version > other.version
-        if self.partition != other.partition:
-            return True  # the topic was repartitioned: the later record is the one to keep
-        return self.offset > other.offset
+        # Without versions, by offset; a different partition means the topic was repartitioned,
+        # and the later record is the one to keep.
+        return self.partition != other.partition or self.offset > other.offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,12 @@ class Held:
 
 
 def newer(row: Row, held: Held | None) -> bool:
-    return held is None or Stamp.of(row).after(held.stamp)
+    if held is None:
+        return True
+    current, source = held.stamp, row.source  # compared in place: this runs for every event
+    if row.version is not None and current.version is not None:
+        return row.version > current.version
+    return source.partition != current.partition or source.offset > current.offset
 
 
 def event_time(row: Row) -> datetime.datetime:

@@ -7,10 +7,10 @@ blocking the partition or vanishing.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from confluent_kafka import Message
 
 from outbox.envelope import JSON, Envelope, EnvelopeError
@@ -38,16 +38,25 @@ class Raw:
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
 
+    @classmethod
+    def of(cls, message: Message) -> Raw:
+        return cls(key=message.key(), value=message.value(), headers=headers_of(message))
+
 
 @dataclass(frozen=True, slots=True)
 class Record:
     """A decoded record: an outboxkit event, or a Kafka tombstone (`envelope` is None)."""
 
     source: Source
-    raw: Raw
+    message: Message
     key: str
     envelope: Envelope | None
     payload: dict[str, Any]
+
+    @property
+    def raw(self) -> Raw:
+        """Built only when the record becomes a dead letter: most never do."""
+        return Raw.of(self.message)
 
     @property
     def event_id(self) -> str:
@@ -87,41 +96,49 @@ def headers_of(message: Message) -> tuple[tuple[str, bytes], ...]:
 
 def decode(message: Message, *, max_bytes: int) -> Record | DeadLetter:
     """Decode one consumed record; bad ones come back as dead letters with a readable reason."""
-    raw = Raw(key=message.key(), value=message.value(), headers=headers_of(message))
     source = source_of(message)
-    if raw.key is None:
-        return DeadLetter(source, raw, "the record has no key; outboxkit orders and dedupes by key")
+    key_bytes, value = message.key(), message.value()
+    if key_bytes is None:
+        return DeadLetter(
+            source, Raw.of(message), "the record has no key; outboxkit orders and dedupes by key"
+        )
     try:
-        key = raw.key.decode()
+        key = key_bytes.decode()
     except UnicodeDecodeError:
-        return DeadLetter(source, raw, f"the key is not UTF-8 text ({raw.key[:40]!r})")
-    if raw.value is None:
-        return Record(source, raw, key, None, {})
-    if len(raw.value) > max_bytes:
-        return DeadLetter(
-            source, raw, f"the value is {len(raw.value)} bytes, above max_record_bytes={max_bytes}"
-        )
-    return _event(source, raw, key)
+        return DeadLetter(source, Raw.of(message), f"the key is not UTF-8 text ({key_bytes[:40]!r})")
+    if value is None:
+        return Record(source, message, key, None, {})
+    if len(value) > max_bytes:
+        reason = f"the value is {len(value)} bytes, above max_record_bytes={max_bytes}"
+        return DeadLetter(source, Raw.of(message), reason)
+    return _event(source, message, key, value)
 
 
-def _event(source: Source, raw: Raw, key: str) -> Record | DeadLetter:
-    value = raw.value or b""
+def _event(source: Source, message: Message, key: str, value: bytes) -> Record | DeadLetter:
+    headers = message.headers()
     try:
-        envelope = Envelope.from_kafka(source.topic, raw.key, value, list(raw.headers))
+        envelope = Envelope.from_kafka(
+            source.topic,
+            message.key(),
+            value,
+            list(headers.items()) if isinstance(headers, dict) else headers,
+        )
     except EnvelopeError as exc:
-        return DeadLetter(source, raw, exc.reason)
-    if envelope.content_type != JSON:
-        return DeadLetter(
-            source, raw, f"content type {envelope.content_type!r} is not {JSON}", envelope.event_id
-        )
+        return DeadLetter(source, Raw.of(message), exc.reason)
+    payload = _payload(envelope.content_type, value)
+    if isinstance(payload, str):
+        return DeadLetter(source, Raw.of(message), payload, envelope.event_id)
+    return Record(source, message, key, envelope, payload)
+
+
+def _payload(content_type: str, value: bytes) -> dict[str, Any] | str:
+    """The payload object, or why there is none."""
+    if content_type != JSON:
+        return f"content type {content_type!r} is not {JSON}"
     try:
-        payload = json.loads(value)
-    except UnicodeDecodeError as exc:
-        return DeadLetter(source, raw, f"the payload is not UTF-8 ({exc.reason})", envelope.event_id)
-    except json.JSONDecodeError as exc:
-        return DeadLetter(source, raw, f"the payload is not valid JSON: {exc}", envelope.event_id)
+        payload = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return f"the payload is not valid JSON: {exc}"
     if not isinstance(payload, dict):
-        return DeadLetter(
-            source, raw, f"the payload is a JSON {type(payload).__name__}, not an object", envelope.event_id
-        )
-    return Record(source, raw, key, envelope, payload)
+        return f"the payload is a JSON {type(payload).__name__}, not an object"
+    return payload

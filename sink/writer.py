@@ -9,7 +9,7 @@ offsets. Within it, `merge` decides which events are new, so replays and duplica
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,8 +25,13 @@ from sink.merge import Held, Plan, Stamp
 from sink.records import DeadLetter
 from sink.tables import bookkeeping, catalog, deleted
 
-KEYS = "_outboxkit_keys"  # per-connection temp table: keys of a batch, with offsets and times
-KEYS_COLUMNS = {"k": Kind.TEXT, "id": Kind.TEXT, "n": Kind.INTEGER, "p": Kind.INTEGER, "t": Kind.TIMESTAMP}
+MARKER_COLUMNS = {
+    "table_name": Kind.TEXT,
+    "key": Kind.TEXT,
+    "version": Kind.INTEGER,
+    "partition": Kind.INTEGER,
+    "offset": Kind.INTEGER,
+}
 
 
 @dataclass
@@ -136,7 +141,8 @@ class SqlWriter:
             )
             self._replace(conn, table, plan)
         all_columns = columns.metadata_columns(mapping.mode) | draft.columns
-        self._loader.load(conn, table, all_columns, [_cells(row, plan) for row in plan.inserts])
+        rows_in_order = _tuples(mapping.mode, list(draft.columns), plan.inserts, plan)
+        self._loader.load(conn, table, all_columns, rows_in_order)
         self._remember_deleted(conn, table, plan.deleted)
         return plan
 
@@ -172,36 +178,32 @@ class SqlWriter:
             )
         )
 
-    def _keys(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Fill this connection's temp key table (created on first use, emptied each time)."""
-        definitions = ", ".join(f"{column} {self._types[kind]}" for column, kind in KEYS_COLUMNS.items())
-        conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {KEYS} ({definitions})")
-        conn.exec_driver_sql(f"DELETE FROM {KEYS}")
-        self._loader.load(conn, KEYS, KEYS_COLUMNS, rows)
-
     def _stored_ids(self, conn: Connection, table: str, rows: list[Row]) -> set[str]:
-        self._keys(conn, [{"k": row.event_id} for row in rows])
-        found = conn.exec_driver_sql(
-            f"SELECT _event_id FROM {quote(conn, table)} WHERE _event_id IN (SELECT k FROM {KEYS})"
+        found = conn.execute(
+            text(f"SELECT _event_id FROM {quote(conn, table)} WHERE _event_id = ANY(:ids)"),
+            {"ids": [row.event_id for row in rows]},
         )
         return {event_id for (event_id,) in found}
 
     def _held(self, conn: Connection, mapping: TableMapping, rows: list[Row]) -> dict[str, Held]:
         """What the table holds for each key of the batch: its live row, or its delete marker."""
-        self._keys(conn, [{"k": key} for key in {row.key: None for row in rows}])
+        keys = list(dict.fromkeys(row.key for row in rows))
         current = "TRUE" if mapping.mode == "upsert" else f"{columns.VALID_TO} IS NULL"
         held: dict[str, Held] = {}
-        found = conn.exec_driver_sql(
-            f"SELECT _key, _version, _partition, _offset FROM {quote(conn, mapping.table)} "
-            f"WHERE {current} AND _key IN (SELECT k FROM {KEYS})"
+        found = conn.execute(
+            text(
+                f"SELECT _key, _version, _partition, _offset FROM {quote(conn, mapping.table)} "
+                f"WHERE {current} AND _key = ANY(:keys)"
+            ),
+            {"keys": keys},
         )
         for key, version, partition, offset in found:
             held[key] = Held(Stamp(version, partition, offset), live=True)  # a row (soft-deleted or not)
         markers = text(
             f'SELECT "key", "version", "partition", "offset" FROM {deleted.name} '
-            f'WHERE table_name = :table AND "key" IN (SELECT k FROM {KEYS})'
+            'WHERE table_name = :table AND "key" = ANY(:keys)'
         )
-        for key, version, partition, offset in conn.execute(markers, {"table": mapping.table}):
+        for key, version, partition, offset in conn.execute(markers, {"table": mapping.table, "keys": keys}):
             stamp = Stamp(version, partition, offset)
             if key not in held or stamp.after(held[key].stamp):
                 held[key] = Held(stamp, live=False)
@@ -209,75 +211,74 @@ class SqlWriter:
 
     def _replace(self, conn: Connection, table: str, plan: Plan) -> None:
         """Upsert: drop the rows being replaced or deleted; flag soft-deleted ones in place."""
-        gone = [{"k": row.key} for row in (*plan.inserts, *plan.deleted)]
+        name = quote(conn, table)
+        gone = [row.key for row in (*plan.inserts, *plan.deleted)]
         if gone:
-            self._keys(conn, gone)
-            conn.exec_driver_sql(f"DELETE FROM {quote(conn, table)} WHERE _key IN (SELECT k FROM {KEYS})")
+            conn.execute(text(f"DELETE FROM {name} WHERE _key = ANY(:keys)"), {"keys": gone})
         if plan.flagged:
-            self._keys(conn, [_key_row(row) for row in plan.flagged])
-            conn.exec_driver_sql(
-                f"UPDATE {quote(conn, table)} SET _deleted = TRUE, _event_id = s.id, "
-                f"_event_type = 'tombstone', _partition = s.p, _offset = s.n "
-                f"FROM {KEYS} s WHERE {quote(conn, table)}._key = s.k"
+            conn.execute(
+                text(
+                    f"UPDATE {name} SET _deleted = TRUE, _event_id = s.id, _event_type = 'tombstone', "
+                    "_partition = s.p, _offset = s.n FROM (SELECT unnest(CAST(:k AS TEXT[])) AS k, "
+                    "unnest(CAST(:id AS TEXT[])) AS id, unnest(CAST(:p AS BIGINT[])) AS p, "
+                    f"unnest(CAST(:n AS BIGINT[])) AS n) s WHERE {name}._key = s.k"
+                ),
+                {
+                    "k": [row.key for row in plan.flagged],
+                    "id": [row.event_id for row in plan.flagged],
+                    "p": [row.source.partition for row in plan.flagged],
+                    "n": [row.source.offset for row in plan.flagged],
+                },
             )
 
     def _close(self, conn: Connection, table: str, plan: Plan) -> None:
         """History: end the open version of each key that got a newer one or was deleted."""
         if plan.closes:
-            self._keys(conn, [{"k": key, "t": at} for key, at in plan.closes.items()])
-            conn.exec_driver_sql(
-                f"UPDATE {quote(conn, table)} SET {columns.VALID_TO} = s.t FROM {KEYS} s "
-                f"WHERE {quote(conn, table)}._key = s.k AND {quote(conn, table)}.{columns.VALID_TO} IS NULL"
+            name = quote(conn, table)
+            conn.execute(
+                text(
+                    f"UPDATE {name} SET _valid_to = s.t FROM (SELECT unnest(CAST(:k AS TEXT[])) AS k, "
+                    f"unnest(CAST(:t AS TIMESTAMPTZ[])) AS t) s "
+                    f"WHERE {name}._key = s.k AND {name}._valid_to IS NULL"
+                ),
+                {"k": list(plan.closes), "t": list(plan.closes.values())},
             )
 
     def _remember_deleted(self, conn: Connection, table: str, rows: list[Row]) -> None:
         if not rows:
             return
-        conn.execute(
-            delete(deleted).where(deleted.c.table_name == table, deleted.c.key.in_([r.key for r in rows]))
+        keys = [row.key for row in rows]
+        conn.execute(delete(deleted).where(deleted.c.table_name == table, deleted.c.key.in_(keys)))
+        markers = [(table, row.key, row.version, row.source.partition, row.source.offset) for row in rows]
+        self._loader.load(conn, deleted.name, MARKER_COLUMNS, markers)
+
+
+def _tuples(mode: str, payload: Sequence[str], rows: list[Row], plan: Plan) -> list[tuple[Any, ...]]:
+    """Load rows in the table's column order: outboxkit's columns (see `columns.metadata_columns`),
+    then the payload's. Tuples, not dicts: this runs for every event."""
+    made = []
+    cell = columns.cell
+    for row in rows:
+        at = merge.event_time(row)
+        source = row.source
+        meta: tuple[Any, ...] = (
+            row.key,
+            row.event_id,
+            row.event_type,
+            row.version,
+            row.schema_version,
+            source.topic,
+            source.partition,
+            source.offset,
+            at,
         )
-        markers = [
-            {
-                "table_name": table,
-                "key": row.key,
-                "version": row.version,
-                "partition": row.source.partition,
-                "offset": row.source.offset,
-            }
-            for row in rows
-        ]
-        marker_columns = {
-            "table_name": Kind.TEXT,
-            "key": Kind.TEXT,
-            "version": Kind.INTEGER,
-            "partition": Kind.INTEGER,
-            "offset": Kind.INTEGER,
-        }
-        self._loader.load(conn, deleted.name, marker_columns, markers)
-
-
-def _key_row(row: Row) -> dict[str, Any]:
-    return {"k": row.key, "id": row.event_id, "n": row.source.offset, "p": row.source.partition}
-
-
-def _cells(row: Row, plan: Plan) -> dict[str, Any]:
-    values = {name: columns.cell(value) for name, value in row.values.items()}
-    at = merge.event_time(row)
-    values |= {
-        columns.KEY: row.key,
-        columns.EVENT_ID: row.event_id,
-        columns.EVENT_TYPE: row.event_type,
-        columns.VERSION: row.version,
-        columns.SCHEMA_VERSION: row.schema_version,
-        columns.TOPIC: row.source.topic,
-        columns.PARTITION: row.source.partition,
-        columns.OFFSET: row.source.offset,
-        columns.EVENT_TIME: at,
-        columns.DELETED: row.delete,
-        columns.VALID_FROM: at,
-        columns.VALID_TO: plan.valid_to.get(row.event_id),
-    }
-    return values
+        if mode == "upsert":
+            meta = (*meta, row.delete)
+        elif mode == "history":
+            meta = (*meta, at, plan.valid_to.get(row.event_id))
+        values = row.values
+        made.append((*meta, *(cell(values.get(name)) for name in payload)))
+    return made
 
 
 def _load_catalog(conn: Connection) -> dict[str, TableSchema]:

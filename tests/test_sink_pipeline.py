@@ -137,7 +137,7 @@ def bad_and_good_records(topic: str) -> list[Message]:
 
 
 REASONS = [
-    "the payload is not valid JSON: Expecting ',' delimiter: line 1 column 8 (char 7)",
+    "the payload is not valid JSON: unexpected end of data: line 1 column 8 (char 7)",
     "does not fit model Order: n: Input should be a valid integer, unable to parse string as an integer",
     "event type 'SomethingElse' is not one this table takes",
     "the record has no key; outboxkit orders and dedupes by key",
@@ -199,7 +199,7 @@ def test_with_policy_stop_a_bad_record_halts_only_its_partition_and_keeps_its_of
     [(action, reason)] = rows(warehouse_url, "SELECT action, reason FROM outboxkit_dead_letters")
     assert (action, reason) == (
         "stopped",
-        "the payload is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 "
+        "the payload is not valid JSON: unexpected character, expected a string key: line 1 column 2 "
         "(char 1) (poison_policy=stop: the partition waits here; fix the producer and `outboxkit sink "
         "replay`, or set poison_policy=dlq, then restart)",
     )
@@ -360,7 +360,7 @@ def test_a_value_the_warehouse_refuses_is_found_in_its_batch_and_dead_lettered(
     kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names
 ) -> None:
     publish(kafka, [message(topic, n, key=f"k{n}", payload={"n": n}) for n in range(9)])
-    publish(kafka, [message(topic, 9, key="huge", payload={"n": 2**70})])  # JSON allows it, BIGINT does not
+    publish(kafka, [message(topic, 9, key="huge", payload={"n": 2**63})])  # JSON allows it, BIGINT does not
     publish(kafka, [message(topic, n, key=f"k{n}", payload={"n": n}) for n in range(10, 16)])
 
     stats = drain(settings(kafka, warehouse_url, unique_name("g"), [TableMapping(topic=topic, table="t")]))

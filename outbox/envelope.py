@@ -34,6 +34,7 @@ RESERVED_HEADERS: Final = frozenset(
     (*REQUIRED_HEADERS, HEADER_AGGREGATE_VERSION, HEADER_SCHEMA_VERSION, HEADER_CONTENT_TYPE)
 )
 JSON: Final = "application/json"
+MAX_DIGITS: Final = 18  # versions are 64-bit signed integers in the outbox and the warehouse
 
 KafkaHeaders = Sequence[tuple[str, str | bytes | None]]
 
@@ -135,8 +136,8 @@ def _numbers(found: dict[str, str], *, key: bytes | None, value: bytes) -> dict[
         text = found.get(name)
         if text is None:
             continue
-        if not text.isdigit():
-            raise EnvelopeError(f"{name} is {text!r}, not a number", key=key, value=value)
+        if not (text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS):
+            raise EnvelopeError(f"{name} is {text[:40]!r}, not a number", key=key, value=value)
         numbers[name] = int(text)
     return numbers
 

@@ -32,7 +32,7 @@ EVENT_TIME = "_event_time"
 DELETED = "_deleted"
 VALID_FROM = "_valid_from"
 VALID_TO = "_valid_to"
-MAX_NAME = 63  # PostgreSQL truncates longer identifiers silently; refuse them instead
+MAX_NAME = 63  # bytes: PostgreSQL truncates longer identifiers silently; refuse them instead
 
 
 class Kind(StrEnum):
@@ -133,8 +133,10 @@ def name_problem(name: str) -> str | None:
     """Why a payload field cannot be a column, or None if it can."""
     if name in RESERVED:
         return f"field {name!r} clashes with a column outboxkit adds (rename it in the producer)"
-    if not name or len(name) > MAX_NAME:
-        return f"field name {name[:80]!r} is empty or longer than {MAX_NAME} characters"
+    if not name or len(name.encode(errors="replace")) > MAX_NAME:
+        return f"field name {name[:80]!r} is empty or longer than {MAX_NAME} bytes"
+    if not name.isprintable() or name.encode(errors="ignore").decode() != name:
+        return f"field name {name[:80]!r} holds control characters or lone surrogates"
     return None
 
 

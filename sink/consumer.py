@@ -93,12 +93,13 @@ class WarehouseConsumer:
             where = (message.topic() or "", message.partition() or 0)
             error = message.error()
             if error is None:
-                self._at_end[where] = False
                 if where in self.positions and where not in self.stopped:
+                    self._at_end[where] = False
                     records.append(message)
             elif error.code() == KafkaError._PARTITION_EOF:
-                log.debug("%s[%d] read to its end, offset %s", *where, message.offset())
-                self._at_end[where] = True
+                if where in self.positions:  # an end reported for a partition no longer ours: ignore
+                    log.debug("%s[%d] read to its end, offset %s", *where, message.offset())
+                    self._at_end[where] = True
             elif error.fatal():
                 raise SinkError(f"fatal Kafka consumer error: {error.str()}")
             else:

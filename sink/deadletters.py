@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select
+from sqlalchemy import Connection, func, insert, select, text
 
 from sink.records import DeadLetter
 from sink.tables import dead_letters
@@ -24,15 +24,17 @@ def store(conn: Connection, group_id: str, letters: Sequence[DeadLetter]) -> Non
     """Record `letters`, replacing earlier verdicts on the same records (a replay, a new policy)."""
     if not letters:
         return
-    same = [
-        and_(
-            dead_letters.c.topic == letter.source.topic,
-            dead_letters.c.partition == letter.source.partition,
-            dead_letters.c.offset == letter.source.offset,
+    offsets_by_partition: dict[tuple[str, int], list[int]] = {}
+    for letter in letters:
+        offsets_by_partition.setdefault(letter.source.where, []).append(letter.source.offset)
+    for (topic, partition), offsets in offsets_by_partition.items():
+        conn.execute(
+            text(
+                "DELETE FROM outboxkit_dead_letters WHERE group_id = :group AND topic = :topic "
+                'AND "partition" = :partition AND "offset" = ANY(:offsets)'
+            ),
+            {"group": group_id, "topic": topic, "partition": partition, "offsets": offsets},
         )
-        for letter in letters
-    ]
-    conn.execute(delete(dead_letters).where(dead_letters.c.group_id == group_id, or_(*same)))
     conn.execute(insert(dead_letters), [_row(group_id, letter) for letter in letters])
 
 

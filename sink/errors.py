@@ -38,3 +38,13 @@ class PartitionMovedError(SinkError):
             "partition is re-read from the warehouse"
         )
         self.topic, self.partition = topic, partition
+
+
+class RecordsRefusedError(SinkError):
+    """The writer will not apply some records of a batch (e.g. a tombstone for a key never seen):
+    the batch was rolled back, and the sink settles those records as dead letters or stops, per
+    policy. `reasons` maps (topic, partition, offset) to why."""
+
+    def __init__(self, reasons: dict[tuple[str, int, int], str]) -> None:
+        super().__init__(f"{len(reasons)} record(s) refused: {next(iter(reasons.values()), '')}")
+        self.reasons = reasons

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 import duckdb
 import orjson
 import psycopg
-from sqlalchemy import Connection
+from psycopg.sql import SQL, Identifier
+from sqlalchemy import Connection, text
 
 from sink.columns import SQL_TYPES, Kind
 from sink.errors import WarehouseError
@@ -43,6 +44,10 @@ class Loader(Protocol):
         """Whether `error` (a driver error) refuses a value rather than reports an outage."""
         ...
 
+    def lock(self, conn: Connection, table: str) -> None:
+        """Serialise schema changes of `table` among sinks until the transaction ends."""
+        ...
+
 
 def quote(conn: Connection, name: str) -> str:
     return conn.dialect.identifier_preparer.quote_identifier(name)
@@ -61,16 +66,27 @@ class PostgresLoader:
         if not rows:
             return
         names = list(columns)
-        sql = f"COPY {quote(conn, table)} ({column_list(conn, names)}) FROM STDIN"
+        sql = SQL("COPY {} ({}) FROM STDIN").format(Identifier(table), SQL(", ").join(map(Identifier, names)))
         try:
             with conn.connection.driver_connection.cursor() as cursor, cursor.copy(sql) as copy:  # type: ignore[union-attr]
                 for row in rows:
                     copy.write_row(row)
-        except psycopg.Error as exc:  # raw driver use: SQLAlchemy does not wrap it
+        except (
+            psycopg.Error,
+            UnicodeError,
+            ValueError,
+        ) as exc:  # raw driver use: SQLAlchemy does not wrap it
             raise WarehouseError(f"COPY into {table} failed: {exc}", data=self.refused_data(exc)) from exc
 
     def refused_data(self, error: BaseException) -> bool:
+        if isinstance(error, psycopg.DataError | UnicodeError | ValueError):
+            return True  # also refused client-side, before any SQLSTATE: NUL characters, surrogates
         return isinstance(error, psycopg.Error) and (error.sqlstate or "")[:2] in DATA_CLASSES
+
+    def lock(self, conn: Connection, table: str) -> None:
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": f"outboxkit.sink:{table}"}
+        )
 
 
 class DuckDBLoader:
@@ -87,7 +103,9 @@ class DuckDBLoader:
             with os.fdopen(fd, "wb") as file:
                 for row in rows:
                     file.write(orjson.dumps(dict(zip(names, row, strict=True)), default=_plain, option=LINE))
-            types = ", ".join(f"'{name}': '{SQL_TYPES['duckdb'][kind]}'" for name, kind in columns.items())
+            types = ", ".join(
+                f"{_literal(name)}: '{SQL_TYPES['duckdb'][kind]}'" for name, kind in columns.items()
+            )
             conn.exec_driver_sql(
                 f"INSERT INTO {quote(conn, table)} ({column_list(conn, names)}) "
                 f"SELECT {column_list(conn, names)} FROM read_json(?, format='newline_delimited', "
@@ -100,8 +118,16 @@ class DuckDBLoader:
     def refused_data(self, error: BaseException) -> bool:
         return isinstance(error, DUCKDB_DATA_ERRORS)
 
+    def lock(self, conn: Connection, table: str) -> None:
+        """Nothing to do: one process writes a DuckDB file at a time."""
+
 
 LINE = orjson.OPT_APPEND_NEWLINE
+
+
+def _literal(name: str) -> str:
+    """A column name as a SQL string literal (in read_json's column list)."""
+    return "'" + name.replace("'", "''") + "'"
 
 
 def _plain(value: Any) -> Any:

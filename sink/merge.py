@@ -73,12 +73,19 @@ class Plan:
     dead: list[DeadLetter] = field(default_factory=list)
 
 
-def _unknown_key(row: Row, table: str) -> DeadLetter:
-    return DeadLetter(
-        row.source,
-        Raw(row.key.encode(), None, ()),
-        f"tombstone for key {row.key!r}, which table {table} does not hold",
-        row.event_id,
+def _refuse_or_skip(plan: Plan, row: Row, table: str, before: Held | None) -> None:
+    """A tombstone for a key with no live row: already deleted (the usual delete event followed
+    by a tombstone) is nothing to do; a key the table never held is refused with a reason."""
+    if before is not None:
+        plan.skipped += 1
+        return
+    plan.dead.append(
+        DeadLetter(
+            row.source,
+            Raw(row.key.encode(), None, ()),
+            f"tombstone for key {row.key!r}, which table {table} does not hold",
+            row.event_id,
+        )
     )
 
 
@@ -93,7 +100,7 @@ def plan_upsert(table: str, rows: Iterable[Row], held: Mapping[str, Held], *, so
             plan.skipped += 1
             continue
         if row.tombstone and not (before is not None and before.live):
-            plan.dead.append(_unknown_key(row, table))
+            _refuse_or_skip(plan, row, table, before)
             continue
         plan.applied += 1
         change = _as_soft_delete(final[row.key], row) if row.tombstone and soft and row.key in final else row
@@ -150,7 +157,7 @@ def plan_history(table: str, rows: Iterable[Row], held: Mapping[str, Held]) -> P
             continue
         live = before is not None and before.live
         if row.tombstone and not live:
-            plan.dead.append(_unknown_key(row, table))
+            _refuse_or_skip(plan, row, table, before)
             continue
         plan.applied += 1
         if live:

@@ -139,6 +139,8 @@ def _payload(content_type: str, value: bytes) -> dict[str, Any] | str:
         payload = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return f"the payload is not valid JSON: {exc}"
+    except (ValueError, RecursionError) as exc:  # bad data must become a dead letter, never a crash
+        return f"the payload cannot be decoded: {exc}"
     if not isinstance(payload, dict):
         return f"the payload is a JSON {type(payload).__name__}, not an object"
     return payload

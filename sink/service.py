@@ -23,12 +23,13 @@ from outbox.observe import Health, Metrics, serve
 from outbox.tracing import span_contexts
 from sink.batch import Policy, Refusals, assemble
 from sink.consumer import WarehouseConsumer
-from sink.errors import PartitionMovedError, WarehouseError
+from sink.errors import PartitionMovedError, RecordsRefusedError, WarehouseError
 from sink.mapping import TableMapping
 from sink.records import headers_of, source_of
 from sink.writer import Batch, Outcome, SinkWriter
 
 log = logging.getLogger("outboxkit.sink")
+SAME_BATCH_FAILURES = 3  # then, if the warehouse answers a ping, the batch itself is the problem
 
 
 @dataclass
@@ -97,11 +98,14 @@ class Sink:
 
     def _settle(
         self, messages: list[Message], should_stop: Callable[[], bool], refused: Refusals | None = None
-    ) -> None:
+    ) -> bool:
+        """Write `messages` as one batch. False if a partition moved: then the partitions were
+        re-read from the warehouse, and nothing more of these messages may be settled."""
         messages = [m for m in messages if (m.topic(), m.partition()) not in self._consumer.stopped]
         if not messages:
             self.health.beat(ok=not self._consumer.stopped)
-            return
+            return True
+        refused = refused or {}
         batch, stopping = assemble(
             messages,
             self._mappings,
@@ -109,7 +113,7 @@ class Sink:
             self._consumer.positions,
             max_bytes=self._max_bytes,
             policy=self._policy,
-            refused=refused or {},
+            refused=refused,
         )
         with self._tracer.start_as_current_span(
             "outboxkit.sink batch",
@@ -119,50 +123,72 @@ class Sink:
         ):
             try:
                 outcome = self._write(batch, should_stop)
+            except RecordsRefusedError as exc:  # settle them as dead letters (or stops), per policy
+                return self._settle(messages, should_stop, {**refused, **exc.reasons})
             except WarehouseError as exc:
                 if not exc.data:
                     raise
-                self._isolate(messages, exc, should_stop)
-                return
+                return self._isolate(messages, exc, should_stop, refused)
         if outcome is None:
-            return
+            return False
         self._consumer.advanced(batch.moves)
         for where in stopping:
             log.error("%s[%d] stopped: %s", *where, _reason(batch, where))
             self._consumer.stop(where)
         self._count(len(messages), outcome)
         self.health.beat(ok=not self._consumer.stopped)  # a halted partition needs an operator
+        return True
 
     def _isolate(
-        self, messages: list[Message], error: WarehouseError, should_stop: Callable[[], bool]
-    ) -> None:
+        self,
+        messages: list[Message],
+        error: WarehouseError,
+        should_stop: Callable[[], bool],
+        refused: Refusals,
+    ) -> bool:
         """The warehouse refused a value: retrying cannot help, so halve the batch until the one
-        record is found, and settle it as a dead letter (or a stop, per policy) with the reason."""
+        record is found, and settle it as a dead letter (or a stop, per policy) with the reason.
+        A half whose partition moved ends it: what follows is re-read from the warehouse."""
         if len(messages) > 1:
             half = len(messages) // 2
-            self._settle(messages[:half], should_stop)
-            self._settle(messages[half:], should_stop)
-            return
+            return self._settle(messages[:half], should_stop, refused) and self._settle(
+                messages[half:], should_stop, refused
+            )
         source = source_of(messages[0])
+        where = (source.topic, source.partition, source.offset)
         reason = f"the warehouse refused it: {str(error).splitlines()[0]}"
-        self._settle(messages, should_stop, refused={(source.topic, source.partition, source.offset): reason})
+        if where not in refused:
+            return self._settle(messages, should_stop, {**refused, where: reason})
+        # Even its dead letter is refused: nothing can be written for it, so its partition halts.
+        log.error(
+            "%s[%d] stopped at offset %d: %s (its dead letter too)", *source.where, source.offset, reason
+        )
+        self._consumer.stop(source.where)
+        self.health.beat(ok=False)
+        return True
 
     def _write(self, batch: Batch, should_stop: Callable[[], bool]) -> Outcome | None:
         """Write `batch`, retrying an unreachable warehouse with backoff; None if the partitions
-        moved. A refused value is raised at once (`WarehouseError.data`): a retry cannot help."""
+        moved. A refused value is raised at once (`WarehouseError.data`): a retry cannot help; so
+        is a failure that repeats while the warehouse answers (it is the batch, not an outage)."""
+        failures = 0
         while True:
             try:
                 outcome = self._writer.write(self._group_id, batch)
             except PartitionMovedError as exc:
                 log.warning("%s", exc)
                 self.stats.moved += 1
+                self._writer.refresh()
                 self._consumer.reseek()
                 return None
             except WarehouseError as exc:
                 self.health.beat(ok=False)
-                self.stats.retries += 1
+                failures += 1
                 if exc.data or should_stop():
                     raise
+                if failures >= SAME_BATCH_FAILURES and self._writer.ping():
+                    raise WarehouseError(str(exc), data=True) from exc
+                self.stats.retries += 1
                 log.warning("%s; the same batch is retried in %.1fs", exc, self._backoff.wait())
                 continue
             self._backoff.reset()

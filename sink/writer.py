@@ -9,6 +9,7 @@ offsets. Within it, `merge` decides which events are new, so replays and duplica
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,13 +19,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sink import columns, deadletters, merge, offsets
 from sink.columns import SQL_TYPES, Kind
-from sink.errors import WarehouseError
+from sink.errors import RecordsRefusedError, WarehouseError
 from sink.loaders import Loader, loader_for, quote
 from sink.mapping import Row, TableMapping, TableSchema
 from sink.merge import Held, Plan, Stamp
 from sink.records import DeadLetter
 from sink.tables import bookkeeping, catalog, deleted
 
+log = logging.getLogger("outboxkit.sink")
 MARKER_COLUMNS = {
     "table_name": Kind.TEXT,
     "key": Kind.TEXT,
@@ -69,6 +71,14 @@ class SinkWriter(Protocol):
         """Release the warehouse connections (DuckDB: the file lock)."""
         ...
 
+    def ping(self) -> bool:
+        """Whether the warehouse answers at all (tells an outage from a batch it keeps refusing)."""
+        ...
+
+    def refresh(self) -> None:
+        """Re-read the table catalogue: another instance may have widened a table."""
+        ...
+
 
 class SqlWriter:
     """Writes to DuckDB or PostgreSQL through SQLAlchemy, bulk-loading with the dialect's `Loader`."""
@@ -81,7 +91,7 @@ class SqlWriter:
         try:
             bookkeeping.create_all(engine)
             with engine.begin() as conn:
-                self.schemas = _load_catalog(conn)
+                self.schemas = self._with_mapping_versions(_load_catalog(conn))
                 for mapping in mappings:
                     if mapping.model is not None:
                         self._evolve_to_model(conn, mapping)
@@ -102,12 +112,17 @@ class SqlWriter:
                 offsets.advance(conn, group_id, batch.moves)
                 for table, draft in batch.schemas.items():
                     self._ensure(conn, self._mappings[table], draft)
+                refused: dict[tuple[str, int, int], str] = {}
                 for table, rows in batch.rows.items():
                     plan = self._apply(conn, self._mappings[table], batch.schemas[table], rows)
                     outcome.applied += plan.applied
                     outcome.skipped += plan.skipped
-                    outcome.dead_letters += plan.dead
-                outcome.dead_letters = [*batch.dead_letters, *outcome.dead_letters]
+                    for letter in plan.dead:
+                        source = letter.source
+                        refused.setdefault((source.topic, source.partition, source.offset), letter.reason)
+                if refused:
+                    raise RecordsRefusedError(refused)  # rolls back: the sink settles them per policy
+                outcome.dead_letters = batch.dead_letters
                 deadletters.store(conn, group_id, outcome.dead_letters)
         except SQLAlchemyError as exc:
             raise WarehouseError(
@@ -119,6 +134,29 @@ class SqlWriter:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    def ping(self) -> bool:
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return True
+
+    def refresh(self) -> None:
+        try:
+            with self._engine.connect() as conn:
+                self.schemas = self._with_mapping_versions(_load_catalog(conn))
+        except SQLAlchemyError as exc:
+            log.warning("catalogue not re-read (%s); the next batch tries again", exc)
+
+    def _with_mapping_versions(self, schemas: dict[str, TableSchema]) -> dict[str, TableSchema]:
+        """A mapping's `schema_version` is the version its table takes (records of a higher one
+        that do not fit stop their partition): raising it is how an operator accepts a change."""
+        for table, mapping in self._mappings.items():
+            schema = schemas.setdefault(table, TableSchema())
+            schema.schema_version = max(schema.schema_version, mapping.schema_version)
+        return schemas
 
     def _evolve_to_model(self, conn: Connection, mapping: TableMapping) -> None:
         assert mapping.model is not None
@@ -147,26 +185,37 @@ class SqlWriter:
         return plan
 
     def _ensure(self, conn: Connection, mapping: TableMapping, draft: TableSchema) -> None:
-        """Create the table, or add the draft's new columns (always nullable); then the catalogue."""
+        """Create the table, or add the draft's new columns (always nullable); then the catalogue.
+
+        Several sinks may widen one table: the DDL is serialised per table (`Loader.lock`), the
+        catalogue row is re-read under that lock and merged, never overwritten, and columns are
+        added only if missing — so a column another instance added, or a commit whose
+        acknowledgement was lost, is no conflict.
+        """
         committed = self.schemas.get(mapping.table)
-        if committed is not None and committed == draft:
+        if committed is not None and committed == draft and committed.columns:
             return
+        self._loader.lock(conn, mapping.table)
+        stored = _load_catalog(conn, mapping.table).get(mapping.table)
+        if stored is not None:
+            draft.columns = {**stored.columns, **draft.columns}
+            draft.schema_version = max(stored.schema_version, draft.schema_version)
+            if stored == draft:
+                return
         name = quote(conn, mapping.table)
-        if committed is None:
-            wanted = columns.metadata_columns(mapping.mode) | draft.columns
-            key = columns.KEY if mapping.mode == "upsert" else columns.EVENT_ID
-            definitions = ", ".join(
-                f"{quote(conn, column)} {self._types[kind]}" for column, kind in wanted.items()
-            )
-            conn.exec_driver_sql(
-                f"CREATE TABLE IF NOT EXISTS {name} ({definitions}, PRIMARY KEY ({quote(conn, key)}))"
-            )
-        else:
-            for column, kind in draft.columns.items():
-                if column not in committed.columns:
-                    conn.exec_driver_sql(
-                        f"ALTER TABLE {name} ADD COLUMN {quote(conn, column)} {self._types[kind]}"
-                    )
+        wanted = columns.metadata_columns(mapping.mode) | draft.columns
+        key = columns.KEY if mapping.mode == "upsert" else columns.EVENT_ID
+        definitions = ", ".join(
+            f"{quote(conn, column)} {self._types[kind]}" for column, kind in wanted.items()
+        )
+        conn.exec_driver_sql(
+            f"CREATE TABLE IF NOT EXISTS {name} ({definitions}, PRIMARY KEY ({quote(conn, key)}))"
+        )
+        for column, kind in draft.columns.items():
+            if stored is None or column not in stored.columns:
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {quote(conn, column)} {self._types[kind]}"
+                )
         conn.execute(delete(catalog).where(catalog.c.table_name == mapping.table))
         conn.execute(
             insert(catalog).values(
@@ -247,9 +296,14 @@ class SqlWriter:
     def _remember_deleted(self, conn: Connection, table: str, rows: list[Row]) -> None:
         if not rows:
             return
-        keys = [row.key for row in rows]
-        conn.execute(delete(deleted).where(deleted.c.table_name == table, deleted.c.key.in_(keys)))
-        markers = [(table, row.key, row.version, row.source.partition, row.source.offset) for row in rows]
+        last = {row.key: row for row in rows}  # delete, re-create, delete again: the last one counts
+        conn.execute(
+            text(f'DELETE FROM {deleted.name} WHERE table_name = :table AND "key" = ANY(:keys)'),
+            {"table": table, "keys": list(last)},
+        )
+        markers = [
+            (table, key, row.version, row.source.partition, row.source.offset) for key, row in last.items()
+        ]
         self._loader.load(conn, deleted.name, MARKER_COLUMNS, markers)
 
 
@@ -281,9 +335,12 @@ def _tuples(mode: str, payload: Sequence[str], rows: list[Row], plan: Plan) -> l
     return made
 
 
-def _load_catalog(conn: Connection) -> dict[str, TableSchema]:
+def _load_catalog(conn: Connection, table: str | None = None) -> dict[str, TableSchema]:
     schemas = {}
-    for row in conn.execute(select(catalog.c.table_name, catalog.c.columns, catalog.c.schema_version)):
+    query = select(catalog.c.table_name, catalog.c.columns, catalog.c.schema_version)
+    if table is not None:
+        query = query.where(catalog.c.table_name == table)
+    for row in conn.execute(query):
         kinds = {name: Kind(kind) for name, kind in json.loads(row.columns).items()}
         schemas[row.table_name] = TableSchema(kinds, row.schema_version)
     return schemas

@@ -19,7 +19,8 @@ from sqlalchemy import Engine, text
 from outbox.envelope import Envelope
 from outbox.kafka_settings import KafkaSettings
 from sink import TableMapping
-from sink.batch import Policy, assemble
+from sink.batch import Policy, Refusals, assemble
+from sink.errors import RecordsRefusedError
 from sink.run import by_topic
 from sink.writer import Batch, Outcome, SqlWriter
 
@@ -103,7 +104,9 @@ class Settle:
         stored = self.writer.stored_offsets(self.group, topics)
         self.positions = {where: stored.get(where) for where in {*self.positions, *stored}}
 
-    def batch(self, *messages: Message) -> tuple[Batch, set[tuple[str, int]]]:
+    def batch(
+        self, *messages: Message, refused: Refusals | None = None
+    ) -> tuple[Batch, set[tuple[str, int]]]:
         """The batch the sink would write for `messages` (stopped partitions left out)."""
         for m in messages:
             self.positions.setdefault((m.topic() or "", m.partition() or 0), None)
@@ -115,12 +118,16 @@ class Settle:
             self.positions,
             max_bytes=10_000,
             policy=self.policy,
-            refused={},
+            refused=refused or {},
         )
 
     def __call__(self, *messages: Message) -> Outcome:
         batch, stopping = self.batch(*messages)
-        outcome = self.writer.write(self.group, batch)
+        try:
+            outcome = self.writer.write(self.group, batch)
+        except RecordsRefusedError as refused:  # as the sink does: settle them per policy
+            batch, stopping = self.batch(*messages, refused=refused.reasons)
+            outcome = self.writer.write(self.group, batch)
         for where, (_, next_offset) in batch.moves.items():
             self.positions[where] = next_offset
         self.stopped |= stopping

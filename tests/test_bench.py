@@ -1,5 +1,5 @@
 """The benchmarks run, report, and refuse to report a figure their checks contradict: B1 its
-tables, B2 and B3 what a read_committed consumer finds in Kafka.
+tables, B2 and B3 what a read_committed consumer finds in Kafka, B4 what the warehouse holds.
 
 Quick mode only: these catch a broken benchmark, they do not judge the outbox's speed.
 """
@@ -10,15 +10,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import confluent_kafka
 import pytest
-from sqlalchemy import delete, event
+from sqlalchemy import Connection, delete, event
 from sqlalchemy.orm import Session
 
-from bench import b1, b2, b3
+from bench import b1, b2, b3, b4, sinking
 from bench.pg import Endpoints
 from bench.report import BenchmarkError, Options
 from outbox import outbox_table
@@ -26,6 +26,8 @@ from outbox.envelope import Envelope
 from outbox.kafka_settings import KafkaSettings
 from relay import TransactionalPublisher
 from relay.checkpoint import CheckpointRecord
+from sink.columns import Kind
+from sink.loaders import PostgresLoader, Rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,3 +162,59 @@ def test_b3_refuses_figures_when_an_event_arrives_twice(pg_database: str, kafka:
     options = Options(1, 1, (1,), quick=True, rate=50, poll_intervals=(0.02,))
     with pytest.raises(BenchmarkError, match=r"B3: .* duplicated"):
         b3.run(Endpoints(pg_url=pg_database, kafka_bootstrap=kafka.bootstrap_servers), options)
+
+
+def test_b4_quick_sinks_into_both_warehouses_with_all_three_variants_and_checks_them(
+    pg_database: str, kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    results = tmp_path / "b4.json"
+    stdout = _run_quick("b4", results, pg_database, kafka)
+    assert "| B4 sink | PostgreSQL | 5,000 |" in stdout
+    assert "| B4 sink | DuckDB | 5,000 |" in stdout
+    assert "naive: upserted and committed the first 500 of the 5,000 events one at a time" in stdout
+    document = json.loads(results.read_text())
+    assert [r["warehouse"] for r in document["results"]] == ["postgresql", "duckdb"]
+    for result in document["results"]:
+        assert (result["batch_size"], result["rows"], result["naive_rows"], result["aggregates"]) == (
+            5000,
+            5000,
+            500,
+            500,
+        )
+        for variant in ("outboxkit", "naive", "ceiling"):
+            assert len(result[variant]) == 1  # --quick: one repetition
+            assert result[variant][0] > 0
+            assert result["cpu_per_1k"][variant][0] > 0
+        # The checks ran, and found what they must: every key once at its newest version, every
+        # event's row in the ceiling's table, the newest of each key the naive consumer saw.
+        assert result["verified"]["outboxkit"] == [500]
+        assert result["verified"]["ceiling"] == [5000]
+        assert 0 < result["verified"]["naive"][0] <= 500
+        assert result["vs_naive"] == pytest.approx(result["outboxkit_median"] / result["naive_median"])
+        assert result["vs_ceiling"] == pytest.approx(result["outboxkit_median"] / result["ceiling_median"])
+    assert [goal["where"] for goal in document["goals"]] == [
+        *["PostgreSQL, batch size 5,000 (default)"] * 3,
+        *["DuckDB, batch size 5,000 (default)"] * 3,
+    ]
+    assert document["host"]["kafka"]["librdkafka"] == confluent_kafka.libversion()[0]
+
+
+@pytest.fixture
+def copy_losing_its_last_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sink that is not exactly-once: the last row of each bulk load into the target table is
+    lost, while the batch commits and its offsets move on."""
+    load = PostgresLoader.load
+
+    def lossy(
+        self: PostgresLoader, conn: Connection, table: str, columns: Mapping[str, Kind], rows: Rows
+    ) -> None:
+        load(self, conn, table, columns, rows[:-1] if table == sinking.TABLE else rows)
+
+    monkeypatch.setattr(PostgresLoader, "load", lossy)
+
+
+@pytest.mark.usefixtures("copy_losing_its_last_row")
+def test_b4_refuses_a_figure_when_the_table_misses_a_key(pg_database: str, kafka: KafkaSettings) -> None:
+    options = Options(seconds=1, reps=1, clients=(1,), quick=True, rows=1000, naive_rows=20)
+    with pytest.raises(BenchmarkError, match=r"B4 outboxkit/postgresql: .* for 100 keys \([1-9]\d* missing"):
+        b4.run(Endpoints(pg_url=pg_database, kafka_bootstrap=kafka.bootstrap_servers), options)

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, text
 
 from sink import PartitionMovedError, TableMapping, WarehouseError
+from sink.columns import Kind
 from tests.sinkkit import T0, Settle, message, tombstone
 
 UPSERT = TableMapping(topic="things", table="things")
@@ -246,3 +247,93 @@ def test_a_value_the_warehouse_refuses_is_reported_as_data_not_as_an_outage(ware
     with pytest.raises(WarehouseError) as refused:
         settle(message("things", 0, key="c", payload={"n": 2**63}))
     assert refused.value.data
+
+
+def test_field_names_that_need_quoting_become_columns_and_case_twins_are_dead_letters(
+    warehouse: Engine,
+) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    settle(message("things", 0, key="a", payload={"it's": 1, "50%": 2, "select": 3, "name": "x"}))
+    outcome = settle(message("things", 1, key="b", payload={"Name": "y"}))
+
+    [row] = settle.rows("things")
+    assert (row["it's"], row["50%"], row["select"], row["name"]) == (1, 2, 3, "x")
+    assert [letter.reason for letter in outcome.dead_letters] == [
+        "field 'Name' differs from column 'name' only in case"
+    ]
+
+
+def test_a_bad_record_with_a_long_event_id_is_still_a_dead_letter(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    outcome = settle(message("things", 0, payload=b"{", event_id="e" * 300))
+
+    assert [row["event_id"] for row in settle.dead_letters()] == ["e" * 300]
+    assert len(outcome.dead_letters) == 1
+
+
+def test_a_version_header_that_is_not_a_plain_number_is_a_dead_letter(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    record = message("things", 0)
+    headers = [
+        (n, "²".encode() if n == "outboxkit-aggregate-version" else v) for n, v in record.headers() or []
+    ]
+    outcome = settle(message("things", 0, headers=headers), message("things", 1, key="b"))
+
+    assert [letter.reason for letter in outcome.dead_letters] == [
+        "outboxkit-aggregate-version is '²', not a number"
+    ]
+    assert [row["_key"] for row in settle.rows("things")] == ["b"]
+
+
+def test_two_instances_widening_one_table_keep_each_others_columns(warehouse: Engine) -> None:
+    first, second = Settle(warehouse, [UPSERT]), Settle(warehouse, [UPSERT])
+    first(message("things", 0, key="a", payload={"n": 1}))
+    second(message("things", 0, key="b", partition=1, payload={"n": 2, "colour": "red"}))
+    first(message("things", 1, key="c", payload={"n": 3, "weight": 7}))  # its idea of the table is stale
+
+    again = Settle(warehouse, [UPSERT])  # a restart reads the catalogue
+    assert again.writer.schemas["things"].columns == {
+        "n": Kind.INTEGER,
+        "colour": Kind.TEXT,
+        "weight": Kind.INTEGER,
+    }
+    rows = again.rows("things")
+    assert [(r["_key"], r["n"], r["colour"], r["weight"]) for r in rows] == [
+        ("a", 1, None, None),
+        ("b", 2, "red", None),
+        ("c", 3, None, 7),
+    ]
+
+
+def test_raising_the_mappings_schema_version_lets_a_stopped_partition_go_on(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    settle(message("things", 0, key="a", payload={"n": 1}))
+    incompatible = message("things", 1, key="b", payload={"n": "two"}, schema_version=2)
+    settle(incompatible)
+    assert settle.writer.stored_offsets("g", ["things"]) == {("things", 0): 1}  # stopped there
+
+    accepted = Settle(warehouse, [UPSERT.model_copy(update={"schema_version": 2})])  # the operator's fix
+    outcome = accepted(incompatible, message("things", 2, key="c", payload={"n": 3}, schema_version=2))
+
+    assert [letter.reason for letter in outcome.dead_letters] == [
+        "field 'n' holds text, its column is integer"
+    ]
+    assert [row["_key"] for row in accepted.rows("things")] == ["a", "c"]
+    assert accepted.writer.stored_offsets("g", ["things"]) == {("things", 0): 3}
+
+
+def test_a_tombstone_after_a_delete_event_is_a_duplicate_not_a_dead_letter(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT, TableMapping(topic="things", table="versions", mode="history")])
+    settle(message("things", 0, key="a"), message("things", 1, key="a", event_type="ThingDeleted"))
+    outcome = settle(tombstone("things", 2, "a"))  # Debezium's pattern: a delete event, then a tombstone
+
+    assert (outcome.applied, outcome.skipped, outcome.dead_letters) == (0, 2, [])
+
+
+def test_with_policy_stop_a_tombstone_for_an_unknown_key_stops_its_partition(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT], policy="stop")
+    settle(message("things", 0, key="a"), tombstone("things", 1, "nobody"), message("things", 2, key="b"))
+
+    assert [row["_key"] for row in settle.rows("things")] == ["a"]
+    assert settle.writer.stored_offsets("g", ["things"]) == {("things", 0): 1}
+    assert [(row["offset"], row["action"]) for row in settle.dead_letters()] == [(1, "stopped")]

@@ -32,13 +32,14 @@ from sink import (
     SinkStats,
     TableMapping,
     WarehouseConsumer,
+    WarehouseError,
     sink_from_settings,
 )
 from sink.replay import replay
 from sink.run import by_topic
-from sink.writer import SqlWriter
+from sink.writer import Batch, Outcome, SqlWriter
 from tests.processes import ROOT, get, metric
-from tests.sinkkit import message, publish, tombstone
+from tests.sinkkit import Settle, message, publish, tombstone
 
 Names = Callable[[str], str]
 
@@ -392,3 +393,37 @@ def test_a_replay_reaches_a_running_sink_at_its_next_batch(
         thread.join(30)
     assert sink.stats.moved == 1
     assert rows(warehouse_url, "SELECT count(*) FROM t") == [(6,)]
+
+
+def test_a_partition_that_moves_while_a_refused_value_is_isolated_loses_nothing(
+    kafka: KafkaSettings, topic: str, warehouse: Engine, unique_name: Names
+) -> None:
+    """Halving a batch to find a refused value, the first half finds that another instance
+    moved the partition: the rest must be re-read from the warehouse offsets, not settled."""
+    records = [message(topic, n, key=f"k{n}") for n in range(8)] + [
+        message(topic, 8, key="huge", payload={"n": 2**63})
+    ]
+    publish(kafka, records)
+    mappings, group = [TableMapping(topic=topic, table="t")], unique_name("g")
+    writer = SqlWriter(warehouse, mappings)
+    other = Settle(warehouse, mappings, group=group)  # the instance that takes the partition meanwhile
+    real_write, moved = writer.write, []
+
+    def write(group_id: str, batch: Batch) -> Outcome:
+        try:
+            return real_write(group_id, batch)
+        except WarehouseError as exc:
+            if exc.data and not moved:
+                moved.append(other(*records[:2]))  # it commits offsets 0 and 1
+            raise
+
+    writer.write = write  # type: ignore[method-assign]
+    consumer = WarehouseConsumer(kafka, group, [topic], lambda topics: writer.stored_offsets(group, topics))
+    stats = Sink(consumer, writer, group, by_topic(mappings)).run(lambda: False, drain=True)
+
+    assert moved
+    assert stats.moved == 1
+    with warehouse.connect() as conn:
+        keys = sorted(conn.execute(text("SELECT _key FROM t")).scalars())
+    assert keys == sorted(f"k{n}" for n in range(8))
+    assert writer.stored_offsets(group, [topic]) == {(topic, 0): 9}

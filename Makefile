@@ -28,6 +28,7 @@ bench: $(BIN)/outboxkit
 	scripts/services up kafka
 	$(BIN)/python -m bench b2
 	$(BIN)/python -m bench b3 --wakeup
+	$(BIN)/python -m bench b4
 
 lint: $(BIN)/outboxkit
 	$(BIN)/ruff check .

@@ -3,9 +3,9 @@ its JSON results (default `bench/results/<benchmark>.json`, ignored by git).
 
 A benchmark is a module with `TITLE` and `run(endpoints, options) -> Report` (B1 takes only the
 PostgreSQL URL); adding one means adding it to `BENCHMARKS`. The options are shared, so every
-benchmark is run the same way; each has its own default length (B2 drains a backlog however long
-that takes, B3 offers load for 10 s). The load average before and after goes into the output: the
-reference machines are shared, and a figure taken under foreign load should be read as such.
+benchmark is run the same way; each has its own default length (B2 and B4 drain a backlog however
+long that takes, B3 offers load for 10 s). The load average before and after goes into the output:
+the reference machines are shared, and a figure taken under foreign load should be read as such.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-from bench import b1, b2, b3
+from bench import b1, b2, b3, b4
 from bench.pg import Endpoints
 from bench.report import BenchmarkError, Options, Report, markdown, run_facts, write_json
 
@@ -45,6 +45,7 @@ BENCHMARKS = {
     ),
     "b2": Benchmark(b2.TITLE, b2.run, Defaults(5.0, MIN_REPS), QUICK),  # drains: --seconds unused
     "b3": Benchmark(b3.TITLE, b3.run, Defaults(10.0, MIN_REPS), Defaults(2.0, 1)),
+    "b4": Benchmark(b4.TITLE, b4.run, Defaults(5.0, MIN_REPS), QUICK),  # drains: --seconds unused
 }
 RESULTS = Path(__file__).parent / "results"
 N = TypeVar("N", int, float)
@@ -119,13 +120,21 @@ def _options(args: argparse.Namespace, benchmark: Benchmark) -> Options:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quick", action="store_true", help="1 short repetition: catches crashes only")
-    common.add_argument("--seconds", type=float, help="per measurement (b1 5, b3 10; b2 drains)")
-    common.add_argument("--reps", type=int, help="repetitions of each variant (b1 5, b2 and b3 3)")
+    common.add_argument("--seconds", type=float, help="per measurement (b1 5, b3 10; b2 and b4 drain)")
+    common.add_argument("--reps", type=int, help="repetitions of each variant (b1 5, b2 to b4 3)")
     common.add_argument("--json", type=Path, help="results file (default bench/results/<benchmark>.json)")
     common.add_argument("--clients", type=_positive(int), default=(1, 8), help="b1: comma-separated (1,8)")
-    common.add_argument("--rows", type=int, help="b2: outbox backlog (200000; quick 5000)")
-    common.add_argument("--naive-rows", type=int, help="b2: rows the naive poller drains (5000; quick 500)")
-    common.add_argument("--batch-sizes", type=_positive(int), help="b2: comma-separated (100,500,2000)")
+    common.add_argument(
+        "--rows", type=int, help="b2: outbox backlog; b4: events on the topic (both 200000; quick 5000)"
+    )
+    common.add_argument(
+        "--naive-rows", type=int, help="b2, b4: events the naive poller/consumer moves (5000; quick 500)"
+    )
+    common.add_argument(
+        "--batch-sizes",
+        type=_positive(int),
+        help="comma-separated; b2: events per Kafka transaction (100,500,2000), b4: sink batch (5000)",
+    )
     common.add_argument("--rate", type=float, help="b3: offered events/s (1000; quick 200)")
     common.add_argument(
         "--poll-intervals", type=_positive(float), help="b3: seconds, baseline first (0.5,0.02)"

@@ -26,6 +26,7 @@ from relay import ExitCode, RelayError, RelaySettings, relay_from_settings
 from relay.status import relay_status
 from sink import SinkError, SinkSettings, sink_from_settings
 from sink.replay import replay
+from sink.run import tune_gc
 from sink.status import sink_status
 
 
@@ -150,7 +151,9 @@ def _sink(args: argparse.Namespace) -> int:
             print(f"{topic}[{partition}]: stored offset rewound to {offset}")
         print(f"{len(moved)} partition(s) rewound; a running sink re-reads them at its next batch")
     else:
-        stats = sink_from_settings(settings).run(StopFlag(), drain=args.drain)
+        sink = sink_from_settings(settings)
+        tune_gc()
+        stats = sink.run(StopFlag(), drain=args.drain)
         print(
             f"outboxkit sink: {stats.applied} applied, {stats.skipped} skipped as duplicates, "
             f"{stats.dead_letters} dead letter(s) in {stats.batches} batch(es)",

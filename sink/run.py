@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -42,6 +43,16 @@ def by_topic(mappings: Iterable[TableMapping]) -> dict[str, list[TableMapping]]:
     for mapping in mappings:
         found.setdefault(mapping.topic, []).append(mapping)
     return found
+
+
+def tune_gc(young: int = 100_000) -> None:
+    """For a process that runs only the sink (`outboxkit sink run`): each batch allocates some
+    100k short-lived, acyclic objects, so the default young-generation threshold (700) makes the
+    collector run thousands of times per million events for nothing; measured, 20-25 % of the
+    sink's CPU. Objects alive at start are frozen out of the collections altogether."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(young, 50, 100)
 
 
 def sink_from_settings(settings: SinkSettings) -> Sink:

@@ -28,6 +28,7 @@ from sqlalchemy import Engine, create_engine
 
 import outbox
 from bench import backlog, drain
+from bench.drain import Plan, Sizes
 from bench.kafka import PARTITIONS, Topics, broker_facts, check_exactly, committed_event_ids, run_topics
 from bench.pg import Endpoints, scratch_database, server_facts
 from bench.report import BenchmarkError, Goal, Options, Report, Table, spread
@@ -42,26 +43,7 @@ FULL_BATCH_SIZES, QUICK_BATCH_SIZES = (100, 500, 2000), (500,)
 # The relay's default (OUTBOXKIT_RELAY_BATCH_SIZE): the goals are judged there first.
 DEFAULT_BATCH_SIZE = int(RelaySettings.model_fields["batch_size"].default)
 GOAL_RATE, GOAL_VS_NAIVE, GOAL_VS_CEILING = 20_000.0, 10.0, 0.5
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one run drains: the backlog, the naive poller's share of it, the batch sizes."""
-
-    rows: int
-    naive_rows: int
-    batch_sizes: tuple[int, ...]
-
-    @classmethod
-    def of(cls, options: Options) -> Plan:
-        rows = options.rows or (QUICK_ROWS if options.quick else FULL_ROWS)
-        naive_rows = options.naive_rows or (QUICK_NAIVE_ROWS if options.quick else FULL_NAIVE_ROWS)
-        sizes = options.batch_sizes or (QUICK_BATCH_SIZES if options.quick else FULL_BATCH_SIZES)
-        return cls(rows, min(naive_rows, rows), tuple(sizes))
-
-    @property
-    def naive_sampled(self) -> bool:
-        return self.naive_rows < self.rows
+SIZES = Sizes(FULL_ROWS, QUICK_ROWS, FULL_NAIVE_ROWS, QUICK_NAIVE_ROWS, FULL_BATCH_SIZES, QUICK_BATCH_SIZES)
 
 
 @dataclass(frozen=True)
@@ -110,7 +92,7 @@ class _Samples:
 
 def run(endpoints: Endpoints, options: Options) -> Report:
     """Measure every variant `options.reps` times, interleaved, in a scratch database."""
-    plan, kafka = Plan.of(options), endpoints.kafka
+    plan, kafka = Plan.of(options, SIZES), endpoints.kafka
     with scratch_database(endpoints.pg_url) as url, run_topics(kafka, "outboxkit-bench.b2") as topics:
         engine = create_engine(url, pool_pre_ping=True)
         try:

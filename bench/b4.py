@@ -38,7 +38,7 @@ from sqlalchemy import create_engine, make_url
 from sqlalchemy.pool import NullPool
 
 from bench import sinking
-from bench.drain import Drained
+from bench.drain import Drained, Plan, Sizes
 from bench.kafka import broker_facts, run_topics
 from bench.pg import Endpoints, server_facts
 from bench.report import BenchmarkError, Goal, Options, Report, Table, spread
@@ -59,25 +59,9 @@ WAREHOUSES = {"postgresql": "PostgreSQL", "duckdb": "DuckDB"}
 # The sink's default (OUTBOXKIT_SINK_BATCH_SIZE): the goals are judged there first.
 DEFAULT_BATCH_SIZE = int(SinkSettings.model_fields["batch_size"].default)
 GOAL_RATE, GOAL_VS_NAIVE, GOAL_VS_CEILING = 30_000.0, 10.0, 0.5
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one run sinks: the events, the naive consumer's share of them, the batch sizes."""
-
-    rows: int
-    naive_rows: int
-    batch_sizes: tuple[int, ...]
-
-    @classmethod
-    def of(cls, options: Options) -> Plan:
-        rows = options.rows or (QUICK_ROWS if options.quick else FULL_ROWS)
-        naive_rows = options.naive_rows or (QUICK_NAIVE_ROWS if options.quick else FULL_NAIVE_ROWS)
-        return cls(rows, min(naive_rows, rows), tuple(options.batch_sizes or (DEFAULT_BATCH_SIZE,)))
-
-    @property
-    def naive_sampled(self) -> bool:
-        return self.naive_rows < self.rows
+SIZES = Sizes(
+    FULL_ROWS, QUICK_ROWS, FULL_NAIVE_ROWS, QUICK_NAIVE_ROWS, (DEFAULT_BATCH_SIZE,), (DEFAULT_BATCH_SIZE,)
+)
 
 
 @dataclass(frozen=True)
@@ -123,7 +107,7 @@ class SinkComparison:
 
 def run(endpoints: Endpoints, options: Options) -> Report:
     """Produce the input once, then measure every variant `options.reps` times, interleaved."""
-    plan, kafka = Plan.of(options), endpoints.kafka
+    plan, kafka = Plan.of(options, SIZES), endpoints.kafka
     tune_gc()  # as `outboxkit sink run` does; process-wide, so every variant runs with it alike
     with (
         run_topics(kafka, "outboxkit-bench.b4") as topics,

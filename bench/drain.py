@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, Message, Producer
 from sqlalchemy import Connection, Engine, delete, select
 
-from bench.report import BenchmarkError
+from bench.report import BenchmarkError, Options
 from outbox import outbox_table
 from outbox.envelope import Envelope
 from outbox.kafka_settings import KafkaSettings
@@ -47,6 +47,40 @@ _OLDEST = select(outbox_table).order_by(_OUTBOX.id).limit(1).with_for_update(ski
 
 Headers = list[tuple[str, str | bytes | None]]
 KafkaRecord = tuple[str, bytes | None, bytes, Headers]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """A drain benchmark's defaults: events in the backlog, the naive variant's share, batch sizes
+    — full, and for `--quick`."""
+
+    rows: int
+    quick_rows: int
+    naive_rows: int
+    quick_naive_rows: int
+    batch_sizes: tuple[int, ...]
+    quick_batch_sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run drains: the backlog, the naive variant's share of it, the batch sizes."""
+
+    rows: int
+    naive_rows: int
+    batch_sizes: tuple[int, ...]
+
+    @classmethod
+    def of(cls, options: Options, sizes: Sizes) -> Plan:
+        quick = options.quick
+        rows = options.rows or (sizes.quick_rows if quick else sizes.rows)
+        naive_rows = options.naive_rows or (sizes.quick_naive_rows if quick else sizes.naive_rows)
+        batch_sizes = options.batch_sizes or (sizes.quick_batch_sizes if quick else sizes.batch_sizes)
+        return cls(rows, min(naive_rows, rows), tuple(batch_sizes))
+
+    @property
+    def naive_sampled(self) -> bool:
+        return self.naive_rows < self.rows
 
 
 @dataclass(frozen=True)

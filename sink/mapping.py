@@ -131,8 +131,9 @@ class _Rejecter:
         if stop:
             reason = (
                 f"incompatible schema change: schema version {self._schema_version} {reason}; the table "
-                f"was built for version {max(self._schema.schema_version, 1)}. Update the mapping "
-                "(model, schema_version) or the table, then restart the sink"
+                f"was built for version {max(self._schema.schema_version, 1)}. Give the mapping a model "
+                f"that fits, or raise its schema_version to {self._schema_version} (records that still "
+                "do not fit then become dead letters), then restart the sink"
             )
         return DeadLetter(record.source, record.raw, reason, record.event_id, stop=stop)
 

@@ -10,7 +10,7 @@ cannot bring a deleted row back.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from sink.mapping import Row
@@ -73,6 +73,23 @@ class Plan:
     dead: list[DeadLetter] = field(default_factory=list)
 
 
+def _changes(
+    plan: Plan, table: str, rows: Iterable[Row], state: Mapping[str, Held]
+) -> Iterator[tuple[Row, Held | None]]:
+    """The rows that change the table, each with what the table held before it. Counts the
+    others as skipped, or refuses them (a tombstone for a key never held). `state` is read as
+    the caller updates it, row by row."""
+    for row in rows:
+        before = state.get(row.key)
+        if not newer(row, before):
+            plan.skipped += 1
+        elif row.tombstone and not (before is not None and before.live):
+            _refuse_or_skip(plan, row, table, before)
+        else:
+            plan.applied += 1
+            yield row, before
+
+
 def _refuse_or_skip(plan: Plan, row: Row, table: str, before: Held | None) -> None:
     """A tombstone for a key with no live row: already deleted (the usual delete event followed
     by a tombstone) is nothing to do; a key the table never held is refused with a reason."""
@@ -94,15 +111,7 @@ def plan_upsert(table: str, rows: Iterable[Row], held: Mapping[str, Held], *, so
     plan = Plan()
     state = dict(held)
     final: dict[str, Row] = {}
-    for row in rows:
-        before = state.get(row.key)
-        if not newer(row, before):
-            plan.skipped += 1
-            continue
-        if row.tombstone and not (before is not None and before.live):
-            _refuse_or_skip(plan, row, table, before)
-            continue
-        plan.applied += 1
+    for row, _ in _changes(plan, table, rows, state):
         change = _as_soft_delete(final[row.key], row) if row.tombstone and soft and row.key in final else row
         state[row.key] = Held(Stamp.of(change), live=soft or not change.delete)
         final[row.key] = change
@@ -150,17 +159,8 @@ def plan_history(table: str, rows: Iterable[Row], held: Mapping[str, Held]) -> P
     plan = Plan()
     state = dict(held)
     open_in_batch: dict[str, Row] = {}
-    for row in rows:
-        before = state.get(row.key)
-        if not newer(row, before):
-            plan.skipped += 1
-            continue
-        live = before is not None and before.live
-        if row.tombstone and not live:
-            _refuse_or_skip(plan, row, table, before)
-            continue
-        plan.applied += 1
-        if live:
+    for row, before in _changes(plan, table, rows, state):
+        if before is not None and before.live:
             _close(plan, open_in_batch, row.key, event_time(row))
         state[row.key] = Held(Stamp.of(row), live=not row.delete)
         if row.delete:

@@ -188,7 +188,7 @@ def test_an_incompatible_schema_change_stops_its_partition_without_advancing(war
     [stop] = settle.dead_letters()
     assert (stop["offset"], stop["action"]) == (2, "stopped")
     assert "incompatible schema change: schema version 2" in stop["reason"]
-    assert "Update the mapping" in stop["reason"]
+    assert "raise its schema_version to 2" in stop["reason"]
 
 
 class Thing(BaseModel):

@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
-from statistics import median
 
 from sqlalchemy import Engine, create_engine
 
@@ -31,7 +30,7 @@ from bench import backlog, drain
 from bench.drain import Plan, Sizes
 from bench.kafka import PARTITIONS, Topics, broker_facts, check_exactly, committed_event_ids, run_topics
 from bench.pg import Endpoints, scratch_database, server_facts
-from bench.report import BenchmarkError, Goal, Options, Report, Table, spread
+from bench.report import BenchmarkError, Goal, Options, Report, Table, Targets, ThreeWay
 from outbox.kafka_settings import KafkaSettings
 from relay import RelaySettings
 
@@ -42,12 +41,12 @@ FULL_NAIVE_ROWS, QUICK_NAIVE_ROWS = 5_000, 500
 FULL_BATCH_SIZES, QUICK_BATCH_SIZES = (100, 500, 2000), (500,)
 # The relay's default (OUTBOXKIT_RELAY_BATCH_SIZE): the goals are judged there first.
 DEFAULT_BATCH_SIZE = int(RelaySettings.model_fields["batch_size"].default)
-GOAL_RATE, GOAL_VS_NAIVE, GOAL_VS_CEILING = 20_000.0, 10.0, 0.5
+TARGETS = Targets(rate=20_000.0, vs_naive=10.0, vs_ceiling=0.5, default_batch_size=DEFAULT_BATCH_SIZE)
 SIZES = Sizes(FULL_ROWS, QUICK_ROWS, FULL_NAIVE_ROWS, QUICK_NAIVE_ROWS, FULL_BATCH_SIZES, QUICK_BATCH_SIZES)
 
 
 @dataclass(frozen=True)
-class DrainComparison:
+class DrainComparison(ThreeWay):
     """One batch size: events/s per repetition of each variant, and CPU seconds per 1,000 events."""
 
     benchmark: str
@@ -60,18 +59,8 @@ class DrainComparison:
     ceiling: tuple[float, ...]
     cpu_per_1k: dict[str, tuple[float, ...]]
 
-    @property
-    def vs_naive(self) -> float:
-        return median(self.outboxkit) / median(self.naive)
-
-    @property
-    def vs_ceiling(self) -> float:
-        return median(self.outboxkit) / median(self.ceiling)
-
     def to_json(self) -> dict[str, object]:
-        medians = {f"{v}_median": median(getattr(self, v)) for v in ("outboxkit", "naive", "ceiling")}
-        cpu = {f"cpu_per_1k_{v}_median": median(xs) for v, xs in self.cpu_per_1k.items()}
-        return {**asdict(self), **medians, **cpu, "vs_naive": self.vs_naive, "vs_ceiling": self.vs_ceiling}
+        return {**asdict(self), **self.summary()}
 
 
 class _Samples:
@@ -182,64 +171,26 @@ def _report(
         "(Python and librdkafka threads), per 1,000 events; PostgreSQL's server processes are not in it.",
     ]
     if plan.naive_sampled:
-        seconds = plan.rows / median(comparisons[0].naive)
-        whole = f"{seconds / 60:,.0f} min" if seconds >= 120 else f"{seconds:,.0f} s"
         notes.append(
             f"\\* naive: drained the oldest {plan.naive_rows:,} rows of the {plan.rows:,}-row backlog one at "
-            f"a time; its rate is extrapolated to the whole backlog (~{whole} at that rate)."
+            f"a time; its rate is extrapolated to the whole backlog (~{comparisons[0].naive_whole()} at that "
+            "rate)."
         )
     return Report(
-        comparisons, server, kafka, tables=[_table(comparisons, plan)], goals=_goals(comparisons), notes=notes
+        comparisons, server, kafka, tables=[_table(comparisons)], goals=_goals(comparisons), notes=notes
     )
 
 
-def _table(comparisons: list[DrainComparison], plan: Plan) -> Table:
-    mark = "\\*" if plan.naive_sampled else ""
+def _table(comparisons: list[DrainComparison]) -> Table:
     return Table(
-        (
-            "benchmark",
-            "batch size",
-            "naive median",
-            "ceiling median",
-            "outboxkit median",
-            "spread (min-max)",
-            "outboxkit / naive",
-            "outboxkit / ceiling",
-            "CPU s per 1k events: naive, ceiling, outboxkit",
-        ),
-        "lrrrrlrrl",
-        tuple(
-            (
-                c.benchmark,
-                f"{c.batch_size:,}",
-                f"{median(c.naive):,.0f} {c.unit}{mark}",
-                f"{median(c.ceiling):,.0f} {c.unit}",
-                f"{median(c.outboxkit):,.0f} {c.unit}",
-                f"naive {spread(c.naive)}, ceiling {spread(c.ceiling)}, outboxkit {spread(c.outboxkit)}",
-                f"{c.vs_naive:,.1f}",
-                f"{c.vs_ceiling:.2f}",
-                ", ".join(f"{median(c.cpu_per_1k[v]):.3f}" for v in ("naive", "ceiling", "outboxkit")),
-            )
-            for c in comparisons
-        ),
+        ("benchmark", "batch size", *ThreeWay.COLUMNS),
+        "lr" + ThreeWay.ALIGN,
+        tuple((c.benchmark, f"{c.batch_size:,}", *c.cells()) for c in comparisons),
     )
 
 
 def _goals(comparisons: list[DrainComparison]) -> list[Goal]:
     """The issue's three targets, at every batch size measured (the relay's default first)."""
-    ordered = sorted(comparisons, key=lambda c: (c.batch_size != DEFAULT_BATCH_SIZE, c.batch_size))
-    goals: list[Goal] = []
-    for c in ordered:
-        where = f"batch size {c.batch_size:,}" + (" (default)" if c.batch_size == DEFAULT_BATCH_SIZE else "")
-        rate = median(c.outboxkit)
-        goals += [
-            Goal(f">= {GOAL_RATE:,.0f} events/s", where, f"{rate:,.0f} events/s", rate >= GOAL_RATE),
-            Goal(f">= {GOAL_VS_NAIVE:g}x naive", where, f"{c.vs_naive:,.1f}x", c.vs_naive >= GOAL_VS_NAIVE),
-            Goal(
-                f">= {GOAL_VS_CEILING:g}x ceiling",
-                where,
-                f"{c.vs_ceiling:.2f}x",
-                c.vs_ceiling >= GOAL_VS_CEILING,
-            ),
-        ]
-    return goals
+    return [
+        goal for c in sorted(comparisons, key=TARGETS.order) for goal in TARGETS.goals(c, TARGETS.where(c))
+    ]

@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from statistics import median
 
 import duckdb
 from sqlalchemy import create_engine, make_url
@@ -41,7 +40,7 @@ from bench import sinking
 from bench.drain import Drained, Plan, Sizes
 from bench.kafka import broker_facts, run_topics
 from bench.pg import Endpoints, server_facts
-from bench.report import BenchmarkError, Goal, Options, Report, Table, spread
+from bench.report import BenchmarkError, Goal, Options, Report, Table, Targets, ThreeWay
 from bench.sinking import Target
 from bench.stream import COLUMNS, Stream, produce
 from outbox.kafka_settings import KafkaSettings
@@ -58,7 +57,7 @@ PARTITIONS = 4
 WAREHOUSES = {"postgresql": "PostgreSQL", "duckdb": "DuckDB"}
 # The sink's default (OUTBOXKIT_SINK_BATCH_SIZE): the goals are judged there first.
 DEFAULT_BATCH_SIZE = int(SinkSettings.model_fields["batch_size"].default)
-GOAL_RATE, GOAL_VS_NAIVE, GOAL_VS_CEILING = 30_000.0, 10.0, 0.5
+TARGETS = Targets(rate=30_000.0, vs_naive=10.0, vs_ceiling=0.5, default_batch_size=DEFAULT_BATCH_SIZE)
 SIZES = Sizes(
     FULL_ROWS, QUICK_ROWS, FULL_NAIVE_ROWS, QUICK_NAIVE_ROWS, (DEFAULT_BATCH_SIZE,), (DEFAULT_BATCH_SIZE,)
 )
@@ -73,7 +72,7 @@ class Measured:
 
 
 @dataclass(frozen=True)
-class SinkComparison:
+class SinkComparison(ThreeWay):
     """One warehouse at one batch size: events/s per repetition of each variant, CPU seconds per
     1,000 events, and per repetition the rows each variant's check verified."""
 
@@ -91,18 +90,8 @@ class SinkComparison:
     cpu_per_1k: dict[str, tuple[float, ...]]
     verified: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
-    @property
-    def vs_naive(self) -> float:
-        return median(self.outboxkit) / median(self.naive)
-
-    @property
-    def vs_ceiling(self) -> float:
-        return median(self.outboxkit) / median(self.ceiling)
-
     def to_json(self) -> dict[str, object]:
-        medians = {f"{v}_median": median(getattr(self, v)) for v in ("outboxkit", "naive", "ceiling")}
-        cpu = {f"cpu_per_1k_{v}_median": median(xs) for v, xs in self.cpu_per_1k.items()}
-        return {**asdict(self), **medians, **cpu, "vs_naive": self.vs_naive, "vs_ceiling": self.vs_ceiling}
+        return {**asdict(self), **self.summary()}
 
 
 def run(endpoints: Endpoints, options: Options) -> Report:
@@ -265,77 +254,32 @@ def _report(
         notes.append(
             f"\\* naive: upserted and committed the first {plan.naive_rows:,} of the {plan.rows:,} events "
             f"one at a time; its rate is extrapolated to the whole backlog "
-            f"({_naive_whole(comparisons, plan)})."
+            f"({_naive_whole(comparisons)})."
         )
     return Report(
-        comparisons, server, kafka, tables=[_table(comparisons, plan)], goals=_goals(comparisons), notes=notes
+        comparisons, server, kafka, tables=[_table(comparisons)], goals=_goals(comparisons), notes=notes
     )
 
 
-def _naive_whole(comparisons: list[SinkComparison], plan: Plan) -> str:
+def _naive_whole(comparisons: list[SinkComparison]) -> str:
     """How long the naive consumer would take for the whole backlog, per warehouse."""
-    durations = []
-    for c in comparisons:
-        if c.batch_size == comparisons[0].batch_size:
-            seconds = plan.rows / median(c.naive)
-            whole = f"{seconds / 60:,.0f} min" if seconds >= 120 else f"{seconds:,.0f} s"
-            durations.append(f"~{whole} into {WAREHOUSES[c.warehouse]}")
-    return ", ".join(durations)
+    first = comparisons[0].batch_size
+    return ", ".join(
+        f"~{c.naive_whole()} into {WAREHOUSES[c.warehouse]}" for c in comparisons if c.batch_size == first
+    )
 
 
-def _table(comparisons: list[SinkComparison], plan: Plan) -> Table:
-    mark = "\\*" if plan.naive_sampled else ""
+def _table(comparisons: list[SinkComparison]) -> Table:
     return Table(
-        (
-            "benchmark",
-            "warehouse",
-            "batch size",
-            "naive median",
-            "ceiling median",
-            "outboxkit median",
-            "spread (min-max)",
-            "outboxkit / naive",
-            "outboxkit / ceiling",
-            "CPU s per 1k events: naive, ceiling, outboxkit",
-        ),
-        "llrrrrlrrl",
-        tuple(
-            (
-                c.benchmark,
-                WAREHOUSES[c.warehouse],
-                f"{c.batch_size:,}",
-                f"{median(c.naive):,.0f} {c.unit}{mark}",
-                f"{median(c.ceiling):,.0f} {c.unit}",
-                f"{median(c.outboxkit):,.0f} {c.unit}",
-                f"naive {spread(c.naive)}, ceiling {spread(c.ceiling)}, outboxkit {spread(c.outboxkit)}",
-                f"{c.vs_naive:,.1f}",
-                f"{c.vs_ceiling:.2f}",
-                ", ".join(f"{median(c.cpu_per_1k[v]):.3f}" for v in ("naive", "ceiling", "outboxkit")),
-            )
-            for c in comparisons
-        ),
+        ("benchmark", "warehouse", "batch size", *ThreeWay.COLUMNS),
+        "llr" + ThreeWay.ALIGN,
+        tuple((c.benchmark, WAREHOUSES[c.warehouse], f"{c.batch_size:,}", *c.cells()) for c in comparisons),
     )
 
 
 def _goals(comparisons: list[SinkComparison]) -> list[Goal]:
     """The issue's three targets for each warehouse, at every batch size measured (default first)."""
-    ordered = sorted(
-        comparisons,
-        key=lambda c: (list(WAREHOUSES).index(c.warehouse), c.batch_size != DEFAULT_BATCH_SIZE, c.batch_size),
-    )
-    goals: list[Goal] = []
-    for c in ordered:
-        default = " (default)" if c.batch_size == DEFAULT_BATCH_SIZE else ""
-        where = f"{WAREHOUSES[c.warehouse]}, batch size {c.batch_size:,}{default}"
-        rate = median(c.outboxkit)
-        goals += [
-            Goal(f">= {GOAL_RATE:,.0f} events/s", where, f"{rate:,.0f} events/s", rate >= GOAL_RATE),
-            Goal(f">= {GOAL_VS_NAIVE:g}x naive", where, f"{c.vs_naive:,.1f}x", c.vs_naive >= GOAL_VS_NAIVE),
-            Goal(
-                f">= {GOAL_VS_CEILING:g}x ceiling",
-                where,
-                f"{c.vs_ceiling:.2f}x",
-                c.vs_ceiling >= GOAL_VS_CEILING,
-            ),
-        ]
-    return goals
+    ordered = sorted(comparisons, key=lambda c: (list(WAREHOUSES).index(c.warehouse), *TARGETS.order(c)))
+    return [
+        goal for c in ordered for goal in TARGETS.goals(c, f"{WAREHOUSES[c.warehouse]}, {TARGETS.where(c)}")
+    ]

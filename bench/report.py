@@ -1,9 +1,10 @@
 """What every benchmark hands back: repeated measurements of a baseline and of the same work with
 the outbox, summarised as medians, their spread and the outbox/baseline ratio.
 
-B1 is one rate per variant, so `Comparison` and its table serve it as they are. B2 (three variants
-and a CPU figure) and B3 (latency percentiles) bring their own `Result` and `Table`, and `Goal`s:
-the run prints whether each target of the issue was met, so a figure is never quoted without it.
+B1 is one rate per variant, so `Comparison` and its table serve it as they are. B2 and B4 (three
+variants and a CPU figure) bring their own `Result` and `Table`, built on `ThreeWay`, so both quote
+and judge the three alike; B3 (latency percentiles) brings its own. Each brings `Goal`s: the run
+prints whether each target of the issue was met, so a figure is never quoted without it.
 
 The reference machines have 2 cores shared with PostgreSQL, so we quote ratios, not absolute
 rates; the rates stay in the JSON file, with the host facts, to spot a run that went wrong.
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import median
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import sqlalchemy
 
@@ -103,6 +104,103 @@ class Goal:
     where: str
     measured: str
     met: bool
+
+
+class ThreeWay:
+    """A drain benchmark's comparison at one batch size (B2, B4): events/s per repetition of
+    outboxkit, of the naive way it replaces and of the ceiling it cannot pass, and CPU seconds per
+    1,000 events of each.
+
+    A mixin rather than a dataclass base, so that each benchmark's dataclass keeps its own field
+    order, which is its JSON's; its table puts its own leading cells before `cells()`.
+    """
+
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "naive median",
+        "ceiling median",
+        "outboxkit median",
+        "spread (min-max)",
+        "outboxkit / naive",
+        "outboxkit / ceiling",
+        "CPU s per 1k events: naive, ceiling, outboxkit",
+    )
+    ALIGN: ClassVar[str] = "rrrlrrl"
+
+    batch_size: int
+    unit: str
+    rows: int
+    naive_rows: int
+    outboxkit: tuple[float, ...]
+    naive: tuple[float, ...]
+    ceiling: tuple[float, ...]
+    cpu_per_1k: dict[str, tuple[float, ...]]
+
+    @property
+    def vs_naive(self) -> float:
+        return median(self.outboxkit) / median(self.naive)
+
+    @property
+    def vs_ceiling(self) -> float:
+        return median(self.outboxkit) / median(self.ceiling)
+
+    def summary(self) -> dict[str, float]:
+        """The medians and ratios the results file carries beside the repetitions."""
+        medians = {f"{v}_median": median(getattr(self, v)) for v in ("outboxkit", "naive", "ceiling")}
+        cpu = {f"cpu_per_1k_{v}_median": median(xs) for v, xs in self.cpu_per_1k.items()}
+        return {**medians, **cpu, "vs_naive": self.vs_naive, "vs_ceiling": self.vs_ceiling}
+
+    def cells(self) -> tuple[str, ...]:
+        """The row under `COLUMNS`; a naive median taken on part of the backlog is marked, for the
+        note that says so."""
+        mark = "\\*" if self.naive_rows < self.rows else ""
+        return (
+            f"{median(self.naive):,.0f} {self.unit}{mark}",
+            f"{median(self.ceiling):,.0f} {self.unit}",
+            f"{median(self.outboxkit):,.0f} {self.unit}",
+            f"naive {spread(self.naive)}, ceiling {spread(self.ceiling)}, outboxkit {spread(self.outboxkit)}",
+            f"{self.vs_naive:,.1f}",
+            f"{self.vs_ceiling:.2f}",
+            ", ".join(f"{median(self.cpu_per_1k[v]):.3f}" for v in ("naive", "ceiling", "outboxkit")),
+        )
+
+    def naive_whole(self) -> str:
+        """How long the naive way would take for the whole backlog at its median rate: the note
+        that marks a sampled naive figure says it, so nobody reads the sample as the whole."""
+        seconds = self.rows / median(self.naive)
+        return f"{seconds / 60:,.0f} min" if seconds >= 120 else f"{seconds:,.0f} s"
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The issue's three targets for a drain benchmark (B2, B4), and the batch size they are judged
+    at first: the component's default, which is what users run."""
+
+    rate: float
+    vs_naive: float
+    vs_ceiling: float
+    default_batch_size: int
+
+    def order(self, comparison: ThreeWay) -> tuple[bool, int]:
+        """A sort key: the default batch size first, then the others from the smallest."""
+        return comparison.batch_size != self.default_batch_size, comparison.batch_size
+
+    def where(self, comparison: ThreeWay) -> str:
+        default = " (default)" if comparison.batch_size == self.default_batch_size else ""
+        return f"batch size {comparison.batch_size:,}{default}"
+
+    def goals(self, comparison: ThreeWay, where: str) -> list[Goal]:
+        """The three targets, met or not, for one comparison."""
+        c, rate = comparison, median(comparison.outboxkit)
+        return [
+            Goal(f">= {self.rate:,.0f} events/s", where, f"{rate:,.0f} events/s", rate >= self.rate),
+            Goal(f">= {self.vs_naive:g}x naive", where, f"{c.vs_naive:,.1f}x", c.vs_naive >= self.vs_naive),
+            Goal(
+                f">= {self.vs_ceiling:g}x ceiling",
+                where,
+                f"{c.vs_ceiling:.2f}x",
+                c.vs_ceiling >= self.vs_ceiling,
+            ),
+        ]
 
 
 @dataclass(frozen=True)

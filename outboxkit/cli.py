@@ -1,4 +1,4 @@
-"""The `outboxkit` command: `demo`, `migrate`, `relay run|status`, `sink run|status|replay`.
+"""The `outboxkit` command: `demo`, `migrate`, `relay run|status`, `sink run|status|replay`, `verify`.
 
 Exit codes are named (relay.ExitCode) so a supervisor can tell a fenced zombie from a crash.
 """
@@ -28,6 +28,8 @@ from sink import SinkError, SinkSettings, sink_from_settings
 from sink.replay import replay
 from sink.run import tune_gc
 from sink.status import sink_status
+from verify import VerifySettings, verify
+from verify.kafka import VerifyError
 
 
 class StopFlag:
@@ -85,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
             else "stored offset, lag and stop reason per partition, tables, dead letters",
         )
         status.add_argument("--json", action="store_true", help="machine-readable output")
+    check = commands.add_parser(
+        "verify",
+        help="check that committed events reached Kafka and the warehouse exactly once, in per-key order "
+        "(settings from OUTBOXKIT_VERIFY_*)",
+    )
+    check.add_argument("--json", action="store_true", help="machine-readable output")
     replay = groups["sink"].add_parser(
         "replay", help="rewind the stored offsets so a sink reprocesses a range (idempotently)"
     )
@@ -110,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "migrate": lambda a: _migrate(a.url, a.revision, down=a.downgrade),
         "relay": _relay,
         "sink": _sink,
+        "verify": _verify,
     }
     try:
         return commands[args.command](args)
@@ -160,6 +169,16 @@ def _sink(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return ExitCode.OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    try:
+        findings = verify(VerifySettings())
+    except VerifyError as exc:
+        print(f"outboxkit verify: cannot check: {exc}", file=sys.stderr)
+        return ExitCode.ERROR
+    print(findings.to_json() if args.json else findings.render())
+    return ExitCode.OK if findings.ok else ExitCode.ERROR
 
 
 def _migrate(url: str, revision: str, *, down: bool) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import outbox
 import relay
 import sink
+import verify
 
 
 def test_outbox_exports() -> None:
@@ -70,7 +71,11 @@ def test_sink_exports() -> None:
     ]
 
 
+def test_verify_exports() -> None:
+    assert sorted(verify.__all__) == ["Findings", "VerifySettings", "verify"]
+
+
 def test_every_exported_name_exists() -> None:
-    for module in (outbox, relay, sink):
+    for module in (outbox, relay, sink, verify):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"

@@ -1,0 +1,87 @@
+"""The one place that gathers what the checks compare: Kafka, the app database, the warehouse.
+
+The databases are read with plain SQL over the table and column names of outboxkit's outbox and
+sink — the contract, not their code.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pydantic import SecretStr
+from sqlalchemy import Connection, create_engine, make_url, text
+
+from verify import checks
+from verify.checks import Aggregate, Findings
+from verify.kafka import committed
+from verify.settings import VerifySettings
+
+
+def verify(settings: VerifySettings) -> Findings:
+    seen = committed(settings.kafka, settings.topics)
+    findings = Findings()
+    versions, parked = None, None
+    if settings.app_database_url is not None:
+        with _connected(settings.app_database_url) as conn:
+            versions, parked = _committed_versions(conn), _parked(conn, findings)
+    checks.check_kafka(findings, seen, versions, parked)
+    if settings.warehouse_url is not None:
+        with _connected(settings.warehouse_url) as conn:
+            if settings.log_table:
+                ids = conn.execute(
+                    text(f"SELECT _event_id FROM {_quoted(conn, settings.log_table)}")
+                ).scalars()
+                checks.check_log(findings, seen, ids)
+            if settings.state_table:
+                checks.check_state(findings, seen, _state(conn, settings.state_table), settings.delete_types)
+    return findings
+
+
+@contextmanager
+def _connected(url: SecretStr) -> Iterator[Connection]:
+    parsed = make_url(url.get_secret_value())
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    engine = create_engine(parsed)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def _committed_versions(conn: Connection) -> dict[Aggregate, int]:
+    rows = conn.execute(text("SELECT aggregatetype, aggregateid, version FROM outbox_versions"))
+    return {(kind, key): int(version) for kind, key, version in rows}
+
+
+def _parked(conn: Connection, findings: Findings) -> dict[Aggregate, set[int]]:
+    """Versions committed but not (yet) in Kafka by design: still in the outbox, or quarantined."""
+    parked: dict[Aggregate, set[int]] = defaultdict(set)
+    for table in ("outbox", "outbox_quarantine"):
+        rows = conn.execute(text(f"SELECT aggregatetype, aggregateid, aggregateversion FROM {table}"))
+        count = 0
+        for kind, key, version in rows:
+            parked[(kind, key)].add(int(version))
+            count += 1
+        if table == "outbox":
+            findings.pending = count
+        else:
+            findings.quarantined = count
+    return parked
+
+
+def _state(conn: Connection, table: str) -> dict[str, tuple[int | None, bool]]:
+    name = _quoted(conn, table)
+    try:
+        rows = conn.execute(text(f"SELECT _key, _version, _deleted FROM {name}"))
+    except Exception:  # noqa: BLE001 - a table without soft deletes has no _deleted column
+        conn.rollback()
+        rows = conn.execute(text(f"SELECT _key, _version, FALSE FROM {name}"))
+    return {key: (version, bool(deleted)) for key, version, deleted in rows}
+
+
+def _quoted(conn: Connection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote_identifier(name)

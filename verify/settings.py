@@ -1,0 +1,28 @@
+"""What `outboxkit verify` compares: topics, and optionally the app database and the warehouse."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from outbox.kafka_settings import KafkaSettings
+
+
+class VerifySettings(BaseSettings):
+    """E.g. `OUTBOXKIT_VERIFY_TOPICS='["shop.orders"]'`, `OUTBOXKIT_VERIFY_APP_DATABASE_URL=...`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OUTBOXKIT_VERIFY_", env_file=".env", env_nested_delimiter="__", extra="ignore"
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: list[str] = Field(min_length=1, description="Topics whose events are checked.")
+    app_database_url: SecretStr | None = Field(
+        None, description="The outbox's database: committed versions per aggregate (outbox_versions)."
+    )
+    warehouse_url: SecretStr | None = Field(None, description="The sink's warehouse.")
+    log_table: str | None = Field(None, description="A sink table in append mode fed by the topics.")
+    state_table: str | None = Field(None, description="A sink table in upsert mode fed by the topics.")
+    delete_types: tuple[str, ...] = Field(
+        ("*Deleted",), description="Event types that delete (as the sink's)."
+    )

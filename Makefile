@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench services-up services-down
+.PHONY: demo test lint bench chaos services-up services-down
 
 $(BIN)/outboxkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ bench: $(BIN)/outboxkit
 	$(BIN)/python -m bench b2
 	$(BIN)/python -m bench b3 --wakeup
 	$(BIN)/python -m bench b4
+
+## The long proof: 30 minutes of workload and faults (Kafka and PostgreSQL restarts too), then verify.
+chaos: $(BIN)/outboxkit
+	scripts/services up
+	$(BIN)/outboxkit chaos --seconds 1800 --events 0 --restart-services
 
 lint: $(BIN)/outboxkit
 	$(BIN)/ruff check .

@@ -1,0 +1,6 @@
+"""The proof: a workload writing continuously, relays and sinks as OS processes, faults injected
+into all of them, and the independent checker (`verify`) judging the outcome."""
+
+from outboxkit.chaos.harness import ChaosReport, ChaosSettings, run_chaos
+
+__all__ = ["ChaosReport", "ChaosSettings", "run_chaos"]

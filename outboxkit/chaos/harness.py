@@ -1,0 +1,265 @@
+"""The chaos run: workload + relays + sinks + faults for a while, then heal, drain and check.
+
+Everything runs for real: the application database and the warehouse are fresh PostgreSQL
+databases, the relays and sinks are `outboxkit` processes, Kafka is the broker the services run.
+The verdict comes from `verify`, which reads Kafka and both databases on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from outbox import OutboxSettings, schema
+from outbox.kafka_settings import KafkaSettings
+from outboxkit.chaos.faults import Fleet, Injector, Restart
+from outboxkit.chaos.processes import Proc
+from outboxkit.chaos.workload import Base, Mix, Workload
+from relay.topics import ensure_topic
+from verify import Findings, VerifySettings, verify
+
+
+class ChaosSettings(BaseSettings):
+    """How long, how much, how often something breaks (`OUTBOXKIT_CHAOS_*`, or the command's flags)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OUTBOXKIT_CHAOS_", env_file=".env", env_nested_delimiter="__", extra="ignore"
+    )
+
+    pg_url: str = "postgresql+psycopg://outboxkit@127.0.0.1:55432/outboxkit"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    seconds: float = 170.0  # at most; the run ends sooner once `events` and `faults` are reached
+    events: int = 50_000  # committed events to reach (0: run the full `seconds`)
+    faults: int = 20  # faults to reach
+    rate: float = 520.0  # events per second offered by the workload
+    writers: int = 8
+    fault_every: float = 5.5
+    relays: int = 2
+    sinks: int = 2
+    partitions: int = 4
+    seed: int = 1
+    drain_timeout: float = 180.0
+
+
+@dataclass
+class ChaosReport:
+    run: str
+    seconds: float
+    faults: Counter[str]
+    transactions: Counter[str]
+    write_errors: int
+    unasked_exits: list[str]
+    findings: Findings
+    logs: Path
+    timeline: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.findings.ok
+
+    def render(self) -> str:
+        faults = ", ".join(f"{kind} {count}" for kind, count in sorted(self.faults.items()))
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(self.transactions.items()))
+        return "\n".join(
+            [
+                f"chaos run {self.run}: {self.seconds:.0f} s, {sum(self.faults.values())} faults ({faults})",
+                f"  transactions: {kinds}; {self.write_errors} failed (a conflict, or the database away)",
+                f"  processes that exited on their own (restarted): {len(self.unasked_exits)}"
+                + (f" — {', '.join(self.unasked_exits[:6])}" if self.unasked_exits else ""),
+                self.findings.render(),
+                f"  logs: {self.logs}",
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One run's resources: its id, topic, databases and log directory."""
+
+    run: str
+    topic: str
+    app_url: str
+    warehouse_url: str
+    logs: Path
+
+
+def run_chaos(
+    settings: ChaosSettings, restart: Restart | None = None, log: Callable[[str], None] = print
+) -> ChaosReport:
+    run, started = uuid.uuid4().hex[:8], time.monotonic()
+    with _databases(settings.pg_url, run) as (app_url, warehouse_url):
+        stage = Stage(
+            run,
+            f"chaos.{run}.account",
+            app_url,
+            warehouse_url,
+            Path(tempfile.mkdtemp(prefix=f"outboxkit-chaos-{run}-")),
+        )
+        ensure_topic(settings.kafka, stage.topic, partitions=settings.partitions)
+        fleet = _fleet(settings, stage)
+        workload_engine = create_engine(app_url, pool_size=settings.writers + 2, pool_pre_ping=True)
+        workload = Workload(
+            workload_engine,
+            OutboxSettings(topic_template=f"chaos.{run}.{{aggregate_type}}"),
+            Mix(rate=settings.rate, writers=settings.writers, seed=settings.seed),
+        )
+        injector = Injector(fleet, random.Random(settings.seed), pause_seconds=5.0, restart=restart)
+        exits: list[str] = []
+        try:
+            for proc in fleet.all():
+                proc.start()
+            workload.start()
+            _inject(
+                settings,
+                injector,
+                fleet,
+                exits=exits,
+                committed=partial(_committed_events, workload_engine),
+                log=log,
+            )
+            workload.stop()
+            exits += fleet.heal(resume=True)
+            findings = _drained(settings, stage, log)
+        finally:
+            workload.stop()
+            for proc in fleet.all():
+                proc.stop(30)
+        return ChaosReport(
+            run,
+            time.monotonic() - started,
+            injector.counts,
+            workload.stats.transactions,
+            workload.stats.errors,
+            exits,
+            findings,
+            stage.logs,
+        )
+
+
+def _inject(
+    settings: ChaosSettings,
+    injector: Injector,
+    fleet: Fleet,
+    *,
+    exits: list[str],
+    committed: Callable[[], int],
+    log: Callable[[str], None],
+) -> None:
+    """A fault every `fault_every` seconds until the targets are reached or time is up."""
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < settings.seconds:
+        time.sleep(settings.fault_every)
+        exits += fleet.heal(resume=False)
+        log(f"{elapsed:6.1f}s fault: {injector.inject()}")
+        done = sum(injector.counts.values()) >= settings.faults and settings.events
+        if done and committed() >= settings.events:
+            return
+
+
+def _drained(settings: ChaosSettings, stage: Stage, log: Callable[[str], None]) -> Findings:
+    """Check until everything committed has landed (or the drain timeout passes): the last check counts."""
+    check = VerifySettings(
+        _env_file=None,
+        kafka=settings.kafka,
+        topics=[stage.topic],
+        app_database_url=SecretStr(stage.app_url),
+        warehouse_url=SecretStr(stage.warehouse_url),
+        log_table="log",
+        state_table="state",
+    )
+    deadline = time.monotonic() + settings.drain_timeout
+    while True:
+        findings = verify(check)
+        if (findings.ok and not findings.pending) or time.monotonic() > deadline:
+            return findings
+        log(f"draining: {findings.pending} pending, {findings.counts}")
+        time.sleep(3)
+
+
+def _fleet(settings: ChaosSettings, stage: Stage) -> Fleet:
+    run, topic = stage.run, stage.topic
+    relay_env = {
+        "OUTBOXKIT_RELAY_DATABASE_URL": stage.app_url,
+        "OUTBOXKIT_RELAY_SOURCE_ID": f"chaos-{run}",
+        "OUTBOXKIT_RELAY_SHARDS": "2",
+        "OUTBOXKIT_RELAY_LEASE_INTERVAL": "0.5",
+        "OUTBOXKIT_RELAY_LEASE_TIMEOUT": "3",
+        "OUTBOXKIT_RELAY_KAFKA_TIMEOUT": "10",
+        "OUTBOXKIT_RELAY_MAX_BACKOFF": "2",
+        "OUTBOXKIT_RELAY_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+    }
+    sink_env = {
+        "OUTBOXKIT_SINK_WAREHOUSE_URL": stage.warehouse_url,
+        "OUTBOXKIT_SINK_GROUP_ID": f"chaos-{run}",
+        "OUTBOXKIT_SINK_TABLES": json.dumps(
+            [
+                {"topic": topic, "table": "log", "mode": "append"},
+                {"topic": topic, "table": "state", "mode": "upsert"},
+            ]
+        ),
+        "OUTBOXKIT_SINK_MAX_BACKOFF": "2",
+        "OUTBOXKIT_SINK_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "OUTBOXKIT_SINK_KAFKA__CONFIG": json.dumps(
+            {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}
+        ),
+    }
+    numbers = iter(range(1, 10_000))
+
+    def spawn(role: str) -> Proc:
+        return Proc(role, relay_env if role == "relay" else sink_env, stage.logs, next(numbers))
+
+    return Fleet(
+        [spawn("relay") for _ in range(settings.relays)],
+        [spawn("sink") for _ in range(settings.sinks)],
+        spawn,
+    )
+
+
+def _committed_events(engine: Engine) -> int:
+    """Events committed so far: versions are dense per aggregate, so their sum counts them."""
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.execute(text("SELECT coalesce(sum(version), 0) FROM outbox_versions")).scalar_one()
+            )
+    except SQLAlchemyError:
+        return 0  # the database is being restarted: ask again at the next fault
+
+
+@contextmanager
+def _databases(pg_url: str, run: str) -> Iterator[tuple[str, str]]:
+    """A fresh application database (outbox tables, accounts) and a fresh warehouse, dropped after."""
+    server = make_url(pg_url)
+    if server.drivername == "postgresql":
+        server = server.set(drivername="postgresql+psycopg")
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    names = (f"chaos_{run}_app", f"chaos_{run}_warehouse")
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    urls = tuple(server.set(database=name).render_as_string(hide_password=False) for name in names)
+    try:
+        app = create_engine(urls[0])
+        schema.upgrade(app)
+        Base.metadata.create_all(app)
+        app.dispose()
+        yield urls[0], urls[1]
+    finally:
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

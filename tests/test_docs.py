@@ -17,6 +17,7 @@ from outbox.observe import Health, Metrics, serve
 from relay import RelaySettings
 from sink import SinkSettings, TableMapping
 from sink.run import warehouse_url
+from verify import VerifySettings
 
 ROOT = Path(__file__).resolve().parent.parent
 RELAY_PREFIX = "OUTBOXKIT_RELAY_"
@@ -52,6 +53,16 @@ def test_every_sink_setting_is_in_the_readme_table_and_nothing_else_is() -> None
         "OUTBOXKIT_SINK_KAFKA__CONFIG",
     }
     assert set(re.findall(r"OUTBOXKIT_SINK_[A-Z_]+[A-Z]", (ROOT / "README.md").read_text())) <= table
+
+
+def test_every_verify_setting_is_in_the_readme_table_and_nothing_else_is() -> None:
+    prefix = "OUTBOXKIT_VERIFY_"
+    names = {prefix + name.upper() for name in VerifySettings.model_fields if name != "kafka"}
+    names |= {prefix + "KAFKA__BOOTSTRAP_SERVERS", prefix + "KAFKA__CONFIG"}
+    readme = (ROOT / "README.md").read_text()
+    table = {line.split("`")[1] for line in readme.splitlines() if line.startswith(f"| `{prefix}")}
+    assert table == names
+    assert set(re.findall(rf"{prefix}[A-Z_]+[A-Z]", readme)) <= names
 
 
 def test_the_sidecar_manifest_uses_real_settings() -> None:

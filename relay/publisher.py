@@ -63,6 +63,7 @@ class TransactionalPublisher:
     ) -> None:
         self._timeout = timeout
         self._stopping = stopping
+        self._unusable = False  # fenced or fatal: the producer can do nothing more
         self._transactional_id = transactional_id
         self._producer = Producer(
             kafka.client_config(
@@ -122,7 +123,15 @@ class TransactionalPublisher:
         )
 
     def close(self) -> None:
-        self._producer.flush(self._timeout)
+        """Deliver what is queued — unless the producer is fenced or failed: then nothing it holds
+        can commit, and a flush would only raise again (librdkafka serves the failed records'
+        callbacks), masking the error that ended the relay and its exit code."""
+        if self._unusable:
+            return
+        try:
+            self._producer.flush(self._timeout)
+        except (KafkaException, SystemError) as exc:
+            log.warning("producer close: %s", exc)
 
     @staticmethod
     def _raise_for_record(envelopes: Sequence[Envelope], failures: dict[int, KafkaError]) -> None:
@@ -179,6 +188,7 @@ class TransactionalPublisher:
 
     def _translate(self, exc: KafkaException, what: str, *, in_transaction: bool) -> RelayError:
         error: KafkaError = exc.args[0]
+        self._unusable = error.code() in _FENCED_CODES or error.fatal()
         if error.code() in _FENCED_CODES:
             return FencedError(
                 f"relay fenced during {what}: another relay now owns transactional.id "

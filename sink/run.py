@@ -13,8 +13,7 @@ from sink.consumer import WarehouseConsumer
 from sink.mapping import TableMapping
 from sink.service import Sink
 from sink.settings import SinkSettings
-from sink.tables import bookkeeping
-from sink.writer import SqlWriter
+from sink.writer import SqlWriter, create_bookkeeping
 
 
 def warehouse_url(settings: SinkSettings) -> str:
@@ -31,7 +30,7 @@ def warehouse(settings: SinkSettings) -> Iterator[Engine]:
     the tools: status, replay)."""
     engine = create_engine(warehouse_url(settings))
     try:
-        bookkeeping.create_all(engine)
+        create_bookkeeping(engine)
         yield engine
     finally:
         engine.dispose()

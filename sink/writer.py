@@ -89,7 +89,7 @@ class SqlWriter:
         self._mappings = {mapping.table: mapping for mapping in mappings}
         self._types = SQL_TYPES[self._loader.dialect]
         try:
-            bookkeeping.create_all(engine)
+            create_bookkeeping(engine, self._loader)
             with engine.begin() as conn:
                 self.schemas = self._with_mapping_versions(_load_catalog(conn))
                 for mapping in mappings:
@@ -333,6 +333,15 @@ def _tuples(mode: str, payload: Sequence[str], rows: list[Row], plan: Plan) -> l
         values = row.values
         made.append((*meta, *(cell(values.get(name)) for name in payload)))
     return made
+
+
+def create_bookkeeping(engine: Engine, loader: Loader | None = None) -> None:
+    """Create the sink's own tables if missing. Serialised among sinks: several starting at once
+    on a new warehouse would otherwise race on CREATE TABLE (and lose with a unique violation)."""
+    loader = loader or loader_for(engine.dialect.name, engine.driver)
+    with engine.begin() as conn:
+        loader.lock(conn, "bookkeeping")
+        bookkeeping.create_all(conn)
 
 
 def _load_catalog(conn: Connection, table: str | None = None) -> dict[str, TableSchema]:

@@ -32,3 +32,7 @@ def test_exactly_once_in_per_key_order_through_twenty_faults_and_fifty_thousand_
     assert sum(report.faults.values()) >= 20, report.render()
     assert len(report.faults) >= (5 if external else 6), report.render()
     assert all(report.transactions[kind] for kind in ("rollback", "late", "savepoint", "delete"))
+    # A process may end on its own only as a fenced zombie relay (exit code 3), never with an error.
+    assert all(exit.startswith("relay-") and exit.endswith(" exited 3") for exit in report.unasked_exits), (
+        report.render()
+    )

@@ -7,6 +7,7 @@ map -> one warehouse transaction with the offsets) and reads the real tables bac
 from __future__ import annotations
 
 import datetime
+import threading
 
 import pytest
 from pydantic import BaseModel
@@ -14,6 +15,7 @@ from sqlalchemy import Engine, text
 
 from sink import PartitionMovedError, TableMapping, WarehouseError
 from sink.columns import Kind
+from sink.writer import SqlWriter
 from tests.sinkkit import T0, Settle, message, tombstone
 
 UPSERT = TableMapping(topic="things", table="things")
@@ -337,3 +339,21 @@ def test_with_policy_stop_a_tombstone_for_an_unknown_key_stops_its_partition(war
     assert [row["_key"] for row in settle.rows("things")] == ["a"]
     assert settle.writer.stored_offsets("g", ["things"]) == {("things", 0): 1}
     assert [(row["offset"], row["action"]) for row in settle.dead_letters()] == [(1, "stopped")]
+
+
+@pytest.mark.parametrize("warehouse_url", ["postgresql"], indirect=True)
+def test_sinks_starting_together_on_a_new_warehouse_create_its_tables_once(warehouse: Engine) -> None:
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            SqlWriter(warehouse, [UPSERT])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []

@@ -32,6 +32,8 @@ from outboxkit.chaos.workload import Base, Mix, Workload
 from relay.topics import ensure_topic
 from verify import Findings, VerifySettings, verify
 
+PAUSE = 5.0  # seconds a paused relay sleeps: past its lease timeout (3 s) and its transaction timeout
+
 
 class ChaosSettings(BaseSettings):
     """How long, how much, how often something breaks (`OUTBOXKIT_CHAOS_*`, or the command's flags)."""
@@ -117,7 +119,7 @@ def run_chaos(
             OutboxSettings(topic_template=f"chaos.{run}.{{aggregate_type}}"),
             Mix(rate=settings.rate, writers=settings.writers, seed=settings.seed),
         )
-        injector = Injector(fleet, random.Random(settings.seed), pause_seconds=5.0, restart=restart)
+        injector = Injector(fleet, random.Random(settings.seed), pause_seconds=PAUSE, restart=restart)
         exits: list[str] = []
         try:
             for proc in fleet.all():
@@ -201,6 +203,10 @@ def _fleet(settings: ChaosSettings, stage: Stage) -> Fleet:
         "OUTBOXKIT_RELAY_KAFKA_TIMEOUT": "10",
         "OUTBOXKIT_RELAY_MAX_BACKOFF": "2",
         "OUTBOXKIT_RELAY_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        # Shorter than a pause (PAUSE): a paused relay's open transaction is aborted by the broker.
+        "OUTBOXKIT_RELAY_KAFKA__CONFIG": json.dumps(
+            {"transaction.timeout.ms": str(int(PAUSE * 1000) - 1000)}
+        ),
     }
     sink_env = {
         "OUTBOXKIT_SINK_WAREHOUSE_URL": stage.warehouse_url,

@@ -31,11 +31,7 @@ class Stamp:
 
     def after(self, other: Stamp) -> bool:
         """Whether this change comes after `other` for the same key."""
-        if self.version is not None and other.version is not None:
-            return self.version > other.version
-        # Without versions, by offset; a different partition means the topic was repartitioned,
-        # and the later record is the one to keep.
-        return self.partition != other.partition or self.offset > other.offset
+        return _later(self.version, self.partition, self.offset, other)
 
 
 @dataclass(slots=True)  # built per event: a frozen one costs ~5x to make; never mutated
@@ -47,12 +43,16 @@ class Held:
 
 
 def newer(row: Row, held: Held | None) -> bool:
-    if held is None:
-        return True
-    current, source = held.stamp, row.source  # compared in place: this runs for every event
-    if row.version is not None and current.version is not None:
-        return row.version > current.version
-    return source.partition != current.partition or source.offset > current.offset
+    """Whether `row` comes after what the table holds (no Stamp built: this runs per event)."""
+    return held is None or _later(row.version, row.source.partition, row.source.offset, held.stamp)
+
+
+def _later(version: int | None, partition: int, offset: int, than: Stamp) -> bool:
+    """By version when both sides have one; else by offset. A different partition means the topic
+    was repartitioned, and the later record is the one to keep."""
+    if version is not None and than.version is not None:
+        return version > than.version
+    return partition != than.partition or offset > than.offset
 
 
 def event_time(row: Row) -> datetime.datetime:

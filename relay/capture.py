@@ -59,7 +59,6 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    text,
 )
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import UserDefinedType
@@ -214,8 +213,7 @@ class PostgresCapture:
         return [func.coalesce(_OUTBOX.shard_key, 0) % self._shard.count == self._shard.index]
 
     def _snapshot(self) -> str:
-        with self._engine.connect() as conn:
-            return str(conn.execute(text("select pg_current_snapshot()::text")).scalar_one())
+        return str(_read(self._engine, select(cast(func.pg_current_snapshot(), Text)))[0][0])
 
     def _delta(self, position: Position, limit: int) -> Select[Any]:
         base, target = _snapshot_param("base", position.base), _snapshot_param("target", position.target)

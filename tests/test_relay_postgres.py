@@ -24,6 +24,8 @@ from outbox import SETTINGS_KEY, OutboxSettings
 from outbox.kafka_settings import KafkaSettings
 from outbox.table import quarantine_table
 from relay import Relay, RelayService, RelaySettings, SoleLease
+from relay.capture import Position, PostgresCapture
+from relay.errors import CaptureError
 from relay.service import Cleanup
 from relay.status import relay_status
 from relay.topics import ensure_topic
@@ -262,3 +264,20 @@ def test_each_batch_is_a_producer_span_linked_to_the_spans_its_events_were_writt
     assert batch.attributes["messaging.batch.message_count"] == 3
     linked = [(link.context.trace_id, link.context.span_id) for link in batch.links]
     assert linked == [(context.trace_id, context.span_id) for context in written]
+
+
+def test_a_database_gone_away_is_a_capture_error_the_relay_retries_never_a_crash() -> None:
+    # Found by chaos: a relay died when PostgreSQL restarted just as it took a new snapshot.
+    gone = create_engine("postgresql+psycopg://outboxkit@127.0.0.1:1/outboxkit")
+    capture = PostgresCapture(gone)
+    try:
+        for call in (
+            lambda: capture.fetch(Position(), 10),
+            lambda: capture.fetch(Position(base="1:1:", target="1:1:"), 10),
+            lambda: capture.backlog(Position()),
+            lambda: capture.delete_published(Position(base="1:1:"), 10, None),
+        ):
+            with pytest.raises(CaptureError, match="outbox"):
+                call()
+    finally:
+        gone.dispose()

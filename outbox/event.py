@@ -4,8 +4,10 @@
         order_id: int
         carrier: str
 
-Class keywords: `topic` (required), `aggregate_type` (required), `key` (the field holding the
-aggregate id, required), `event_type` (default: the class name), `schema_version` (default 1).
+Class keywords: `aggregate_type` (required), `key` (the field holding the aggregate id, required),
+`topic` (default: the session's `topic_template`, as the aggregate's model events — so a domain
+event lands on its aggregate's topic, in order with its row changes), `event_type` (default: the
+class name), `schema_version` (default 1).
 Mistakes are reported when the class is defined, not when the first event is published.
 """
 
@@ -17,6 +19,7 @@ from pydantic import BaseModel
 
 from outbox.errors import ConfigurationError
 from outbox.record import Draft, check_topic
+from outbox.settings import OutboxSettings
 
 
 class Event(BaseModel):
@@ -30,7 +33,7 @@ class Event(BaseModel):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__()
-        missing = [name for name in ("topic", "aggregate_type", "key") if name not in kwargs]
+        missing = [name for name in ("aggregate_type", "key") if name not in kwargs]
         if missing:
             raise ConfigurationError(
                 f"event {cls.__name__} must declare {', '.join(missing)} as class keywords"
@@ -43,15 +46,16 @@ class Event(BaseModel):
         if kwargs["key"] not in cls.model_fields:
             raise ConfigurationError(f"event {cls.__name__}: key {kwargs['key']!r} is not one of its fields")
         try:
-            check_topic(kwargs["topic"])
+            if kwargs.get("topic") is not None:
+                check_topic(kwargs["topic"])
         except Exception as exc:
             raise ConfigurationError(f"event {cls.__name__}: {exc}") from exc
-        cls.outbox_route = {"event_type": cls.__name__, "schema_version": 1, **kwargs}
+        cls.outbox_route = {"event_type": cls.__name__, "schema_version": 1, "topic": None, **kwargs}
 
-    def to_draft(self, headers: dict[str, str] | None = None) -> Draft:
+    def to_draft(self, settings: OutboxSettings, headers: dict[str, str] | None = None) -> Draft:
         route = self.outbox_route
         return Draft(
-            topic=route["topic"],
+            topic=route["topic"] or settings.topic_template.format(aggregate_type=route["aggregate_type"]),
             event_type=route["event_type"],
             aggregate_type=route["aggregate_type"],
             aggregate_id=str(getattr(self, route["key"])),

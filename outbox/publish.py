@@ -26,7 +26,8 @@ def publish(session: Session, event: Event, *, headers: dict[str, str] | None = 
     """
     session.flush()
     conn = session.connection()
-    [event_id] = record.write(conn, [event.to_draft(headers)], settings_for(session))
+    settings = settings_for(session)
+    [event_id] = record.write(conn, [event.to_draft(settings, headers)], settings)
     wrote_events(session, conn.engine)
     return event_id
 

@@ -79,3 +79,10 @@ class PriceChanged(
 ):
     sku: str
     price: float
+
+
+class ThingFlagged(Event, aggregate_type="thing", key="group"):
+    """No topic: routed like its aggregate's model events, by the session's topic template."""
+
+    group: str
+    reason: str

@@ -29,7 +29,17 @@ from outbox import (
     TopicError,
 )
 from tests.conftest import PgSchema
-from tests.models import AuditLog, Base, Customer, Order, OrderShipped, PriceChanged, Shipment
+from tests.models import (
+    AuditLog,
+    Base,
+    Customer,
+    Order,
+    OrderShipped,
+    PriceChanged,
+    Shipment,
+    Thing,
+    ThingFlagged,
+)
 from tests.units import Unit, outbox_rows, unit_maker
 
 
@@ -223,6 +233,19 @@ def test_published_events_and_row_changes_interleave_in_call_order(app: App) -> 
     assert [r.aggregateversion for r in rows] == [1, 2, 1, 1]  # order 1: created, then shipped
     assert payload(rows[1]) == {"order_id": 1, "carrier": "dhl"}
     assert json.loads(rows[3].headers) == {"tenant": "eu"}
+
+
+def test_a_domain_event_without_a_topic_lands_on_its_aggregates_topic_after_its_row_changes(app: App) -> None:
+    unit = app.unit(OutboxSettings(topic_template="tenant-7.{aggregate_type}"))
+    unit.add(Thing(id=1, group="g", n=1))
+    unit.publish(ThingFlagged(group="g", reason="audit"))
+    unit.commit()
+
+    rows = app.rows()
+    assert [(r.type, r.topic, r.aggregateversion) for r in rows] == [
+        ("ThingCreated", "tenant-7.thing", 1),
+        ("ThingFlagged", "tenant-7.thing", 2),  # same topic and key: in order with the row changes
+    ]
 
 
 # --- bad input fails inside the transaction, and takes the business rows with it -------------

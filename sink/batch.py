@@ -65,10 +65,16 @@ def _map(
     batch: Batch,
     schemas: Mapping[str, TableSchema],
 ) -> tuple[list[tuple[str, Row]], DeadLetter | None]:
-    """The record's row for each table its topic feeds, and its dead letter if any table refused it
-    (a stop if any refusal is one; the reason names the tables when a topic feeds several)."""
+    """The record's row for each table its topic feeds (and that takes its event type), and its
+    dead letter if any table refused it (a stop if any refusal is one; the reason names the tables
+    when a topic feeds several)."""
     if isinstance(record, DeadLetter):
         return [], record
+    if record.envelope is not None and len(mappings) > 1:
+        # A topic split by event type: a table skips what another table of the topic takes; an
+        # event no table takes is refused by each (a dead letter naming them all).
+        takers = [mapping for mapping in mappings if mapping.accepts(record.envelope.event_type)]
+        mappings = takers or mappings
     rows: list[tuple[str, Row]] = []
     refused: list[tuple[str, DeadLetter]] = []
     for mapping in mappings:

@@ -133,6 +133,30 @@ def test_append_mode_is_the_event_log_unique_by_event_id(warehouse: Engine) -> N
     ]
 
 
+def test_a_topic_split_by_event_type_feeds_each_table_its_types_and_dead_letters_only_the_unknown(
+    warehouse: Engine,
+) -> None:
+    settle = Settle(
+        warehouse,
+        [
+            TableMapping(topic="things", table="states", event_types=["ThingUpdated"]),
+            TableMapping(topic="things", table="audits", mode="append", event_types=["ThingAudited"]),
+        ],
+    )
+    outcome = settle(
+        message("things", 0, key="a", event_id="e0"),
+        message("things", 1, key="a", event_id="e1", event_type="ThingAudited"),
+        message("things", 2, key="a", event_id="e2", event_type="Unheard"),
+    )
+
+    assert [row["_event_id"] for row in settle.rows("states")] == ["e0"]
+    assert [row["_event_id"] for row in settle.rows("audits")] == ["e1"]
+    assert [letter.reason for letter in outcome.dead_letters] == [
+        "table states: event type 'Unheard' is not one this table takes; "
+        "table audits: event type 'Unheard' is not one this table takes"
+    ]
+
+
 def test_history_mode_answers_as_of_queries(warehouse: Engine) -> None:
     settle = Settle(warehouse, [TableMapping(topic="things", table="versions", mode="history")])
     settle(message("things", 0, key="a", payload={"n": 10}), message("things", 1, key="a", payload={"n": 11}))

@@ -37,7 +37,7 @@ class Findings:
     """Counts per kind of violation, with the first few examples; `ok` when all are zero."""
 
     events: int = 0
-    pending: int = 0  # committed, still in the outbox: not yet published (not a violation)
+    pending: int = 0  # committed, in the outbox and not in Kafka yet (not a violation)
     quarantined: int = 0  # refused by Kafka for good, with a reason (not a violation)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     examples: dict[str, list[str]] = field(default_factory=lambda: {kind: [] for kind in KINDS})
@@ -81,9 +81,11 @@ def check_kafka(
     seen: Iterable[Seen],
     committed: Mapping[Aggregate, int] | None = None,
     parked: Mapping[Aggregate, set[int]] | None = None,
+    aggregate_types: Iterable[str] | None = None,
 ) -> None:
     """Kafka against itself and, given `committed` (highest version per aggregate) and `parked`
-    (versions still in the outbox or quarantine), against the source."""
+    (versions still in the outbox or quarantine), against the source: for the `aggregate_types`
+    the topics carry (by default, those found in them)."""
     by_id: Counter[str] = Counter()
     by_aggregate: dict[Aggregate, list[Seen]] = defaultdict(list)
     for record in seen:
@@ -101,7 +103,8 @@ def check_kafka(
     findings.events = len(by_id)
     for aggregate, records in by_aggregate.items():
         _check_order(findings, aggregate, records)
-    _check_versions(findings, by_aggregate, committed, parked or {})
+    types = set(aggregate_types) if aggregate_types is not None else {kind for kind, _ in by_aggregate}
+    _check_versions(findings, by_aggregate, types, committed, parked or {})
 
 
 def _check_order(findings: Findings, aggregate: Aggregate, records: list[Seen]) -> None:
@@ -120,10 +123,10 @@ def _check_order(findings: Findings, aggregate: Aggregate, records: list[Seen]) 
 def _check_versions(
     findings: Findings,
     by_aggregate: Mapping[Aggregate, list[Seen]],
+    types: set[str],
     committed: Mapping[Aggregate, int] | None,
     parked: Mapping[Aggregate, set[int]],
 ) -> None:
-    types = {aggregate[0] for aggregate in by_aggregate}
     aggregates = set(by_aggregate) | {a for a in committed or {} if a[0] in types}
     for aggregate in sorted(aggregates):
         present = {r.version for r in by_aggregate.get(aggregate, ()) if r.version is not None}

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import Connection, create_engine, make_url, text
+from sqlalchemy import Connection, TextClause, bindparam, create_engine, make_url, text
 
 from verify import checks
 from verify.checks import Aggregate, Findings
@@ -25,8 +26,10 @@ def verify(settings: VerifySettings) -> Findings:
     versions, parked = None, None
     if settings.app_database_url is not None:
         with _connected(settings.app_database_url) as conn:
-            versions, parked = _committed_versions(conn), _parked(conn, findings)
-    checks.check_kafka(findings, seen, versions, parked)
+            kinds = settings.aggregate_types
+            published = {(record.aggregate, record.version) for record in seen}
+            versions, parked = _committed_versions(conn, kinds), _parked(conn, kinds, published, findings)
+    checks.check_kafka(findings, seen, versions, parked, settings.aggregate_types)
     if settings.warehouse_url is not None:
         with _connected(settings.warehouse_url) as conn:
             if settings.log_table:
@@ -52,25 +55,42 @@ def _connected(url: SecretStr) -> Iterator[Connection]:
         engine.dispose()
 
 
-def _committed_versions(conn: Connection) -> dict[Aggregate, int]:
-    rows = conn.execute(text("SELECT aggregatetype, aggregateid, version FROM outbox_versions"))
+def _committed_versions(conn: Connection, kinds: list[str] | None) -> dict[Aggregate, int]:
+    query = "SELECT aggregatetype, aggregateid, version FROM outbox_versions"
+    rows = conn.execute(*_of_kinds(query, kinds))
     return {(kind, key): int(version) for kind, key, version in rows}
 
 
-def _parked(conn: Connection, findings: Findings) -> dict[Aggregate, set[int]]:
-    """Versions committed but not (yet) in Kafka by design: still in the outbox, or quarantined."""
+def _parked(
+    conn: Connection,
+    kinds: list[str] | None,
+    published: set[tuple[Aggregate | None, int | None]],
+    findings: Findings,
+) -> dict[Aggregate, set[int]]:
+    """Versions committed but not (yet) in Kafka by design: still in the outbox, or quarantined.
+
+    Pending are the outbox's rows not in Kafka yet; published rows wait there for the relay's
+    cleanup, and are not pending.
+    """
     parked: dict[Aggregate, set[int]] = defaultdict(set)
     for table in ("outbox", "outbox_quarantine"):
-        rows = conn.execute(text(f"SELECT aggregatetype, aggregateid, aggregateversion FROM {table}"))
-        count = 0
-        for kind, key, version in rows:
+        query = f"SELECT aggregatetype, aggregateid, aggregateversion FROM {table}"
+        for kind, key, version in conn.execute(*_of_kinds(query, kinds)):
             parked[(kind, key)].add(int(version))
-            count += 1
-        if table == "outbox":
-            findings.pending = count
-        else:
-            findings.quarantined = count
+            if table == "outbox_quarantine":
+                findings.quarantined += 1
+            elif ((kind, key), int(version)) not in published:
+                findings.pending += 1
     return parked
+
+
+def _of_kinds(query: str, kinds: list[str] | None) -> tuple[TextClause, dict[str, Any]]:
+    """`query` limited to the aggregate types `kinds` (all when None)."""
+    if kinds is None:
+        return text(query), {}
+    return text(f"{query} WHERE aggregatetype IN :kinds").bindparams(bindparam("kinds", expanding=True)), {
+        "kinds": kinds
+    }
 
 
 def _state(conn: Connection, table: str) -> dict[str, tuple[int | None, bool]]:

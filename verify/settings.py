@@ -20,6 +20,11 @@ class VerifySettings(BaseSettings):
     app_database_url: SecretStr | None = Field(
         None, description="The outbox's database: committed versions per aggregate (outbox_versions)."
     )
+    aggregate_types: list[str] | None = Field(
+        None,
+        description="The aggregate types the topics carry (default: those found in them); only "
+        "their versions, pending and quarantined events are checked.",
+    )
     warehouse_url: SecretStr | None = Field(None, description="The sink's warehouse.")
     log_table: str | None = Field(None, description="A sink table in append mode fed by the topics.")
     state_table: str | None = Field(None, description="A sink table in upsert mode fed by the topics.")

@@ -11,10 +11,12 @@ $(BIN)/outboxkit: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-## Start a local Kafka, then run the demo: app -> outbox -> relay -> Kafka -> sink -> DuckDB.
+## Start a local Kafka (and PostgreSQL when ARGS asks for it), then run the demo: a shop writing
+## continuously -> outbox -> relay -> Kafka -> sink -> warehouse. E.g. ARGS="--seconds 60 --warehouse postgres".
+ARGS ?=
 demo: $(BIN)/outboxkit
-	scripts/services up kafka
-	$(BIN)/outboxkit demo
+	scripts/services up kafka $(if $(findstring postgres,$(ARGS)),postgres)
+	$(BIN)/outboxkit demo $(ARGS)
 
 ## Lint, type-check, start Kafka/PostgreSQL/Redis, run the test suite against them.
 test: $(BIN)/outboxkit lint

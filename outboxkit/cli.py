@@ -56,10 +56,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="run app -> outbox -> relay -> Kafka -> sink -> DuckDB once")
-    demo.add_argument("--orders", type=int, default=5, help="orders the demo app places (default 5)")
+    demo = commands.add_parser(
+        "demo",
+        help="a shop writing continuously -> outbox -> relay -> Kafka -> sink -> warehouse, with live "
+        "progress and a closing comparison of the app's and the warehouse's tables",
+    )
+    demo.add_argument("--seconds", type=float, help="how long the shop writes (default 20; 0: until Ctrl-C)")
+    demo.add_argument("--rate", type=float, help="events per second the shop offers (default 150)")
+    demo.add_argument("--writers", type=int, help="writer threads (default 1 on SQLite, 4 on PostgreSQL)")
     demo.add_argument(
-        "--workdir", type=Path, help="where app.db and warehouse.duckdb go (default: a temp dir)"
+        "--app-db", choices=["sqlite", "postgres"], help="the app database (default sqlite, a file)"
+    )
+    demo.add_argument(
+        "--warehouse", choices=["duckdb", "postgres"], help="the warehouse (default duckdb, a file)"
+    )
+    demo.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the SQLite and DuckDB files here, replaced at each run (default: a temp dir, removed)",
     )
 
     migrate = commands.add_parser(
@@ -100,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     chaos.add_argument("--faults", type=int, help="...and this many faults injected (default 20)")
     chaos.add_argument("--rate", type=float, help="events/s the workload offers (default 520)")
+    chaos.add_argument(
+        "--mix",
+        type=_assignments,
+        default={},
+        metavar="NAME=VALUE,...",
+        help="the workload's mix, e.g. hot=0.3,rollback=0.2,late=0.05,writers=4 (see Mix in outboxkit.chaos)",
+    )
     chaos.add_argument("--fault-every", type=float, help="seconds between faults (default 5.5)")
     chaos.add_argument(
         "--restart-services",
@@ -133,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "demo": lambda a: _demo(a.orders, a.workdir),
+        "demo": _demo,
         "migrate": lambda a: _migrate(a.url, a.revision, down=a.downgrade),
         "relay": _relay,
         "sink": _sink,
@@ -192,14 +213,24 @@ def _sink(args: argparse.Namespace) -> int:
 
 
 def _chaos(args: argparse.Namespace) -> int:
-    from outboxkit.chaos import ChaosSettings, run_chaos  # noqa: PLC0415 - its models load only when asked for
+    from outboxkit.chaos import ChaosSettings, Mix, run_chaos  # noqa: PLC0415 - models load only when asked for
 
-    flags = {"seconds": args.seconds, "events": args.events, "faults": args.faults, "rate": args.rate}
+    flags = {"seconds": args.seconds, "events": args.events, "faults": args.faults}
     flags["fault_every"] = args.fault_every
     settings = ChaosSettings(**{name: value for name, value in flags.items() if value is not None})
+    mix = args.mix | ({"rate": args.rate} if args.rate is not None else {})
+    settings.mix = Mix.model_validate(settings.mix.model_dump() | mix)
     report = run_chaos(settings, _restart_service if args.restart_services else None)
     print(report.render())
     return ExitCode.OK if report.ok else ExitCode.ERROR
+
+
+def _assignments(text: str) -> dict[str, str]:
+    """`a=1,b=2` as {"a": "1", "b": "2"}; the settings class validates the values."""
+    pairs = [item.partition("=") for item in text.split(",") if item.strip()]
+    if any(not sep or not name.strip() for name, sep, _ in pairs):
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE,... not {text!r}")
+    return {name.strip(): value.strip() for name, _, value in pairs}
 
 
 def _restart_service(name: str) -> None:
@@ -232,23 +263,18 @@ def _migrate(url: str, revision: str, *, down: bool) -> int:
     return ExitCode.OK
 
 
-def _demo(orders: int, workdir: Path | None) -> int:
-    from outboxkit.demo import run_demo  # noqa: PLC0415 - the demo's models load only when asked for
+def _demo(args: argparse.Namespace) -> int:
+    from outboxkit.demo import DemoSettings, run_demo  # noqa: PLC0415 - models load only when asked for
 
+    flags = {name: getattr(args, name) for name in ("seconds", "rate", "writers", "app_db", "warehouse")}
+    settings = DemoSettings(**{name: value for name, value in flags.items() if value is not None})
     logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("outboxkit.kafka").setLevel(
-        logging.ERROR
-    )  # transient coordinator retries are noise here
+    logging.getLogger("outboxkit.kafka").setLevel(logging.ERROR)  # transient coordinator retries: noise here
     with tempfile.TemporaryDirectory(prefix="outboxkit-demo-") as tmp:
-        report = run_demo(workdir or Path(tmp), orders, sys.stdout)
-    if report.ok:
-        print(
-            f"\nOK: all {len(report.committed)} committed events arrived exactly once, "
-            "and nothing of the rolled-back transaction."
-        )
-        return ExitCode.OK
-    print(f"\nFAILED: committed {sorted(report.committed)}, landed {sorted(report.landed)}")
-    return ExitCode.ERROR
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        report = run_demo(settings, workdir, sys.stdout, StopFlag())
+    return ExitCode.OK if report.ok else ExitCode.ERROR
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from opentelemetry.trace import Tracer
-from sqlalchemy import Engine, create_engine, select
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session
 
 from outbox import SETTINGS_KEY, OutboxSettings, metadata, outbox_table
@@ -29,6 +29,16 @@ def sqlite_app(tmp_path: Path) -> Engine:
     metadata.create_all(engine)
     Base.metadata.create_all(engine)
     return engine
+
+
+def rows(url: str, query: str) -> list[tuple[Any, ...]]:
+    """The rows `query` returns on the database at `url`, read through an engine of its own."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(query))]
+    finally:
+        engine.dispose()
 
 
 def emit(engine: Engine, topic: str, count: int, *, key: str = "k") -> list[str]:

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import format_trace_id
 from pydantic import BaseModel, SecretStr
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
 from outbox.kafka_settings import KafkaSettings
 from sink import (
@@ -38,6 +38,7 @@ from sink import (
 from sink.replay import replay
 from sink.run import by_topic
 from sink.writer import Batch, Outcome, SqlWriter
+from tests.helpers import rows
 from tests.processes import ROOT, get, metric
 from tests.sinkkit import Settle, message, publish, tombstone
 
@@ -66,15 +67,6 @@ def settings(
 def drain(config: SinkSettings) -> SinkStats:
     deadline = time.monotonic() + 60
     return sink_from_settings(config).run(lambda: time.monotonic() > deadline, drain=True)
-
-
-def rows(url: str, query: str) -> list[tuple[Any, ...]]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(text(query))]
-    finally:
-        engine.dispose()
 
 
 def test_the_sink_refuses_read_uncommitted(kafka: KafkaSettings) -> None:

@@ -2,5 +2,6 @@
 into all of them, and the independent checker (`verify`) judging the outcome."""
 
 from outboxkit.chaos.harness import ChaosReport, ChaosSettings, run_chaos
+from outboxkit.chaos.workload import Mix
 
-__all__ = ["ChaosReport", "ChaosSettings", "run_chaos"]
+__all__ = ["ChaosReport", "ChaosSettings", "Mix", "run_chaos"]

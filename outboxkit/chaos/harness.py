@@ -16,19 +16,19 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import Engine, create_engine, make_url, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import create_engine
 
 from outbox import OutboxSettings, schema
 from outbox.kafka_settings import KafkaSettings
 from outboxkit.chaos.faults import Fleet, Injector, Restart
 from outboxkit.chaos.processes import Proc
 from outboxkit.chaos.workload import Base, Mix, Workload
+from outboxkit.databases import committed_events, create_database, drop_database, server
+from outboxkit.writers import FAILED
 from relay.topics import ensure_topic
 from verify import Findings, VerifySettings, verify
 
@@ -47,8 +47,7 @@ class ChaosSettings(BaseSettings):
     seconds: float = 170.0  # at most; the run ends sooner once `events` and `faults` are reached
     events: int = 50_000  # committed events to reach (0: run the full `seconds`)
     faults: int = 20  # faults to reach
-    rate: float = 520.0  # events per second offered by the workload
-    writers: int = 8
+    mix: Mix = Mix(rate=520.0, writers=8)  # what the workload offers: rate, writers, kinds of work
     fault_every: float = 5.5
     relays: int = 2
     sinks: int = 2
@@ -62,8 +61,7 @@ class ChaosReport:
     run: str
     seconds: float
     faults: Counter[str]
-    transactions: Counter[str]
-    write_errors: int
+    transactions: Counter[str]  # by kind; "failed": refused by the database
     unasked_exits: list[str]
     findings: Findings
     logs: Path
@@ -75,11 +73,13 @@ class ChaosReport:
 
     def render(self) -> str:
         faults = ", ".join(f"{kind} {count}" for kind, count in sorted(self.faults.items()))
-        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(self.transactions.items()))
+        done = {kind: count for kind, count in self.transactions.items() if kind != FAILED}
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(done.items()))
+        failed = f"{self.transactions[FAILED]} failed (a conflict, or the database away)"
         return "\n".join(
             [
                 f"chaos run {self.run}: {self.seconds:.0f} s, {sum(self.faults.values())} faults ({faults})",
-                f"  transactions: {kinds}; {self.write_errors} failed (a conflict, or the database away)",
+                f"  transactions: {kinds}; {failed}",
                 f"  processes that exited on their own (restarted): {len(self.unasked_exits)}"
                 + (f" — {', '.join(self.unasked_exits[:6])}" if self.unasked_exits else ""),
                 self.findings.render(),
@@ -113,11 +113,12 @@ def run_chaos(
         )
         ensure_topic(settings.kafka, stage.topic, partitions=settings.partitions)
         fleet = _fleet(settings, stage)
-        workload_engine = create_engine(app_url, pool_size=settings.writers + 2, pool_pre_ping=True)
+        workload_engine = create_engine(app_url, pool_size=settings.mix.writers + 2, pool_pre_ping=True)
         workload = Workload(
             workload_engine,
             OutboxSettings(topic_template=f"chaos.{run}.{{aggregate_type}}"),
-            Mix(rate=settings.rate, writers=settings.writers, seed=settings.seed),
+            settings.mix,
+            settings.seed,
         )
         injector = Injector(fleet, random.Random(settings.seed), pause_seconds=PAUSE, restart=restart)
         exits: list[str] = []
@@ -130,7 +131,7 @@ def run_chaos(
                 injector,
                 fleet,
                 exits=exits,
-                committed=partial(_committed_events, workload_engine),
+                committed=lambda: committed_events(workload_engine) or 0,
                 log=log,
             )
             workload.stop()
@@ -144,8 +145,7 @@ def run_chaos(
             run,
             time.monotonic() - started,
             injector.counts,
-            workload.stats.transactions,
-            workload.stats.errors,
+            workload.done,
             exits,
             findings,
             stage.logs,
@@ -235,37 +235,18 @@ def _fleet(settings: ChaosSettings, stage: Stage) -> Fleet:
     )
 
 
-def _committed_events(engine: Engine) -> int:
-    """Events committed so far: versions are dense per aggregate, so their sum counts them."""
-    try:
-        with engine.connect() as conn:
-            return int(
-                conn.execute(text("SELECT coalesce(sum(version), 0) FROM outbox_versions")).scalar_one()
-            )
-    except SQLAlchemyError:
-        return 0  # the database is being restarted: ask again at the next fault
-
-
 @contextmanager
 def _databases(pg_url: str, run: str) -> Iterator[tuple[str, str]]:
     """A fresh application database (outbox tables, accounts) and a fresh warehouse, dropped after."""
-    server = make_url(pg_url)
-    if server.drivername == "postgresql":
-        server = server.set(drivername="postgresql+psycopg")
-    admin = create_engine(server, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     names = (f"chaos_{run}_app", f"chaos_{run}_warehouse")
-    with admin.connect() as conn:
-        for name in names:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    urls = tuple(server.set(database=name).render_as_string(hide_password=False) for name in names)
+    at = server(pg_url)
     try:
-        app = create_engine(urls[0])
+        app_url, warehouse_url = (create_database(at, name) for name in names)
+        app = create_engine(app_url)
         schema.upgrade(app)
         Base.metadata.create_all(app)
         app.dispose()
-        yield urls[0], urls[1]
+        yield app_url, warehouse_url
     finally:
-        with admin.connect() as conn:
-            for name in names:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        for name in names:
+            drop_database(at, name)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine, String, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from outbox import SETTINGS_KEY, Outbox, OutboxMixin, OutboxSettings
+from outboxkit.writers import Writers
 
 
 class Base(DeclarativeBase):
@@ -36,14 +35,17 @@ class Account(OutboxMixin, Base):
     balance: Mapped[int]
 
 
-@dataclass(frozen=True)
-class Mix:
-    """What the workload offers: events per second over `writers` threads, and the shares of
-    transaction kinds (the rest are plain updates)."""
+class Mix(BaseModel):
+    """What the workload offers: events per second over `writers` threads, and the weights of
+    transaction kinds against plain updates (weight 1).
 
-    rate: float = 400.0
-    writers: int = 4
-    seed: int = 1
+    Set as `OUTBOXKIT_CHAOS_MIX__HOT=0.3`, or `outboxkit chaos --mix hot=0.3,rollback=0.2`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rate: float = Field(400.0, gt=0)
+    writers: int = Field(4, ge=1)
     create: float = 0.15
     delete: float = 0.02
     hot: float = 0.1  # of updates, on one of the `hot_keys` accounts
@@ -55,51 +57,27 @@ class Mix:
     events_per_txn: int = 8
 
 
-@dataclass
-class WorkloadStats:
-    transactions: Counter[str] = field(default_factory=Counter)
-    errors: int = 0
-
-
-class Workload:
+class Workload(Writers):
     """`writers` threads offering about `rate` events per second in total until stopped."""
 
-    def __init__(self, engine: Engine, settings: OutboxSettings, mix: Mix) -> None:
+    def __init__(self, engine: Engine, settings: OutboxSettings, mix: Mix, seed: int = 1) -> None:
+        super().__init__(writers=mix.writers, rate=mix.rate, seed=seed)
         self._sessions = sessionmaker(engine, info={SETTINGS_KEY: settings})
-        self._rate, self._writers, self._mix, self._seed = mix.rate, mix.writers, mix, mix.seed
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._mix = mix
         self._ids_lock = threading.Lock()
         self._ids: list[int] = []
-        self.stats = WorkloadStats()
 
     def start(self) -> None:
         with self._sessions.begin() as session:  # a few accounts to update from the start
             session.add_all(Account(owner=f"seed-{n}", balance=0) for n in range(self._mix.hot_keys * 2))
         with self._sessions() as session:
             self._ids = list(session.scalars(select(Account.id)))
-        for n in range(self._writers):
-            thread = threading.Thread(target=self._write, args=(random.Random(self._seed + n),), daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        super().start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
+    def one(self, rng: random.Random) -> tuple[str, int]:
+        return self._transaction(rng), self._mix.events_per_txn
 
-    def _write(self, rng: random.Random) -> None:
-        pause = self._writers * self._mix.events_per_txn / self._rate
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                self._transaction(rng)
-            except SQLAlchemyError:  # the database restarting under us: the transaction is gone
-                self.stats.errors += 1
-                self._stop.wait(0.5)
-            self._stop.wait(max(0.0, pause - (time.monotonic() - started)))
-
-    def _transaction(self, rng: random.Random) -> None:
+    def _transaction(self, rng: random.Random) -> str:
         mix = self._mix
         kind = rng.choices(
             ["create", "delete", "rollback", "savepoint", "late", "update"],
@@ -133,7 +111,7 @@ class Workload:
                 session.commit()
                 with self._ids_lock:
                     self._ids.extend(new_ids)
-            self.stats.transactions[kind] += 1
+        return kind
 
     def _pick(self, rng: random.Random) -> int:
         with self._ids_lock:

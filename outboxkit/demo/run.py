@@ -1,0 +1,194 @@
+"""The demo's run: the shop writes, a relay and a sink move its events, progress is shown live,
+and the end compares the app's tables with the warehouse's.
+
+The relay and the sink are the real services (`relay_from_settings`, `sink_from_settings`), run
+in threads of this process so that one command shows the whole path; in production each is a
+process of its own (see k8s/).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from outboxkit.databases import committed_events
+from outboxkit.demo.shop import Shop
+from outboxkit.demo.stage import DemoSettings, Stage, app_engine, prepare
+from outboxkit.demo.summary import Summary, summarise
+from relay import RelayService, RelaySettings, relay_from_settings
+from sink import Sink, SinkSettings, sink_from_settings
+
+
+@dataclass
+class Counts:
+    """Events committed by the app, published by the relay, landed in the warehouse by the sink."""
+
+    written: int = 0
+    published: int = 0
+    landed: int = 0
+
+    @property
+    def lag(self) -> int:
+        return self.written - self.landed
+
+    @property
+    def caught_up(self) -> bool:
+        return self.published >= self.written and self.landed >= self.written
+
+
+class Worker(threading.Thread):
+    """A service loop in a thread; what it raised is kept for the main thread to report."""
+
+    def __init__(self, name: str, loop: Callable[[Callable[[], bool]], object]) -> None:
+        super().__init__(name=name, daemon=True)
+        self._loop = loop
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._loop(self.stop.is_set)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread, which decides
+            self.failure = exc
+
+
+class Pipeline:
+    """The relay and the sink of one stage, each in its thread."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.relay: RelayService = relay_from_settings(
+            RelaySettings(
+                database_url=stage.app_url,
+                source_id=f"outboxkit-demo-{stage.run}",
+                kafka=stage.kafka,
+                poll_interval=0.2,
+            )
+        )
+        self.sink: Sink = sink_from_settings(
+            SinkSettings(
+                warehouse_url=stage.warehouse_url,
+                kafka=stage.kafka,
+                group_id=f"outboxkit-demo-{stage.run}",
+                tables=stage.mappings,
+                poll_timeout=0.2,
+            )
+        )
+        self.workers = [Worker("relay", self.relay.run), Worker("sink", self.sink.run)]
+        self._published = 0
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop.set()
+        for worker in self.workers:
+            worker.join(60)
+
+    def failure(self) -> str | None:
+        failed = [f"the {w.name} stopped: {w.failure}" for w in self.workers if w.failure is not None]
+        return "; ".join(failed) or None
+
+    def counts(self, written: int) -> Counts:
+        with suppress(RuntimeError):  # its shards changed while we looked: the last figure will do
+            self._published = self.relay.stats().published
+        return Counts(written, self._published, self.sink.stats.received)
+
+
+@dataclass
+class DemoReport:
+    summary: Summary
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None and self.summary.ok
+
+
+def run_demo(
+    settings: DemoSettings, workdir: Path, out: TextIO, should_stop: Callable[[], bool] = lambda: False
+) -> DemoReport:
+    """Run the shop for `settings.seconds`, drain, compare; print as it goes."""
+    stage = prepare(settings, workdir)
+    writers = settings.writers or (1 if settings.app_db == "sqlite" else 4)
+    engine = app_engine(stage.app_url, writers)
+    shop = Shop(engine, stage.outbox, rate=settings.rate, writers=writers)
+    pipeline = Pipeline(stage)
+    _introduce(stage, settings, writers, out)
+    progress = Progress(out, lambda: pipeline.counts(committed_events(engine) or 0), settings.progress_every)
+    pipeline.start()
+    shop.start()
+    try:
+        deadline = time.monotonic() + (settings.seconds or float("inf"))
+        progress.until(
+            lambda: time.monotonic() >= deadline or should_stop() or pipeline.failure() is not None
+        )
+        shop.stop()
+        out.write("  the shop stopped writing; the relay and the sink catch up\n")
+        drained = time.monotonic() + settings.drain_timeout
+        counts = progress.until(
+            lambda: time.monotonic() >= drained or pipeline.failure() is not None, until_caught_up=True
+        )
+    finally:
+        shop.stop()
+        pipeline.stop()
+        engine.dispose()
+    failure = pipeline.failure() or (
+        None if counts.caught_up else f"not caught up after {settings.drain_timeout:.0f} s"
+    )
+    summary = summarise(stage, shop.done, counts.written)
+    out.write(summary.render())
+    if failure:
+        out.write(f"FAILED: {failure}\n")
+    return DemoReport(summary, failure)
+
+
+class Progress:
+    """A line every `every` seconds: events written, published, landed, the lag and the rate."""
+
+    def __init__(self, out: TextIO, counts: Callable[[], Counts], every: float = 2.0) -> None:
+        self._out, self._counts, self._every = out, counts, every
+        self._started = time.monotonic()
+        self._last = (self._started, 0)
+        out.write(
+            f"  {'time':>5} {'written':>9} {'published':>10} {'landed':>9} {'lag':>7} {'landed/s':>9}\n"
+        )
+
+    def until(self, done: Callable[[], bool], *, until_caught_up: bool = False) -> Counts:
+        while True:
+            time.sleep(min(self._every, 0.2))
+            counts = self._counts()
+            finished = done() or (until_caught_up and counts.caught_up)
+            if finished or time.monotonic() - self._last[0] >= self._every:
+                self._line(counts)
+            if finished:
+                return counts
+
+    def _line(self, counts: Counts) -> None:
+        now = time.monotonic()
+        rate = (counts.landed - self._last[1]) / max(now - self._last[0], 1e-9)
+        self._last = (now, counts.landed)
+        self._out.write(
+            f"  {now - self._started:>4.0f}s {counts.written:>9,} {counts.published:>10,} "
+            f"{counts.landed:>9,} {counts.lag:>7,} {rate:>9,.0f}\n"
+        )
+        self._out.flush()
+
+
+def _introduce(stage: Stage, settings: DemoSettings, writers: int, out: TextIO) -> None:
+    length = f"for {settings.seconds:.0f} s" if settings.seconds else "until Ctrl-C"
+    topics = f"{stage.topic('customer')}, {stage.topic('order')}"
+    out.write(
+        f"outboxkit demo {stage.run}: a shop offering ~{settings.rate:.0f} events/s "
+        f"({writers} writer(s)) {length}\n"
+        f"  app        {stage.describe(stage.app_url)}: customers, orders, and the outbox\n"
+        f"  relay      -> Kafka {stage.kafka.bootstrap_servers}: {topics}\n"
+        f"  sink       -> {stage.describe(stage.warehouse_url)}: customers, orders (current state), "
+        "customer_events, order_events (every event)\n"
+    )

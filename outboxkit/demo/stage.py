@@ -1,0 +1,141 @@
+"""Where a demo run happens: its settings, app database, topics and warehouse.
+
+SQLite and DuckDB files live in a work directory; PostgreSQL databases are made afresh on the
+server for each run (and kept afterwards, to look at). Topic names carry the run's id, so runs
+never see each other's events.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from outbox import OutboxSettings, schema
+from outbox.kafka_settings import KafkaSettings
+from outboxkit.databases import create_database, server
+from outboxkit.demo.shop import Base
+from relay.topics import ensure_topic
+from sink import TableMapping
+
+
+class DemoSettings(BaseSettings):
+    """`OUTBOXKIT_DEMO_*`, or the command's flags. The broker and the PostgreSQL server default to
+    what `scripts/services` runs (`OUTBOXKIT_KAFKA_BOOTSTRAP`, `OUTBOXKIT_PG_URL`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OUTBOXKIT_DEMO_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    seconds: float = Field(20.0, ge=0, description="How long the shop writes (0: until Ctrl-C).")
+    rate: float = Field(150.0, gt=0, description="Events per second the shop offers.")
+    writers: int | None = Field(
+        None, ge=1, description="Writer threads (default: 1 on SQLite, 4 on PostgreSQL)."
+    )
+    app_db: Literal["sqlite", "postgres"] = "sqlite"
+    warehouse: Literal["duckdb", "postgres"] = "duckdb"
+    progress_every: float = Field(2.0, gt=0, description="Seconds between progress lines.")
+    drain_timeout: float = Field(
+        120.0, gt=0, description="How long the pipeline may take to catch up at the end."
+    )
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:19092",
+        validation_alias=AliasChoices("OUTBOXKIT_DEMO_KAFKA_BOOTSTRAP", "OUTBOXKIT_KAFKA_BOOTSTRAP"),
+    )
+    pg_url: str = Field(
+        "postgresql://outboxkit@127.0.0.1:55432/outboxkit",
+        validation_alias=AliasChoices("OUTBOXKIT_DEMO_PG_URL", "OUTBOXKIT_PG_URL"),
+        description="The server the PostgreSQL options make their databases on.",
+    )
+    pg_databases: tuple[str, str] = Field(
+        ("outboxkit_demo_app", "outboxkit_demo_warehouse"),
+        description="Names of the app database and the warehouse there (replaced at each run).",
+    )
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One run's places and names."""
+
+    run: str
+    app_url: str
+    warehouse_url: str
+    kafka: KafkaSettings
+    outbox: OutboxSettings
+
+    def topic(self, aggregate_type: str) -> str:
+        return self.outbox.topic_template.format(aggregate_type=aggregate_type)
+
+    @property
+    def mappings(self) -> list[TableMapping]:
+        """Per aggregate its current state (upsert) and its every event (append)."""
+        customer, order = self.topic("customer"), self.topic("order")
+        return [
+            TableMapping(topic=customer, table="customers", mode="upsert"),
+            TableMapping(topic=customer, table="customer_events", mode="append"),
+            TableMapping(
+                topic=order,
+                table="orders",
+                mode="upsert",
+                event_types=("OrderPlaced", "OrderUpdated", "OrderCancelled"),  # not OrderShipped
+                delete_types=("OrderCancelled",),
+            ),
+            TableMapping(topic=order, table="order_events", mode="append"),
+        ]
+
+    def describe(self, url: str) -> str:
+        parsed = make_url(url)
+        kind = {"sqlite": "SQLite", "duckdb": "DuckDB"}.get(parsed.get_backend_name(), "PostgreSQL")
+        where = parsed.database if kind != "PostgreSQL" else parsed.render_as_string(hide_password=True)
+        return f"{kind} {where}"
+
+
+def prepare(settings: DemoSettings, workdir: Path) -> Stage:
+    """Make the run's app database (outbox and shop tables), warehouse place and topics."""
+    run = uuid.uuid4().hex[:8]
+    for name in ("app.db", "app.db-wal", "app.db-shm", "warehouse.duckdb", "warehouse.duckdb.wal"):
+        (workdir / name).unlink(missing_ok=True)  # the last run's files: each run starts empty
+    app_db, warehouse = settings.pg_databases
+    app_url = (
+        create_database(server(settings.pg_url), app_db, replace=True)
+        if settings.app_db == "postgres"
+        else f"sqlite:///{workdir / 'app.db'}"
+    )
+    warehouse_url = (
+        create_database(server(settings.pg_url), warehouse, replace=True)
+        if settings.warehouse == "postgres"
+        else f"duckdb:///{workdir / 'warehouse.duckdb'}"
+    )
+    engine = app_engine(app_url, 1)
+    schema.upgrade(engine)  # the outbox tables, by the same migrations as `outboxkit migrate`
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    stage = Stage(
+        run,
+        app_url,
+        warehouse_url,
+        KafkaSettings(bootstrap_servers=settings.kafka_bootstrap),
+        OutboxSettings(topic_template=f"outboxkit-demo.{run}.{{aggregate_type}}"),
+    )
+    for aggregate_type in ("customer", "order"):
+        ensure_topic(stage.kafka, stage.topic(aggregate_type), partitions=3)
+    return stage
+
+
+def app_engine(url: str, writers: int) -> Engine:
+    """The shop's engine; on SQLite, writers wait for each other instead of failing at once."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_size=writers + 2, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _wal(dbapi_connection: object, _: object) -> None:  # readers never block the writer
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")  # type: ignore[attr-defined]
+
+    return engine

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Message
@@ -59,17 +60,17 @@ class Setup:
                 conn.execute(text("INSERT INTO state VALUES (:k, :v, FALSE)"), {"k": key, "v": version})
         engine.dispose()
 
-    def check(self, aggregate_types: list[str] | None = None) -> Findings:
+    def check(self, **more: Any) -> Findings:
         return verify(
             VerifySettings(
                 _env_file=None,  # type: ignore[call-arg]
                 kafka=self.kafka,
                 topics=[self.topic],
                 app_database_url=self.app_url,
-                aggregate_types=aggregate_types,
                 warehouse_url=self.warehouse_url,
                 log_table="log",
                 state_table="state",
+                **more,
             )
         )
 
@@ -110,6 +111,24 @@ def test_named_aggregate_types_are_the_ones_checked_even_one_absent_from_kafka(s
     assert only_things.pending == 0
     both = setup.check(aggregate_types=["thing", "customer"])  # customers expected on these topics
     assert both.examples["lost"] == ["customer c misses v1,2,3"]  # v4 is in the outbox
+
+
+def test_a_warehouse_row_that_differs_from_the_apps_or_misses_is_reported(setup: Setup) -> None:
+    clean(setup)
+    setup.committed({"a": 3, "b": 2})
+    setup.warehouse(["a-v1", "a-v2", "a-v3", "b-v1", "b-v2"], {"a": 3, "b": 2})
+    with create_engine(setup.app_url).begin() as conn:  # the business table the events come from
+        conn.execute(text("CREATE TABLE things (name VARCHAR PRIMARY KEY, n INTEGER)"))
+        conn.execute(text("INSERT INTO things VALUES ('a', 1), ('b', 2), ('c', 3)"))
+    with create_engine(setup.warehouse_url).begin() as conn:
+        conn.execute(text("ALTER TABLE state ADD COLUMN n INTEGER"))
+        conn.execute(text("UPDATE state SET n = CASE _key WHEN 'a' THEN 1 ELSE 5 END"))
+
+    findings = setup.check(source_table="things", source_columns=["name", "n"])
+
+    assert findings.examples["stale"] == ["things row b is (5,) in the warehouse, (2,) in the app"]
+    assert findings.examples["lost"] == ["things row c is not in the warehouse"]
+    assert findings.counts["phantom"] == 0
 
 
 def test_a_duplicate_in_kafka_is_reported(setup: Setup) -> None:

@@ -13,7 +13,8 @@ a row lock), so the checker needs no ledger of its own to tell:
   ids claiming one version (one was rolled back), a warehouse row for an event Kafka does not
   hold committed (an aborted transaction applied);
 * **stale** — the warehouse's current-state row for a key is not its newest event (or a deleted
-  key still has a live row).
+  key still has a live row); given the app's table it mirrors, a row whose columns differ (a row
+  missing from either side is lost or phantom).
 """
 
 from __future__ import annotations
@@ -181,6 +182,21 @@ def check_state(
             findings.add("stale", f"key {key} holds v{version}, its newest event is v{record.version}")
     for key in sorted(rows.keys() - newest.keys()):
         findings.add("phantom", f"key {key} has a warehouse row but no committed event")
+
+
+def check_source(
+    findings: Findings,
+    table: str,
+    source: Mapping[str, tuple[object, ...]],
+    live: Mapping[str, tuple[object, ...]],
+) -> None:
+    """The app's table against the warehouse's live current-state rows, column by column."""
+    for key in sorted(source.keys() - live.keys()):
+        findings.add("lost", f"{table} row {key} is not in the warehouse")
+    for key in sorted(live.keys() - source.keys()):
+        findings.add("phantom", f"the warehouse holds {table} row {key}, which the app does not")
+    for key in sorted(key for key in source.keys() & live.keys() if source[key] != live[key]):
+        findings.add("stale", f"{table} row {key} is {live[key]} in the warehouse, {source[key]} in the app")
 
 
 def _name(aggregate: Aggregate) -> str:

@@ -23,12 +23,14 @@ from verify.settings import VerifySettings
 def verify(settings: VerifySettings) -> Findings:
     seen = committed(settings.kafka, settings.topics)
     findings = Findings()
-    versions, parked = None, None
+    versions, parked, source = None, None, None
     if settings.app_database_url is not None:
         with _connected(settings.app_database_url) as conn:
             kinds = settings.aggregate_types
             published = {(record.aggregate, record.version) for record in seen}
             versions, parked = _committed_versions(conn, kinds), _parked(conn, kinds, published, findings)
+            if settings.source_table:
+                source = _rows(conn, settings.source_table, settings.source_columns, "")
     checks.check_kafka(findings, seen, versions, parked, settings.aggregate_types)
     if settings.warehouse_url is not None:
         with _connected(settings.warehouse_url) as conn:
@@ -39,6 +41,9 @@ def verify(settings: VerifySettings) -> Findings:
                 checks.check_log(findings, seen, ids)
             if settings.state_table:
                 checks.check_state(findings, seen, _state(conn, settings.state_table), settings.delete_types)
+                if source is not None:
+                    live = _rows(conn, settings.state_table, ["_key", *settings.source_columns[1:]], LIVE)
+                    checks.check_source(findings, settings.source_table or "", source, live)
     return findings
 
 
@@ -91,6 +96,20 @@ def _of_kinds(query: str, kinds: list[str] | None) -> tuple[TextClause, dict[str
     return text(f"{query} WHERE aggregatetype IN :kinds").bindparams(bindparam("kinds", expanding=True)), {
         "kinds": kinds
     }
+
+
+LIVE = " WHERE NOT coalesce(_deleted, FALSE)"
+
+
+def _rows(conn: Connection, table: str, columns: list[str], where: str) -> dict[str, tuple[Any, ...]]:
+    """Rows by their first column (as text, like Kafka keys), the others as a tuple."""
+    names = ", ".join(_quoted(conn, column) for column in columns)
+    try:
+        rows = conn.execute(text(f"SELECT {names} FROM {_quoted(conn, table)}{where}"))
+    except Exception:  # noqa: BLE001 - a state table without soft deletes has no _deleted column
+        conn.rollback()
+        rows = conn.execute(text(f"SELECT {names} FROM {_quoted(conn, table)}"))
+    return {str(row[0]): tuple(row[1:]) for row in rows}
 
 
 def _state(conn: Connection, table: str) -> dict[str, tuple[int | None, bool]]:

@@ -28,6 +28,17 @@ class VerifySettings(BaseSettings):
     warehouse_url: SecretStr | None = Field(None, description="The sink's warehouse.")
     log_table: str | None = Field(None, description="A sink table in append mode fed by the topics.")
     state_table: str | None = Field(None, description="A sink table in upsert mode fed by the topics.")
+    source_table: str | None = Field(
+        None,
+        description="The app table the state table mirrors: its rows are compared with the state "
+        "table's live rows (run it once writes have stopped and the sink has caught up).",
+    )
+    source_columns: list[str] = Field(
+        ["id"],
+        min_length=1,
+        description="The source table's key column, then the columns compared (named alike in the "
+        "state table, whose key is `_key`).",
+    )
     delete_types: tuple[str, ...] = Field(
         ("*Deleted",), description="Event types that delete (as the sink's)."
     )

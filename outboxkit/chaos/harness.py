@@ -26,7 +26,7 @@ from outbox import OutboxSettings, schema
 from outbox.kafka_settings import KafkaSettings
 from outboxkit.chaos.faults import Fleet, Injector, Restart
 from outboxkit.chaos.processes import Proc
-from outboxkit.chaos.workload import Base, Mix, Workload
+from outboxkit.chaos.workload import Account, Base, Mix, Workload
 from outboxkit.databases import committed_events, create_database, drop_database, server
 from outboxkit.writers import FAILED
 from relay.topics import ensure_topic
@@ -182,6 +182,8 @@ def _drained(settings: ChaosSettings, stage: Stage, log: Callable[[str], None]) 
         warehouse_url=SecretStr(stage.warehouse_url),
         log_table="log",
         state_table="state",
+        source_table=Account.__tablename__,  # final state: the app's accounts, column by column
+        source_columns=["id", "owner", "balance"],
     )
     deadline = time.monotonic() + settings.drain_timeout
     while True:

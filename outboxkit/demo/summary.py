@@ -18,7 +18,7 @@ from outboxkit.demo.stage import Stage
 from verify import Findings, VerifySettings, verify
 
 # Per current-state table, the business columns events carry (a customer's e-mail stays out).
-COMPARED = {"customers": ("id", "name", "tier"), "orders": ("id", "customer_id", "amount_cents", "status")}
+COMPARED = {"customers": ["id", "name", "tier"], "orders": ["id", "customer_id", "amount_cents", "status"]}
 LOGS = ("customer_events", "order_events")
 EXAMPLES = 3
 
@@ -99,7 +99,7 @@ def summarise(stage: Stage, done: Counter[str], written: int) -> Summary:
     return Summary(tables, written, logged, duplicates, done, findings)
 
 
-def _compare(source: Connection, target: Connection, table: str, columns: tuple[str, ...]) -> TableCheck:
+def _compare(source: Connection, target: Connection, table: str, columns: list[str]) -> TableCheck:
     app = _rows(source, table, columns, "")
     held = _rows(target, table, columns, " WHERE NOT coalesce(_deleted, FALSE)")
     equal = sum(1 for key, row in app.items() if held.get(key) == row)
@@ -109,7 +109,7 @@ def _compare(source: Connection, target: Connection, table: str, columns: tuple[
     return TableCheck(table, len(app), len(held), equal, wrong[:EXAMPLES])
 
 
-def _rows(conn: Connection, table: str, columns: tuple[str, ...], where: str) -> dict[Any, tuple[Any, ...]]:
+def _rows(conn: Connection, table: str, columns: list[str], where: str) -> dict[Any, tuple[Any, ...]]:
     if not inspect(conn).has_table(table):
         return {}  # no event reached it
     query = f"SELECT {', '.join(columns)} FROM {table}{where}"
@@ -144,4 +144,6 @@ def _check(stage: Stage, aggregate_type: str) -> VerifySettings:
         log_table=f"{aggregate_type}_events",
         state_table=f"{aggregate_type}s",
         delete_types=("OrderCancelled",) if aggregate_type == "order" else (),
+        source_table=f"{aggregate_type}s",
+        source_columns=COMPARED[f"{aggregate_type}s"],
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from bench import b1, b2, b3, b4
+from bench.host import describe, host_facts
 from bench.pg import Endpoints
 from bench.report import BenchmarkError, Options, Report, markdown, run_facts, write_json
 
@@ -78,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _conditions(before: dict[str, object], after: dict[str, object]) -> str:
     """The load average and the code at start and end: a figure belongs to both."""
-    lines = [f"\nload average (1, 5, 15 min): before {_load(before)}, after {_load(after)}"]
+    lines = [f"\n{describe(host_facts())}"]
+    lines.append(f"load average (1, 5, 15 min): before {_load(before)}, after {_load(after)}")
     lines.append(f"code: {_code(before['code'])}")
     if after["code"] != before["code"]:
         lines.append(f"code CHANGED during the run, now: {_code(after['code'])}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 from statistics import median
 from typing import ClassVar, Protocol
 
-import sqlalchemy
+from bench.host import host_facts
 
 
 class BenchmarkError(Exception):
@@ -285,13 +284,7 @@ def write_json(path: Path, report: Report, options: Options, *, before: dict[str
 
 
 def _host_facts(report: Report) -> dict[str, object]:
-    facts: dict[str, object] = {
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "sqlalchemy": sqlalchemy.__version__,
-        "postgresql": report.server,
-    }
+    facts: dict[str, object] = host_facts() | {"postgresql": report.server}
     if report.kafka is not None:
         facts["kafka"] = report.kafka
     return facts

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,6 +54,11 @@ def test_b1_quick_reports_both_variants_and_a_ratio(pg_database: str, tmp_path: 
             assert result[variant][0] > 0
         assert result["ratio"] == pytest.approx(result["outbox_median"] / result["baseline_median"])
     assert document["host"]["postgresql"]["server_version"]
+    host = document["host"]  # the machine the figures belong to, printed and kept
+    assert host["fdatasync_per_s"] > 0  # pg_test_fsync's rate: commit-bound figures follow it
+    assert host["cores"] == os.cpu_count()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", host["kafka_local_build"])  # what scripts/services runs
+    assert f"fdatasync {host['fdatasync_per_s']}/s" in done.stdout
 
 
 @pytest.fixture

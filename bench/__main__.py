@@ -1,5 +1,6 @@
 """`python -m bench <benchmark> [options]`: run one benchmark, print its Markdown table and write
-its JSON results (default `bench/results/<benchmark>.json`, ignored by git).
+its JSON results (default `bench/results/<benchmark>.json`, ignored by git); `python -m bench plot`
+draws the results files as PNGs.
 
 A benchmark is a module with `TITLE` and `run(endpoints, options) -> Report` (B1 takes only the
 PostgreSQL URL); adding one means adding it to `BENCHMARKS`. The options are shared, so every
@@ -55,6 +56,12 @@ N = TypeVar("N", int, float)
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.benchmark == "plot":
+        from bench.plots import plot  # noqa: PLC0415 - matplotlib loads only for plots
+
+        for path in plot(args.results, args.out):
+            print(f"wrote {path}")
+        return 0
     benchmark = BENCHMARKS[args.benchmark]
     options = _options(args, benchmark)
     minimum = 1 if options.quick else MIN_REPS
@@ -146,6 +153,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="benchmark", required=True)
     for name, benchmark in BENCHMARKS.items():
         commands.add_parser(name, parents=[common], help=benchmark.title, description=benchmark.title)
+    plots = commands.add_parser("plot", help="PNG plots of the results files: throughput and latency")
+    plots.add_argument(
+        "--results", type=Path, default=RESULTS, help="where the JSON files are (bench/results)"
+    )
+    plots.add_argument("--out", type=Path, default=RESULTS, help="where the PNG files go (bench/results)")
     return parser
 
 

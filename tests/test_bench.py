@@ -60,6 +60,17 @@ def test_b1_quick_reports_both_variants_and_a_ratio(pg_database: str, tmp_path: 
     assert re.fullmatch(r"\d+\.\d+\.\d+", host["kafka_local_build"])  # what scripts/services runs
     assert f"fdatasync {host['fdatasync_per_s']}/s" in done.stdout
 
+    plotted = subprocess.run(
+        [sys.executable, "-m", "bench", "plot", "--results", str(tmp_path), "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert plotted.returncode == 0, plotted.stderr
+    assert (tmp_path / "throughput.png").read_bytes().startswith(b"\x89PNG")  # drawn from the results file
+
 
 @pytest.fixture
 def outbox_losing_its_rows() -> Iterator[None]:

@@ -1,0 +1,105 @@
+"""`python -m bench plot`: PNG plots of the latest results files — throughput bars and latency
+percentiles against the offered rate.
+
+Drawn from the JSON files alone (`bench/results/*.json`), so a plot always shows a run that was
+recorded with its host facts, never figures typed in by hand. Bars are medians; the whiskers span
+the repetitions (min to max).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+
+mpl.use("Agg")  # files only: no display on the machines this runs on
+import matplotlib.pyplot as plt
+
+# Per benchmark: the variants drawn side by side, in order, and what tells its groups apart.
+VARIANTS = ("baseline", "outbox", "naive", "ceiling", "outboxkit")
+GROUPS = ("warehouse", "clients", "batch_size")
+PERCENTILES = ("p50", "p95", "p99")
+
+
+def plot(results: Path, out: Path) -> list[Path]:
+    """Draw every plot the results in `results` allow into `out`; return the files written."""
+    documents = {path.stem: json.loads(path.read_text()) for path in sorted(results.glob("*.json"))}
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    bars = {name: doc for name, doc in documents.items() if _variants(doc["results"][0])}
+    if bars:
+        written.append(_throughput(bars, out / "throughput.png"))
+    latency = {name: doc for name, doc in documents.items() if "runs" in doc["results"][0]}
+    if latency:
+        written.append(_latency(latency, out / "latency.png"))
+    return written
+
+
+def _variants(result: dict[str, Any]) -> list[str]:
+    return [name for name in VARIANTS if isinstance(result.get(name), list)]
+
+
+def _throughput(documents: dict[str, dict[str, Any]], path: Path) -> Path:
+    figure, axes = plt.subplots(1, len(documents), figsize=(5.5 * len(documents), 4.5), squeeze=False)
+    for axis, (name, document) in zip(axes[0], documents.items(), strict=True):
+        results = document["results"]
+        variants = _variants(results[0])
+        width = 0.8 / len(variants)
+        for n, variant in enumerate(variants):
+            values = [sorted(result[variant]) for result in results]
+            medians = [result[f"{variant}_median"] for result in results]
+            low = [median - spread[0] for median, spread in zip(medians, values, strict=True)]
+            high = [spread[-1] - median for median, spread in zip(medians, values, strict=True)]
+            positions = [group + (n - (len(variants) - 1) / 2) * width for group in range(len(results))]
+            axis.bar(positions, medians, width, yerr=[low, high], capsize=3, label=variant)
+        axis.set_xticks(range(len(results)), [_group(result) for result in results])
+        spread = [value for result in results for variant in variants for value in result[variant]]
+        if max(spread) > 20 * min(spread):  # naive and ceiling differ by orders of magnitude
+            axis.set_yscale("log")
+        axis.set_ylabel(results[0]["unit"])
+        axis.set_title(f"{results[0]['benchmark']} ({name})")
+        axis.legend(fontsize="small")
+    figure.suptitle(_machine(next(iter(documents.values()))))
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _latency(documents: dict[str, dict[str, Any]], path: Path) -> Path:
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for document in documents.values():
+        for result in document["results"]:
+            label = f"poll {result['poll_interval']} s" + (", wake-up" if result["wakeup"] else "")
+            offered = sorted({run["offered"] for run in result["runs"]})
+            for style, percentile in zip((":", "--", "-"), PERCENTILES, strict=True):
+                values = [_median_at(result["runs"], rate, percentile) for rate in offered]
+                axis.plot(offered, values, style, marker="o", label=f"{label} {percentile}")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("offered events/s (open loop)")
+    axis.set_ylabel("commit -> visible to read_committed, ms")
+    axis.set_title("B3 live latency")
+    axis.legend(fontsize="x-small")
+    figure.suptitle(_machine(next(iter(documents.values()))))
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _median_at(runs: list[dict[str, Any]], rate: float, percentile: str) -> float:
+    values = sorted(run[f"commit_{percentile}"] for run in runs if run["offered"] == rate)
+    return float(values[len(values) // 2])
+
+
+def _group(result: dict[str, Any]) -> str:
+    return "\n".join(f"{key.replace('_', ' ')} {result[key]}" for key in GROUPS if key in result)
+
+
+def _machine(document: dict[str, Any]) -> str:
+    host = document["host"]
+    fsync = host.get("fdatasync_per_s", "?")
+    return f"{host.get('cores')} cores, fdatasync {fsync}/s, {document['finished_at']}"

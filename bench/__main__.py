@@ -120,6 +120,7 @@ def _options(args: argparse.Namespace, benchmark: Benchmark) -> Options:
         rows=args.rows,
         naive_rows=args.naive_rows,
         batch_sizes=args.batch_sizes,
+        conflicts=args.conflicts,
         rate=args.rate,
         poll_intervals=args.poll_intervals,
         wakeup=args.wakeup,
@@ -143,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-sizes",
         type=_positive(int),
         help="comma-separated; b2: events per Kafka transaction (100,500,2000), b4: sink batch (5000)",
+    )
+    common.add_argument(
+        "--conflicts",
+        type=_shares,
+        help="b4: comma-separated %% of events updating a key met before (0,50,90; quick 90)",
     )
     common.add_argument("--rate", type=float, help="b3: offered events/s (1000; quick 200)")
     common.add_argument(
@@ -174,6 +180,17 @@ def _positive(kind: Callable[[str], N]) -> Callable[[str], tuple[N, ...]]:
         return values
 
     return parse
+
+
+def _shares(text: str) -> tuple[float, ...]:
+    """Comma-separated percentages from 0 to below 100, e.g. 0,50,90."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= value < 100 for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give percentages from 0 to below 100 like 0,50,90")
+    return values
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from bench.kafka import broker_facts, run_topics
 from bench.pg import Endpoints, server_facts
 from bench.report import BenchmarkError, Goal, Options, Report, Table, Targets, ThreeWay
 from bench.sinking import Target
-from bench.stream import COLUMNS, Stream, produce
+from bench.stream import COLUMNS, CONFLICTS, Stream, produce
 from outbox.kafka_settings import KafkaSettings
 from sink import SinkSettings
 from sink.run import tune_gc
@@ -52,6 +52,7 @@ TITLE = (
 )
 NAME = "B4 sink"
 FULL_ROWS, QUICK_ROWS = 200_000, 5_000
+DEFAULT_CONFLICTS = 90.0  # the quick run's, and the shape of earlier runs: ~10 versions per key
 FULL_NAIVE_ROWS, QUICK_NAIVE_ROWS = 5_000, 500
 PARTITIONS = 4
 WAREHOUSES = {"postgresql": "PostgreSQL", "duckdb": "DuckDB"}
@@ -84,6 +85,7 @@ class SinkComparison(ThreeWay):
     rows: int
     naive_rows: int
     aggregates: int
+    conflicts: float  # % of the events that update a key an earlier event created
     outboxkit: tuple[float, ...]
     naive: tuple[float, ...]
     ceiling: tuple[float, ...]
@@ -95,27 +97,32 @@ class SinkComparison(ThreeWay):
 
 
 def run(endpoints: Endpoints, options: Options) -> Report:
-    """Produce the input once, then measure every variant `options.reps` times, interleaved."""
+    """Per share of key conflicts, produce the input once, then measure every variant
+    `options.reps` times, interleaved."""
     plan, kafka = Plan.of(options, SIZES), endpoints.kafka
+    conflicts = options.conflicts or ((DEFAULT_CONFLICTS,) if options.quick else CONFLICTS)
     tune_gc()  # as `outboxkit sink run` does; process-wide, so every variant runs with it alike
+    server = _server_facts(endpoints.pg_url)
+    versions = {"postgresql": server["server_version"], "duckdb": duckdb.__version__}
+    comparisons, streams = [], []
     with (
         run_topics(kafka, "outboxkit-bench.b4") as topics,
         tempfile.TemporaryDirectory(prefix="outboxkit-bench-b4-") as directory,
     ):
-        stream = Stream.planned(topics.new("b4", partitions=PARTITIONS), plan.rows)
-        produce(kafka, stream)
-        measuring = _Run(endpoints, Path(directory), stream, plan)
-        for _ in range(options.reps):
-            for warehouse in WAREHOUSES:
-                measuring.repetition(warehouse)
-        server = _server_facts(endpoints.pg_url)
-        versions = {"postgresql": server["server_version"], "duckdb": duckdb.__version__}
-        comparisons = [
-            measuring.comparison(warehouse, versions[warehouse], size)
-            for warehouse in WAREHOUSES
-            for size in plan.batch_sizes
-        ]
-        return _report(comparisons, plan, stream, server, broker_facts(kafka))
+        for share in conflicts:
+            stream = Stream.planned(topics.new("b4", partitions=PARTITIONS), plan.rows, share)
+            produce(kafka, stream)
+            measuring = _Run(endpoints, Path(directory), stream, plan)
+            for _ in range(options.reps):
+                for warehouse in WAREHOUSES:
+                    measuring.repetition(warehouse)
+            comparisons += [
+                measuring.comparison(warehouse, versions[warehouse], size)
+                for warehouse in WAREHOUSES
+                for size in plan.batch_sizes
+            ]
+            streams.append(stream)
+        return _report(comparisons, plan, streams, server, broker_facts(kafka))
 
 
 class _Run:
@@ -157,6 +164,7 @@ class _Run:
             self.plan.rows,
             self.plan.naive_rows,
             self.stream.aggregates,
+            self.stream.conflicts,
             outboxkit=rates["outboxkit"],
             naive=rates["naive"],
             ceiling=rates["ceiling"],
@@ -237,18 +245,22 @@ def _server_facts(pg_url: str) -> dict[str, str]:
 def _report(
     comparisons: list[SinkComparison],
     plan: Plan,
-    stream: Stream,
+    streams: list[Stream],
     server: dict[str, str],
     kafka: dict[str, str],
 ) -> Report:
+    shapes = "; ".join(
+        f"{s.conflicts:.0f} %: {s.aggregates:,} keys, ~{plan.rows / s.aggregates:.0f} versions each"
+        for s in streams
+    )
     notes = [
-        f"Input: {plan.rows:,} events over {stream.aggregates:,} keys (~{plan.rows // stream.aggregates} "
-        f"versions each), produced once to a {PARTITIONS}-partition topic; every measurement reads it "
-        "from the start in a fresh consumer group into a fresh warehouse (scratch PostgreSQL database, "
-        "new DuckDB file). The clock runs from the first poll (joining the group included) to the "
-        "commit of the last event. Ceiling: PostgreSQL COPY, DuckDB read_csv, into a table without a "
-        "key. CPU: this process's (Python, librdkafka, DuckDB), per 1,000 events; PostgreSQL's server "
-        "processes are not in it.",
+        f"Input: {plan.rows:,} events per share of key conflicts (events that update a key an earlier "
+        f"event created; {shapes}), produced once to a {PARTITIONS}-partition topic; every "
+        "measurement reads it from the start in a fresh consumer group into a fresh warehouse "
+        "(scratch PostgreSQL database, new DuckDB file). The clock runs from the first poll "
+        "(joining the group included) to the commit of the last event. Ceiling: PostgreSQL COPY, "
+        "DuckDB read_csv, into a table without a key. CPU: this process's (Python, librdkafka, "
+        "DuckDB), per 1,000 events; PostgreSQL's server processes are not in it.",
     ]
     if plan.naive_sampled:
         notes.append(
@@ -262,24 +274,37 @@ def _report(
 
 
 def _naive_whole(comparisons: list[SinkComparison]) -> str:
-    """How long the naive consumer would take for the whole backlog, per warehouse."""
+    """How long the naive consumer would take for the whole backlog, per warehouse and conflicts."""
     first = comparisons[0].batch_size
     return ", ".join(
-        f"~{c.naive_whole()} into {WAREHOUSES[c.warehouse]}" for c in comparisons if c.batch_size == first
+        f"~{c.naive_whole()} into {WAREHOUSES[c.warehouse]} at {c.conflicts:.0f} %"
+        for c in comparisons
+        if c.batch_size == first
     )
 
 
 def _table(comparisons: list[SinkComparison]) -> Table:
     return Table(
-        ("benchmark", "warehouse", "batch size", *ThreeWay.COLUMNS),
-        "llr" + ThreeWay.ALIGN,
-        tuple((c.benchmark, WAREHOUSES[c.warehouse], f"{c.batch_size:,}", *c.cells()) for c in comparisons),
+        ("benchmark", "warehouse", "key conflicts", "batch size", *ThreeWay.COLUMNS),
+        "llrr" + ThreeWay.ALIGN,
+        tuple(
+            (c.benchmark, WAREHOUSES[c.warehouse], f"{c.conflicts:.0f} %", f"{c.batch_size:,}", *c.cells())
+            for c in comparisons
+        ),
     )
 
 
 def _goals(comparisons: list[SinkComparison]) -> list[Goal]:
-    """The issue's three targets for each warehouse, at every batch size measured (default first)."""
-    ordered = sorted(comparisons, key=lambda c: (list(WAREHOUSES).index(c.warehouse), *TARGETS.order(c)))
+    """The issue's three targets for each warehouse and share of conflicts, at every batch size
+    measured (default first)."""
+    ordered = sorted(
+        comparisons,
+        key=lambda c: (list(WAREHOUSES).index(c.warehouse), -c.conflicts, *TARGETS.order(c)),
+    )
     return [
-        goal for c in ordered for goal in TARGETS.goals(c, f"{WAREHOUSES[c.warehouse]}, {TARGETS.where(c)}")
+        goal
+        for c in ordered
+        for goal in TARGETS.goals(
+            c, f"{WAREHOUSES[c.warehouse]}, {c.conflicts:.0f} % key conflicts, {TARGETS.where(c)}"
+        )
     ]

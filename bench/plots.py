@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 
 # Per benchmark: the variants drawn side by side, in order, and what tells its groups apart.
 VARIANTS = ("baseline", "outbox", "naive", "ceiling", "outboxkit")
-GROUPS = ("warehouse", "clients", "batch_size")
+GROUPS = ("warehouse", "conflicts", "clients", "batch_size")
 PERCENTILES = ("p50", "p95", "p99")
 
 
@@ -96,7 +96,11 @@ def _median_at(runs: list[dict[str, Any]], rate: float, percentile: str) -> floa
 
 
 def _group(result: dict[str, Any]) -> str:
-    return "\n".join(f"{key.replace('_', ' ')} {result[key]}" for key in GROUPS if key in result)
+    return "\n".join(_label(key, result[key]) for key in GROUPS if key in result)
+
+
+def _label(key: str, value: object) -> str:
+    return f"{value:.0f} % key conflicts" if key == "conflicts" else f"{key.replace('_', ' ')} {value}"
 
 
 def _machine(document: dict[str, Any]) -> str:

@@ -48,6 +48,7 @@ class Options:
     rate: float | None = None  # B3: offered events per second
     poll_intervals: tuple[float, ...] | None = None  # B3: relay poll intervals, the first the baseline
     wakeup: bool = False  # B3: also measure the relay woken by the app's NOTIFY
+    conflicts: tuple[float, ...] | None = None  # B4: % of events updating a key met before
 
 
 class Result(Protocol):

@@ -2,7 +2,8 @@
 after consuming it.
 
 Event n (0, 1, 2 ...) belongs to aggregate `order-{n % aggregates}` at version
-`n // aggregates + 1`, and events are produced in n order by an idempotent producer, so each key's
+`n // aggregates + 1` (the fewer aggregates, the more events update a key already held: "key
+conflicts"), and events are produced in n order by an idempotent producer, so each key's
 versions increase along its partition as a relay would leave them. Values are generated, not
 random: the state an upsert table must end with is computed here, not read back from the run.
 
@@ -34,8 +35,7 @@ from outbox.envelope import (
 from outbox.kafka_settings import KafkaSettings
 from sink.columns import Kind, metadata_columns
 
-AGGREGATES = 20_000  # at most; fewer for a short stream, so every key still gets ~10 versions
-VERSIONS = 10
+CONFLICTS = (0.0, 50.0, 90.0)  # % of events updating a key met before; 90: ~10 versions per key
 EVENT_TYPE = "OrderUpdated"
 STATUSES = ("placed", "paid", "packed", "shipped")
 # The payload's fields and the column kind each becomes: what the sink infers from them.
@@ -69,8 +69,15 @@ class Stream:
     aggregates: int
 
     @classmethod
-    def planned(cls, topic: str, events: int) -> Stream:
-        return cls(topic, events, max(1, min(AGGREGATES, events // VERSIONS)))
+    def planned(cls, topic: str, events: int, conflicts: float) -> Stream:
+        """`conflicts` % of the events update a key an earlier event created; the others create one
+        (90 %: ~10 versions per key; 0 %: one event per key)."""
+        return cls(topic, events, max(1, round(events * (1 - conflicts / 100))))
+
+    @property
+    def conflicts(self) -> float:
+        """The share (%) of events whose key an earlier event already created."""
+        return 100 * (self.events - self.aggregates) / self.events
 
     def expected(self) -> dict[str, tuple[int, int]]:
         """What an upsert table must hold after all the events: key -> (version, seq) of its newest."""

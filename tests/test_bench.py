@@ -186,8 +186,8 @@ def test_b4_quick_sinks_into_both_warehouses_with_all_three_variants_and_checks_
 ) -> None:
     results = tmp_path / "b4.json"
     stdout = _run_quick("b4", results, pg_database, kafka)
-    assert "| B4 sink | PostgreSQL | 5,000 |" in stdout
-    assert "| B4 sink | DuckDB | 5,000 |" in stdout
+    assert "| B4 sink | PostgreSQL | 90 % | 5,000 |" in stdout
+    assert "| B4 sink | DuckDB | 90 % | 5,000 |" in stdout
     assert "naive: upserted and committed the first 500 of the 5,000 events one at a time" in stdout
     document = json.loads(results.read_text())
     assert [r["warehouse"] for r in document["results"]] == ["postgresql", "duckdb"]
@@ -210,10 +210,28 @@ def test_b4_quick_sinks_into_both_warehouses_with_all_three_variants_and_checks_
         assert result["vs_naive"] == pytest.approx(result["outboxkit_median"] / result["naive_median"])
         assert result["vs_ceiling"] == pytest.approx(result["outboxkit_median"] / result["ceiling_median"])
     assert [goal["where"] for goal in document["goals"]] == [
-        *["PostgreSQL, batch size 5,000 (default)"] * 3,
-        *["DuckDB, batch size 5,000 (default)"] * 3,
+        *["PostgreSQL, 90 % key conflicts, batch size 5,000 (default)"] * 3,
+        *["DuckDB, 90 % key conflicts, batch size 5,000 (default)"] * 3,
     ]
     assert document["host"]["kafka"]["librdkafka"] == confluent_kafka.libversion()[0]
+
+
+def test_b4_measures_each_share_of_key_conflicts_on_its_own_input(
+    pg_database: str, kafka: KafkaSettings
+) -> None:
+    options = Options(
+        seconds=1, reps=1, clients=(1,), quick=True, rows=1000, naive_rows=20, conflicts=(0, 50)
+    )
+
+    report = b4.run(Endpoints(pg_url=pg_database, kafka_bootstrap=kafka.bootstrap_servers), options)
+
+    shapes = [(r.warehouse, r.conflicts, r.aggregates, r.verified["outboxkit"]) for r in report.results]
+    assert shapes == [  # one row per key at its newest version, checked, for every share
+        ("postgresql", 0, 1000, (1000,)),
+        ("duckdb", 0, 1000, (1000,)),
+        ("postgresql", 50, 500, (500,)),
+        ("duckdb", 50, 500, (500,)),
+    ]
 
 
 @pytest.fixture

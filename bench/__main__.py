@@ -121,7 +121,7 @@ def _options(args: argparse.Namespace, benchmark: Benchmark) -> Options:
         naive_rows=args.naive_rows,
         batch_sizes=args.batch_sizes,
         conflicts=args.conflicts,
-        rate=args.rate,
+        rates=args.rates,
         poll_intervals=args.poll_intervals,
         wakeup=args.wakeup,
     )
@@ -150,7 +150,11 @@ def _parser() -> argparse.ArgumentParser:
         type=_shares,
         help="b4: comma-separated %% of events updating a key met before (0,50,90; quick 90)",
     )
-    common.add_argument("--rate", type=float, help="b3: offered events/s (1000; quick 200)")
+    common.add_argument(
+        "--rates",
+        type=_positive(float),
+        help="b3: offered events/s, comma-separated (100,1000,2000,5000; quick 200)",
+    )
     common.add_argument(
         "--poll-intervals", type=_positive(float), help="b3: seconds, baseline first (0.5,0.02)"
     )

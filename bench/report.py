@@ -45,7 +45,7 @@ class Options:
     rows: int | None = None  # B2: outbox backlog to drain
     naive_rows: int | None = None  # B2: rows the naive relay drains of that backlog
     batch_sizes: tuple[int, ...] | None = None  # B2: events per Kafka transaction
-    rate: float | None = None  # B3: offered events per second
+    rates: tuple[float, ...] | None = None  # B3: offered events per second, one measurement each
     poll_intervals: tuple[float, ...] | None = None  # B3: relay poll intervals, the first the baseline
     wakeup: bool = False  # B3: also measure the relay woken by the app's NOTIFY
     conflicts: tuple[float, ...] | None = None  # B4: % of events updating a key met before

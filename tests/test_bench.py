@@ -164,7 +164,8 @@ def test_b3_quick_reports_latency_percentiles_for_both_poll_intervals(
     stdout = _run_quick("b3", results, pg_database, kafka)
     assert "| commit -> visible p99 |" in stdout
     document = json.loads(results.read_text())
-    assert [r["poll_interval"] for r in document["results"]] == [0.5, 0.02]
+    assert [(r["poll_interval"], r["offered"]) for r in document["results"]] == [(0.5, 200), (0.02, 200)]
+    assert "Highest sustainable offered rate" in stdout
     for result in document["results"]:
         [run] = result["runs"]  # --quick: one repetition of 200 events/s for 2 s
         assert run["events"] == 400
@@ -176,7 +177,7 @@ def test_b3_quick_reports_latency_percentiles_for_both_poll_intervals(
 
 @pytest.mark.usefixtures("relay_publishing_its_first_batch_twice")
 def test_b3_refuses_figures_when_an_event_arrives_twice(pg_database: str, kafka: KafkaSettings) -> None:
-    options = Options(1, 1, (1,), quick=True, rate=50, poll_intervals=(0.02,))
+    options = Options(1, 1, (1,), quick=True, rates=(50,), poll_intervals=(0.02,))
     with pytest.raises(BenchmarkError, match=r"B3: .* duplicated"):
         b3.run(Endpoints(pg_url=pg_database, kafka_bootstrap=kafka.bootstrap_servers), options)
 

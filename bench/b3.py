@@ -25,9 +25,6 @@ after the relay stopped must hold exactly those records; otherwise the run fails
 from __future__ import annotations
 
 import json
-import math
-import multiprocessing
-import queue
 import threading
 import time
 import uuid
@@ -35,7 +32,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from statistics import median
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 from sqlalchemy import URL, Engine, create_engine, text
@@ -71,7 +68,6 @@ FULL_RATES, QUICK_RATES = (100.0, 1000.0, 2000.0, 5000.0), (200.0,)
 SUSTAINED = 0.95  # of the offered rate achieved, with due -> visible p99 within SUSTAINED_P99_MS
 SUSTAINED_P99_MS = 1000.0
 POLL_INTERVALS = (0.5, 0.02)  # the relay's default first: the baseline
-PER_WRITER = 250.0  # events/s one writer process is asked for (a commit takes 1-3 ms on 2 cores)
 SETTLE = 30.0  # seconds past the last commit for the last events to arrive
 GOAL_P99_MS, GOAL_RATE = 100.0, 1000.0
 # librdkafka's defaults: what the sink's consumer uses too. A fetch waits for new data up to
@@ -187,7 +183,7 @@ def _measure(  # noqa: PLR0917 - one measurement's whole setting
         _SinkThread(topics.kafka, topic, url) as sink,
         _RelayThread(engine, topics, variant) as relay,
     ):
-        sent = _write_all(url.render_as_string(hide_password=False), topic, rate, events)
+        sent, _ = writers.write_all(url.render_as_string(hide_password=False), topic, rate, events)
         deadline = time.monotonic() + variant.poll_interval + SETTLE
         watcher.wait_for(len(sent), deadline)
         sink.wait_for(len(sent), deadline)
@@ -204,56 +200,6 @@ def _measure(  # noqa: PLR0917 - one measurement's whole setting
 def _empty(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(text("TRUNCATE outbox, outbox_versions"))
-
-
-def _write_all(url: str, topic: str, rate: float, events: int) -> list[writers.Sent]:
-    """Run the schedule on `ceil(rate / PER_WRITER)` spawned writer processes; what they committed."""
-    count = max(1, math.ceil(rate / PER_WRITER))
-    context = multiprocessing.get_context("spawn")
-    ready, go = context.Barrier(count + 1, timeout=120), context.Barrier(count + 1, timeout=120)
-    start, results = context.Value("d", 0.0), context.Queue()
-    processes = [
-        context.Process(
-            target=writers.write,
-            args=(writers.Schedule(url, topic, rate, events, n, count), ready, go, start, results),
-            daemon=True,
-        )
-        for n in range(count)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        return _run_schedule(ready, go, start, results, count=count, seconds=events / rate)
-    finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-
-
-def _run_schedule(
-    ready: threading.Barrier, go: threading.Barrier, start: Any, results: Any, *, count: int, seconds: float
-) -> list[writers.Sent]:
-    try:
-        ready.wait()  # every writer connected and warmed up
-        start.value = time.monotonic() + 0.1
-        go.wait()
-    except threading.BrokenBarrierError:
-        raise BenchmarkError(f"B3: a writer failed to start: {_first_error(results)}") from None
-    sent: list[writers.Sent] = []
-    for _ in range(count):
-        kind, value = results.get(timeout=seconds + 120)
-        if kind != "sent":
-            raise BenchmarkError(f"B3: {value}")
-        sent += [writers.Sent(*item) for item in value]
-    return sent
-
-
-def _first_error(results: Any) -> str:
-    try:
-        return str(results.get(timeout=5)[1])
-    except queue.Empty:
-        return "no error reported (killed?)"
 
 
 class _Watcher:
@@ -450,7 +396,7 @@ def _report(
     results: list[LatencyResult], seconds: float, server: dict[str, str], kafka: dict[str, str]
 ) -> Report:
     rates = sorted({result.offered for result in results})
-    writers_used = ", ".join(f"{max(1, math.ceil(rate / PER_WRITER))} at {rate:,.0f}/s" for rate in rates)
+    writers_used = ", ".join(f"{writers.needed(rate)} at {rate:,.0f}/s" for rate in rates)
     notes = [
         f"Offered for {seconds:g} s each by open-loop writer processes ({writers_used}), one event per "
         "transaction (`outbox.publish` in an ORM Session); relay batch size 500, "

@@ -1,5 +1,5 @@
-"""B3's open-loop writers: application processes committing one outbox event per transaction on a
-fixed schedule, whatever the latency of earlier commits.
+"""The open-loop writers of B3 and B5: application processes committing one outbox event per
+transaction on a fixed schedule, whatever the latency of earlier commits.
 
 Each transaction is `outbox.publish()` of one domain event in an ORM `Session`, then commit. Not
 the mixin with a business row: that costs about 0.9 ms of writer CPU per event against 0.5 ms
@@ -19,6 +19,10 @@ for every process, so times taken here and in the benchmark's consumer thread su
 
 from __future__ import annotations
 
+import math
+import multiprocessing
+import queue
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,10 +31,12 @@ from typing import Any, NamedTuple
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import sessionmaker
 
+from bench.report import BenchmarkError
 from outbox import Event, publish
 
 WARMUP = 20  # rolled-back transactions per writer before the clock starts: they emit nothing
 AGGREGATES = 1000
+PER_WRITER = 250.0  # events/s one writer process is asked for (a commit takes 1-3 ms on 2 cores)
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,8 @@ def write(schedule: Schedule, ready: Any, go: Any, start: Any, results: Any) -> 
         _warm_up(engine, schedule.topic)
         ready.wait()
         go.wait()
-        results.put(("sent", _send(schedule, start.value, engine)))
+        sent = _send(schedule, start.value, engine)
+        results.put(("sent", sent, time.process_time()))
     except BaseException as exc:
         ready.abort()
         go.abort()
@@ -105,3 +112,61 @@ def _warm_up(engine: Engine, topic: str) -> None:
         with factory() as session:
             publish(session, ping(group="warm-up", seq=-n - 1, due=0.0))
             session.rollback()
+
+
+def needed(rate: float) -> int:
+    """Writer processes for `rate` events/s."""
+    return max(1, math.ceil(rate / PER_WRITER))
+
+
+def write_all(url: str, topic: str, rate: float, events: int) -> tuple[list[Sent], float]:
+    """Run the schedule on `ceil(rate / PER_WRITER)` spawned writer processes; return what they
+    committed and the CPU seconds they spent (their whole life: warm-up included)."""
+    count = needed(rate)
+    context = multiprocessing.get_context("spawn")
+    ready, go = context.Barrier(count + 1, timeout=120), context.Barrier(count + 1, timeout=120)
+    start, results = context.Value("d", 0.0), context.Queue()
+    processes = [
+        context.Process(
+            target=write,
+            args=(Schedule(url, topic, rate, events, n, count), ready, go, start, results),
+            daemon=True,
+        )
+        for n in range(count)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        return _run_schedule(ready, go, start, results, count=count, seconds=events / rate)
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+
+
+def _run_schedule(
+    ready: threading.Barrier, go: threading.Barrier, start: Any, results: Any, *, count: int, seconds: float
+) -> tuple[list[Sent], float]:
+    try:
+        ready.wait()  # every writer connected and warmed up
+        start.value = time.monotonic() + 0.1
+        go.wait()
+    except threading.BrokenBarrierError:
+        raise BenchmarkError(f"writers: one failed to start: {_first_error(results)}") from None
+    sent: list[Sent] = []
+    cpu = 0.0
+    for _ in range(count):
+        kind, value, *spent = results.get(timeout=seconds + 120)
+        if kind != "sent":
+            raise BenchmarkError(f"writers: {value}")
+        sent += [Sent(*item) for item in value]
+        cpu += spent[0]
+    return sent, cpu
+
+
+def _first_error(results: Any) -> str:
+    try:
+        return str(results.get(timeout=5)[1])
+    except queue.Empty:
+        return "no error reported (killed?)"

@@ -31,6 +31,7 @@ bench: $(BIN)/outboxkit
 	$(BIN)/python -m bench b2
 	$(BIN)/python -m bench b3 --wakeup
 	$(BIN)/python -m bench b4
+	$(BIN)/python -m bench b5
 	$(BIN)/python -m bench plot
 
 ## The long proof: 30 minutes of workload and faults (Kafka and PostgreSQL restarts too), then verify.

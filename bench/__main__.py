@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-from bench import b1, b2, b3, b4
+from bench import b1, b2, b3, b4, b5
 from bench.host import describe, host_facts
 from bench.pg import Endpoints
 from bench.report import BenchmarkError, Options, Report, markdown, run_facts, write_json
@@ -48,6 +48,7 @@ BENCHMARKS = {
     "b2": Benchmark(b2.TITLE, b2.run, Defaults(5.0, MIN_REPS), QUICK),  # drains: --seconds unused
     "b3": Benchmark(b3.TITLE, b3.run, Defaults(10.0, MIN_REPS), Defaults(2.0, 1)),
     "b4": Benchmark(b4.TITLE, b4.run, Defaults(5.0, MIN_REPS), QUICK),  # drains: --seconds unused
+    "b5": Benchmark(b5.TITLE, b5.run, Defaults(10.0, MIN_REPS), Defaults(2.0, 1)),
 }
 RESULTS = Path(__file__).parent / "results"
 N = TypeVar("N", int, float)

@@ -33,13 +33,11 @@ from functools import partial
 from pathlib import Path
 
 import duckdb
-from sqlalchemy import create_engine, make_url
-from sqlalchemy.pool import NullPool
 
 from bench import sinking
 from bench.drain import Drained, Plan, Sizes
 from bench.kafka import broker_facts, run_topics
-from bench.pg import Endpoints, server_facts
+from bench.pg import Endpoints, server_facts_at
 from bench.report import BenchmarkError, Goal, Options, Report, Table, Targets, ThreeWay
 from bench.sinking import Target
 from bench.stream import COLUMNS, CONFLICTS, Stream, produce
@@ -102,7 +100,7 @@ def run(endpoints: Endpoints, options: Options) -> Report:
     plan, kafka = Plan.of(options, SIZES), endpoints.kafka
     conflicts = options.conflicts or ((DEFAULT_CONFLICTS,) if options.quick else CONFLICTS)
     tune_gc()  # as `outboxkit sink run` does; process-wide, so every variant runs with it alike
-    server = _server_facts(endpoints.pg_url)
+    server = server_facts_at(endpoints.pg_url)
     versions = {"postgresql": server["server_version"], "duckdb": duckdb.__version__}
     comparisons, streams = [], []
     with (
@@ -232,14 +230,6 @@ def _check_columns(variant: str, target: Target) -> None:
             f"{variant}: the table's columns are {found}, not {list(COLUMNS)}: the variants "
             "would not load the same rows"
         )
-
-
-def _server_facts(pg_url: str) -> dict[str, str]:
-    engine = create_engine(make_url(pg_url).set(drivername="postgresql+psycopg"), poolclass=NullPool)
-    try:
-        return server_facts(engine)
-    finally:
-        engine.dispose()
 
 
 def _report(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import URL, Engine, create_engine, make_url, text
@@ -26,6 +27,7 @@ class Endpoints(BaseSettings):
 
     pg_url: str = "postgresql://outboxkit@127.0.0.1:55432/outboxkit"
     kafka_bootstrap: str = "127.0.0.1:19092"
+    state_dir: Path = Path("/var/tmp/outboxkit")  # noqa: S108 - where scripts/services keeps its pids
 
     @property
     def kafka(self) -> KafkaSettings:
@@ -59,3 +61,12 @@ def server_facts(engine: Engine) -> dict[str, str]:
             setting: str(conn.exec_driver_sql(f"SHOW {setting}").scalar_one())
             for setting in ("server_version", "fsync", "synchronous_commit", "shared_buffers")
         }
+
+
+def server_facts_at(server_url: str) -> dict[str, str]:
+    """`server_facts` of the server at `server_url`, on a connection of its own."""
+    engine = create_engine(make_url(server_url).set(drivername="postgresql+psycopg"), poolclass=NullPool)
+    try:
+        return server_facts(engine)
+    finally:
+        engine.dispose()

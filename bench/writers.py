@@ -68,8 +68,9 @@ def write(schedule: Schedule, ready: Any, go: Any, start: Any, results: Any) -> 
         _warm_up(engine, schedule.topic)
         ready.wait()
         go.wait()
+        cpu = time.process_time()
         sent = _send(schedule, start.value, engine)
-        results.put(("sent", sent, time.process_time()))
+        results.put(("sent", sent, time.process_time() - cpu))
     except BaseException as exc:
         ready.abort()
         go.abort()
@@ -121,7 +122,7 @@ def needed(rate: float) -> int:
 
 def write_all(url: str, topic: str, rate: float, events: int) -> tuple[list[Sent], float]:
     """Run the schedule on `ceil(rate / PER_WRITER)` spawned writer processes; return what they
-    committed and the CPU seconds they spent (their whole life: warm-up included)."""
+    committed and the CPU seconds they spent on it (start-up and warm-up not counted)."""
     count = needed(rate)
     context = multiprocessing.get_context("spawn")
     ready, go = context.Barrier(count + 1, timeout=120), context.Barrier(count + 1, timeout=120)

@@ -254,3 +254,18 @@ def test_b4_refuses_a_figure_when_the_table_misses_a_key(pg_database: str, kafka
     options = Options(seconds=1, reps=1, clients=(1,), quick=True, rows=1000, naive_rows=20)
     with pytest.raises(BenchmarkError, match=r"B4 outboxkit/postgresql: .* for 100 keys \([1-9]\d* missing"):
         b4.run(Endpoints(pg_url=pg_database, kafka_bootstrap=kafka.bootstrap_servers), options)
+
+
+def test_b5_quick_runs_the_whole_pipeline_as_processes_and_splits_its_cpu(
+    pg_database: str, kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    results = tmp_path / "b5.json"
+    stdout = _run_quick("b5", results, pg_database, kafka)
+    assert "| B5 pipeline, 200 events/s offered" in stdout
+    [result] = json.loads(results.read_text())["results"]
+    [run] = result["runs"]  # --quick: one repetition of 200 events/s for 2 s, all of them landed
+    assert run["events"] == 400
+    for component in ("writers", "relay", "sink", "postgresql"):  # each measured, each did work
+        assert run["cpu"][component] > 0, component
+    external = "OUTBOXKIT_KAFKA_BOOTSTRAP" in os.environ  # a broker that is not the local service
+    assert (run["cpu"]["kafka"] is None) == external

@@ -26,7 +26,7 @@ from outboxkit import __version__
 from relay import ExitCode, RelayError, RelaySettings, relay_from_settings
 from relay.status import relay_status
 from sink import SinkError, SinkSettings, sink_from_settings
-from sink.replay import replay
+from sink.replay import replay, skip
 from sink.run import tune_gc
 from sink.status import sink_status
 from verify import VerifySettings, verify
@@ -145,6 +145,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--topic", action="append", help="only this topic (repeatable; default: all)")
     replay.add_argument("--partition", type=int, help="only this partition")
+    skip = groups["sink"].add_parser(
+        "skip",
+        help="accept a gap: move a stopped partition's stored offset forward (gives up what is before)",
+    )
+    skip.add_argument("--topic", required=True)
+    skip.add_argument("--partition", type=int, required=True)
+    skip.add_argument("--to-offset", type=int, required=True, help="the first offset to read again")
     return parser
 
 
@@ -189,6 +196,10 @@ def _sink(args: argparse.Namespace) -> int:
     if args.action == "status":
         report = sink_status(settings)
         print(report.to_json() if args.json else report.render())
+    elif args.action == "skip":
+        now = skip(settings, args.topic, args.partition, args.to_offset)
+        stored = "none (nothing to skip)" if now is None else now
+        print(f"{args.topic}[{args.partition}]: stored offset {stored}; restart the sink to read on from it")
     elif args.action == "replay":
         moved = replay(
             settings,

@@ -7,6 +7,8 @@
   that value (compare-and-set), so a partition written meanwhile by another instance is re-read.
 * A partition can be stopped (an incompatible record): it is paused where it is and its offset
   stays, until the sink restarts.
+* A stored offset Kafka no longer holds (deleted by retention before the sink read it, or a
+  topic re-created) is never jumped over: it is reported as a gap, and the partition stops there.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class WarehouseConsumer:
         self._at_end: dict[Where, bool] = {}
         self.positions: dict[Where, int | None] = {}  # next offset as stored; None: no row yet
         self.stopped: set[Where] = set()
+        self.gaps: dict[Where, tuple[int, str]] = {}  # found, not yet recorded: offset, reason
         self._consumer = Consumer(
             kafka.client_config(
                 {
@@ -63,7 +66,8 @@ class WarehouseConsumer:
                     "isolation.level": "read_committed",
                     "enable.auto.commit": False,
                     "enable.auto.offset.store": False,
-                    "auto.offset.reset": "earliest",
+                    # A stored offset Kafka no longer holds is a gap to report, never a jump.
+                    "auto.offset.reset": "error",
                     "enable.partition.eof": True,
                 }
             )
@@ -100,11 +104,31 @@ class WarehouseConsumer:
                 if where in self.positions:  # an end reported for a partition no longer ours: ignore
                     log.debug("%s[%d] read to its end, offset %s", *where, message.offset())
                     self._at_end[where] = True
+            elif error.code() == KafkaError._AUTO_OFFSET_RESET:
+                if where in self.positions and where not in self.stopped:
+                    self.gaps[where] = (message.offset() or 0, self._gap(where, message.offset() or 0))
             elif error.fatal():
                 raise SinkError(f"fatal Kafka consumer error: {error.str()}")
             else:
                 log.warning("Kafka consumer error (librdkafka retries it): %s", error.str())
         return records
+
+    def _gap(self, where: Where, offset: int) -> str:
+        """Why Kafka has no record at the stored offset, and what the operator can do."""
+        low, high = self._consumer.get_watermark_offsets(TopicPartition(*where), timeout=10)
+        topic, partition = where
+        if offset < low:
+            return (
+                f"offsets {offset}-{low - 1} of {topic}[{partition}] were deleted by Kafka (retention) "
+                "before this sink read them: they cannot reach the warehouse from Kafka. Re-publish "
+                "them from the source if you can, then accept the gap with `outboxkit sink skip "
+                f"--topic {topic} --partition {partition} --to-offset {low}` and restart the sink"
+            )
+        return (
+            f"the warehouse's offset {offset} is past the end of {topic}[{partition}] ({high}): was the "
+            "topic deleted and re-created? If so, `outboxkit sink replay --topic "
+            f"{topic} --partition {partition} --from-offset 0` and restart the sink"
+        )
 
     def advanced(self, moves: dict[Where, tuple[int | None, int]]) -> None:
         """The warehouse committed `moves`: remember the new stored offsets."""

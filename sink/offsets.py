@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import ColumnElement, Connection, and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sink.errors import PartitionMovedError
@@ -60,14 +60,21 @@ def rewind(
         current = stored.get((topic, partition))
         if current is None or current <= target:
             continue  # nothing consumed past the target yet: nothing to replay
-        conn.execute(
-            update(offsets)
-            .where(
-                and_(
-                    offsets.c.group_id == group_id, offsets.c.topic == topic, offsets.c.partition == partition
-                )
-            )
-            .values(next_offset=target)
-        )
+        conn.execute(update(offsets).where(_row(group_id, (topic, partition))).values(next_offset=target))
         result[(topic, partition)] = target
     return result
+
+
+def skip(conn: Connection, group_id: str, where: TopicPartition, to: int) -> int | None:
+    """Move one stored offset forward to `to` (never back): the operator gives up the records
+    before it. Returns the offset now stored, None if the group has none for that partition."""
+    stored = load(conn, group_id, {where[0]}).get(where)
+    if stored is None or stored >= to:
+        return stored
+    conn.execute(update(offsets).where(_row(group_id, where)).values(next_offset=to))
+    return to
+
+
+def _row(group_id: str, where: TopicPartition) -> ColumnElement[bool]:
+    """The stored offset of one group's partition."""
+    return and_(offsets.c.group_id == group_id, offsets.c.topic == where[0], offsets.c.partition == where[1])

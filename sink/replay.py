@@ -39,3 +39,11 @@ def replay(
             targets = dict.fromkeys(wheres, from_offset or 0)
     with warehouse(settings) as engine, engine.begin() as conn:
         return offsets.rewind(conn, settings.group_id, targets)
+
+
+def skip(settings: SinkSettings, topic: str, partition: int, to_offset: int) -> int | None:
+    """Accept a gap: move one partition's stored offset forward (see `offsets.skip`)."""
+    if topic not in settings.topics:
+        raise ValueError(f"topic {topic} is not in this sink's tables")
+    with warehouse(settings) as engine, engine.begin() as conn:
+        return offsets.skip(conn, settings.group_id, (topic, partition), to_offset)

@@ -10,6 +10,7 @@ linked to the spans the events were written in.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
@@ -25,7 +26,7 @@ from sink.batch import Policy, Refusals, assemble
 from sink.consumer import WarehouseConsumer
 from sink.errors import PartitionMovedError, RecordsRefusedError, WarehouseError
 from sink.mapping import TableMapping
-from sink.records import headers_of, source_of
+from sink.records import DeadLetter, Raw, Source, headers_of, source_of
 from sink.writer import Batch, Outcome, SinkWriter
 
 log = logging.getLogger("outboxkit.sink")
@@ -85,6 +86,7 @@ class Sink:
         try:
             while not should_stop():
                 messages = self._consumer.poll(self._batch_size, self._poll_timeout)
+                self._stop_at_gaps(should_stop)
                 self._settle(messages, should_stop)
                 self._lag = self._consumer.lag()  # here: the consumer is not for the metrics thread
                 if drain and not messages and self._consumer.caught_up():
@@ -138,6 +140,19 @@ class Sink:
         self._count(len(messages), outcome)
         self.health.beat(ok=not self._consumer.stopped)  # a halted partition needs an operator
         return True
+
+    def _stop_at_gaps(self, should_stop: Callable[[], bool]) -> None:
+        """Partitions whose stored offset Kafka no longer holds stop there, recorded with the reason
+        (as a stop without a record), so status, metrics and /readyz show them: nothing is skipped."""
+        while self._consumer.gaps:
+            where, (offset, reason) = self._consumer.gaps.popitem()
+            source = Source(*where, offset=offset, timestamp_ms=int(time.time() * 1000))
+            letter = DeadLetter(source, Raw(key=None, value=None, headers=()), reason, stop=True)
+            if self._write(Batch(dead_letters=[letter]), should_stop) is None:
+                continue  # the partition moved to another instance: it meets the gap there
+            log.error("%s[%d] stopped at offset %d: %s", *where, offset, reason)
+            self._consumer.stop(where)
+            self.health.beat(ok=False)
 
     def _isolate(
         self,

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import Message, TopicPartition
+from confluent_kafka.admin import AdminClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -249,6 +250,35 @@ def test_status_shows_offsets_lag_tables_dead_letters_and_stops(
     ]
     human = cli(config, "status")
     assert f"{topic}[0]: stored 3, end 5, lag 2; STOPPED: incompatible schema change" in human
+
+
+def test_records_kafka_deleted_before_the_sink_read_them_stop_their_partition_until_the_gap_is_accepted(
+    kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names
+) -> None:
+    config = settings(kafka, warehouse_url, unique_name("g"), [TableMapping(topic=topic, table="t")])
+    publish(kafka, [message(topic, n, key=f"k{n}") for n in range(3)])
+    drain(config)  # offsets 0-2 landed; the warehouse stores 3 for partition 0
+    publish(kafka, [message(topic, n, key=f"k{n}") for n in range(3, 6)])
+    admin = AdminClient(kafka.client_config())
+    for done in admin.delete_records([TopicPartition(topic, 0, 5)]).values():
+        done.result()  # retention, in effect: offsets 3 and 4 are gone before the sink read them
+
+    stats = drain(config)
+
+    assert stats.received == 0  # record 5 waits behind the gap: nothing is jumped over
+    assert rows(warehouse_url, "SELECT _key FROM t ORDER BY 1") == [("k0",), ("k1",), ("k2",)]
+    report = json.loads(cli(config, "status", "--json"))
+    [stopped] = [p for p in report["partitions"] if p["partition"] == 0]
+    assert stopped["stored"] == 3
+    assert stopped["stopped"].startswith(f"offsets 3-4 of {topic}[0] were deleted by Kafka (retention)")
+    assert f"outboxkit sink skip --topic {topic} --partition 0 --to-offset 5" in stopped["stopped"]
+
+    assert "stored offset 5" in cli(config, "skip", "--topic", topic, "--partition", "0", "--to-offset", "5")
+    drain(config)  # the operator accepted the gap: the sink reads on from 5
+
+    assert rows(warehouse_url, "SELECT _key FROM t ORDER BY 1") == [("k0",), ("k1",), ("k2",), ("k5",)]
+    [running] = [p for p in json.loads(cli(config, "status", "--json"))["partitions"] if p["partition"] == 0]
+    assert (running["stored"], running["stopped"]) == (6, None)
 
 
 def test_replay_from_an_offset_or_a_time_changes_nothing_already_right(

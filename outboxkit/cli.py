@@ -284,7 +284,22 @@ def _demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="outboxkit-demo-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        report = run_demo(settings, workdir, sys.stdout, StopFlag())
+        try:
+            report = run_demo(settings, workdir, sys.stdout, StopFlag())
+        except SQLAlchemyError as exc:
+            print(
+                f"outboxkit demo: a database is not reachable ({str(exc).splitlines()[0]}); for the "
+                "PostgreSQL options start it with `scripts/services up postgres` or set OUTBOXKIT_PG_URL",
+                file=sys.stderr,
+            )
+            return ExitCode.ERROR
+        except RelayError as exc:
+            print(
+                f"outboxkit demo: {exc}; is Kafka running? `scripts/services up kafka` starts the local one "
+                "(or set OUTBOXKIT_KAFKA_BOOTSTRAP)",
+                file=sys.stderr,
+            )
+            return ExitCode.ERROR
     return ExitCode.OK if report.ok else ExitCode.ERROR
 
 

@@ -119,3 +119,20 @@ def test_the_demo_runs_on_postgresql_as_app_database_and_as_warehouse(
         make_url(pg_database).set(database=name).render_as_string(False) for name in demo_databases
     )
     assert_warehouse_matches_app(app, warehouse)
+
+
+def test_the_demo_without_its_postgresql_says_how_to_start_it() -> None:
+    env = os.environ | {"OUTBOXKIT_DEMO_PG_URL": "postgresql://outboxkit@127.0.0.1:1/nowhere"}
+    result = subprocess.run(
+        [*DEMO, "--seconds", "1", "--app-db", "postgres"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert "a database is not reachable" in result.stderr
+    assert "scripts/services up postgres" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -7,7 +7,8 @@ breaks other relays:
 * **abortable** (`txn_requires_abort`): the transaction is aborted — nothing of it becomes
   visible — and `PublishAbortedError` tells the caller to re-send from its last checkpoint;
 * **fatal** (fenced by a newer instance, or anything librdkafka marks fatal): the producer is
-  unusable; `FencedError` / `KafkaFatalError` end the process with a named exit code.
+  unusable; `FencedError` ends the process with a named exit code (a zombie must stop), and
+  `KafkaFatalError` has the service start a new producer for the shard, as a restart would.
 
 One more case sits across them: a **record Kafka will never take** (larger than the topic or the
 producer allows, a topic the relay may not write, a record the broker calls invalid). Retrying
@@ -195,7 +196,7 @@ class TransactionalPublisher:
                 f"{self._transactional_id!r}. This instance must stop; its open transaction is aborted."
             )
         if error.fatal():
-            return KafkaFatalError(f"fatal Kafka error during {what}: {error.str()}; restart the relay")
+            return KafkaFatalError(f"fatal Kafka error during {what}: {error.str()}")
         if in_transaction:  # abortable, or a local error: either way nothing of it may become visible
             self._call(lambda: self._producer.abort_transaction(self._timeout), "abort_transaction")
             return PublishAbortedError(f"Kafka transaction aborted after {what} failed: {error.str()}")

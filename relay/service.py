@@ -177,9 +177,7 @@ class RelayService:
             self._held = frozenset()
         for shard in self._active.keys() - self._held:
             log.warning("no longer holds the lease of %s: stopped publishing it", shard)
-            gone = self._active.pop(shard)
-            gone.close()
-            self._retired.add(gone.stats)
+            self._retire(shard)
         for shard in sorted(self._held - self._active.keys()):
             try:
                 self._active[shard] = self._relay_for(shard)
@@ -206,13 +204,26 @@ class RelayService:
             except CaptureError as exc:
                 log.warning("cleanup postponed: %s", exc)
 
+    def _retire(self, shard: Shard) -> None:
+        gone = self._active.pop(shard)
+        gone.close()
+        self._retired.add(gone.stats)
+
     def _step_all(self) -> int | None:
         published = 0
-        for relay in list(self._active.values()):
+        for shard, relay in list(self._active.items()):
             try:
                 published += relay.step()
             except (CaptureError, PublishAbortedError) as exc:
                 relay.stats.aborted += isinstance(exc, PublishAbortedError)
                 log.warning("%s; retried after %.1fs", exc, self._backoff.wait())
+                return None
+            except KafkaFatalError as exc:
+                # The producer is unusable, the shard is not: it gets a new producer at the next
+                # lease refresh, as a restarted process would (which fences the old epoch and
+                # resumes from the checkpoint). Seen when the broker restarts mid-transaction.
+                log.warning("%s; %s gets a new producer after %.1fs", exc, shard, self._backoff.wait())
+                self._retire(shard)
+                self._next_refresh = 0.0
                 return None
         return published

@@ -6,6 +6,7 @@ its start and read up to its end as it stands when the check begins, read_commit
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,6 +20,9 @@ from outbox.envelope import (
     HEADER_EVENT_TYPE,
 )
 from outbox.kafka_settings import KafkaSettings
+
+# What a partition answers while its leader moves (a broker restarting): asked again, not an error.
+_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TRANSPORT}
 
 
 class VerifyError(Exception):
@@ -69,9 +73,23 @@ def _ends(consumer: Consumer, topics: Iterable[str], timeout: float) -> dict[tup
         if metadata.error is not None:
             raise VerifyError(f"topic {topic!r}: {metadata.error.str()}")
         for partition in metadata.partitions:
-            _, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
-            ends[(topic, partition)] = end
+            ends[(topic, partition)] = _end(consumer, TopicPartition(topic, partition), timeout)
     return ends
+
+
+def _end(consumer: Consumer, where: TopicPartition, timeout: float) -> int:
+    """The partition's end, asked again while the broker says it is moving (a restart, a new leader)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(where, timeout=timeout)[1])
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if (not error.retriable() and error.code() not in _MOVING) or time.monotonic() > deadline:
+                raise VerifyError(
+                    f"cannot read the end of {where.topic}[{where.partition}]: {error.str()}"
+                ) from exc
+            time.sleep(0.5)
 
 
 def _read(consumer: Consumer, pending: set[tuple[str, int]], timeout: float) -> list[Seen]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import create_engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from outbox import OutboxSettings, schema
 from outbox.kafka_settings import KafkaSettings
@@ -31,6 +32,7 @@ from outboxkit.databases import committed_events, create_database, drop_database
 from outboxkit.writers import FAILED
 from relay.topics import ensure_topic
 from verify import Findings, VerifySettings, verify
+from verify.kafka import VerifyError
 
 PAUSE = 5.0  # seconds a paused relay sleeps: past its lease timeout (3 s) and its transaction timeout
 
@@ -187,10 +189,16 @@ def _drained(settings: ChaosSettings, stage: Stage, log: Callable[[str], None]) 
     )
     deadline = time.monotonic() + settings.drain_timeout
     while True:
-        findings = verify(check)
-        if (findings.ok and not findings.pending) or time.monotonic() > deadline:
-            return findings
-        log(f"draining: {findings.pending} pending, {findings.counts}")
+        try:
+            findings = verify(check)
+        except (VerifyError, SQLAlchemyError) as exc:  # a service the last fault restarted, settling
+            if time.monotonic() > deadline:
+                raise
+            log(f"draining: cannot check yet ({str(exc).splitlines()[0]})")
+        else:
+            if (findings.ok and not findings.pending) or time.monotonic() > deadline:
+                return findings
+            log(f"draining: {findings.pending} pending, {findings.counts}")
         time.sleep(3)
 
 

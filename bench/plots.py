@@ -20,7 +20,6 @@ import matplotlib.pyplot as plt
 # Per benchmark: the variants drawn side by side, in order, and what tells its groups apart.
 VARIANTS = ("baseline", "outbox", "naive", "ceiling", "outboxkit")
 GROUPS = ("warehouse", "conflicts", "clients", "batch_size")
-PERCENTILES = ("p50", "p95", "p99")
 
 
 def plot(results: Path, out: Path) -> list[Path]:
@@ -31,10 +30,37 @@ def plot(results: Path, out: Path) -> list[Path]:
     bars = {name: doc for name, doc in documents.items() if _variants(doc["results"][0])}
     if bars:
         written.append(_throughput(bars, out / "throughput.png"))
-    latency = {name: doc for name, doc in documents.items() if "runs" in doc["results"][0]}
+    latency = {name: doc for name, doc in documents.items() if "poll_interval" in doc["results"][0]}
     if latency:
         written.append(_latency(latency, out / "latency.png"))
+    split = {name: doc for name, doc in documents.items() if "writers_ms_per_1k_median" in doc["results"][0]}
+    if split:
+        written.append(_cpu(split, out / "cpu.png"))
     return written
+
+
+def _cpu(documents: dict[str, dict[str, Any]], path: Path) -> Path:
+    """B5: CPU per 1,000 events by component, one bar per offered rate."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    results = [result for document in documents.values() for result in document["results"]]
+    components = [
+        key.removesuffix("_ms_per_1k_median") for key in results[0] if key.endswith("_ms_per_1k_median")
+    ]
+    for n, result in enumerate(results):
+        bottom = 0.0
+        for m, component in enumerate(components):
+            value = result[f"{component}_ms_per_1k_median"] or 0.0
+            axis.bar(n, value, 0.6, bottom=bottom, color=f"C{m}", label=component if n == 0 else None)
+            bottom += value
+    axis.set_xticks(range(len(results)), [f"{result['offered']:,.0f} events/s offered" for result in results])
+    axis.set_ylabel("CPU ms per 1,000 events")
+    axis.set_title("B5 whole pipeline: where the CPU goes")
+    axis.legend(fontsize="small")
+    figure.suptitle(_machine(next(iter(documents.values()))))
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 def _variants(result: dict[str, Any]) -> list[str]:
@@ -54,7 +80,7 @@ def _throughput(documents: dict[str, dict[str, Any]], path: Path) -> Path:
             high = [spread[-1] - median for median, spread in zip(medians, values, strict=True)]
             positions = [group + (n - (len(variants) - 1) / 2) * width for group in range(len(results))]
             axis.bar(positions, medians, width, yerr=[low, high], capsize=3, label=variant)
-        axis.set_xticks(range(len(results)), [_group(result) for result in results])
+        axis.set_xticks(range(len(results)), [_group(result) for result in results], fontsize="small")
         spread = [value for result in results for variant in variants for value in result[variant]]
         if max(spread) > 20 * min(spread):  # naive and ceiling differ by orders of magnitude
             axis.set_yscale("log")
@@ -69,14 +95,19 @@ def _throughput(documents: dict[str, dict[str, Any]], path: Path) -> Path:
 
 
 def _latency(documents: dict[str, dict[str, Any]], path: Path) -> Path:
+    """B3: per variant, p50 (dotted) and p99 (solid) of commit -> visible against the offered rate."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
+    variants: dict[str, list[dict[str, Any]]] = {}
     for document in documents.values():
         for result in document["results"]:
-            label = f"poll {result['poll_interval']} s" + (", wake-up" if result["wakeup"] else "")
-            offered = sorted({run["offered"] for run in result["runs"]})
-            for style, percentile in zip((":", "--", "-"), PERCENTILES, strict=True):
-                values = [_median_at(result["runs"], rate, percentile) for rate in offered]
-                axis.plot(offered, values, style, marker="o", label=f"{label} {percentile}")
+            label = f"poll {result['poll_interval']} s" + (" + wake-up" if result["wakeup"] else "")
+            variants.setdefault(label, []).append(result)
+    for n, (label, results) in enumerate(variants.items()):
+        runs = [run for result in results for run in result["runs"]]
+        offered = sorted({run["offered"] for run in runs})
+        for style, percentile in ((":", "p50"), ("-", "p99")):
+            values = [_median_at(runs, rate, percentile) for rate in offered]
+            axis.plot(offered, values, style, color=f"C{n}", marker="o", label=f"{label} {percentile}")
     axis.set_xscale("log")
     axis.set_yscale("log")
     axis.set_xlabel("offered events/s (open loop)")
@@ -100,7 +131,9 @@ def _group(result: dict[str, Any]) -> str:
 
 
 def _label(key: str, value: object) -> str:
-    return f"{value:.0f} % key conflicts" if key == "conflicts" else f"{key.replace('_', ' ')} {value}"
+    if key == "conflicts":
+        return f"{value:.0f} % conflicts"
+    return str(value) if key == "warehouse" else f"{key.replace('_', ' ')} {value}"
 
 
 def _machine(document: dict[str, Any]) -> str:

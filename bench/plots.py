@@ -56,6 +56,11 @@ def _cpu(documents: dict[str, dict[str, Any]], path: Path) -> Path:
     axis.set_ylabel("CPU ms per 1,000 events")
     axis.set_title("B5 whole pipeline: where the CPU goes")
     axis.legend(fontsize="small")
+    return _save(figure, documents, path)
+
+
+def _save(figure: Any, documents: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Title the figure with the machine of its first results file, and write it."""
     figure.suptitle(_machine(next(iter(documents.values()))))
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -87,11 +92,7 @@ def _throughput(documents: dict[str, dict[str, Any]], path: Path) -> Path:
         axis.set_ylabel(results[0]["unit"])
         axis.set_title(f"{results[0]['benchmark']} ({name})")
         axis.legend(fontsize="small")
-    figure.suptitle(_machine(next(iter(documents.values()))))
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(figure, documents, path)
 
 
 def _latency(documents: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -114,11 +115,7 @@ def _latency(documents: dict[str, dict[str, Any]], path: Path) -> Path:
     axis.set_ylabel("commit -> visible to read_committed, ms")
     axis.set_title("B3 live latency")
     axis.legend(fontsize="x-small")
-    figure.suptitle(_machine(next(iter(documents.values()))))
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(figure, documents, path)
 
 
 def _median_at(runs: list[dict[str, Any]], rate: float, percentile: str) -> float:

@@ -103,23 +103,25 @@ LIVE = " WHERE NOT coalesce(_deleted, FALSE)"
 
 def _rows(conn: Connection, table: str, columns: list[str], where: str) -> dict[str, tuple[Any, ...]]:
     """Rows by their first column (as text, like Kafka keys), the others as a tuple."""
-    names = ", ".join(_quoted(conn, column) for column in columns)
-    try:
-        rows = conn.execute(text(f"SELECT {names} FROM {_quoted(conn, table)}{where}"))
-    except Exception:  # noqa: BLE001 - a state table without soft deletes has no _deleted column
-        conn.rollback()
-        rows = conn.execute(text(f"SELECT {names} FROM {_quoted(conn, table)}"))
-    return {str(row[0]): tuple(row[1:]) for row in rows}
+    query = f"SELECT {', '.join(_quoted(conn, column) for column in columns)} FROM {_quoted(conn, table)}"
+    return {str(row[0]): tuple(row[1:]) for row in _soft_deletes_or_not(conn, query + where, query)}
 
 
 def _state(conn: Connection, table: str) -> dict[str, tuple[int | None, bool]]:
     name = _quoted(conn, table)
-    try:
-        rows = conn.execute(text(f"SELECT _key, _version, _deleted FROM {name}"))
-    except Exception:  # noqa: BLE001 - a table without soft deletes has no _deleted column
-        conn.rollback()
-        rows = conn.execute(text(f"SELECT _key, _version, FALSE FROM {name}"))
+    rows = _soft_deletes_or_not(
+        conn, f"SELECT _key, _version, _deleted FROM {name}", f"SELECT _key, _version, FALSE FROM {name}"
+    )
     return {key: (version, bool(deleted)) for key, version, deleted in rows}
+
+
+def _soft_deletes_or_not(conn: Connection, query: str, without: str) -> list[tuple[Any, ...]]:
+    """`query`, or `without` where the table has no `_deleted` column (a table without soft deletes)."""
+    try:
+        return [tuple(row) for row in conn.execute(text(query))]
+    except Exception:  # noqa: BLE001 - which error a missing column raises differs per database
+        conn.rollback()
+        return [tuple(row) for row in conn.execute(text(without))]
 
 
 def _quoted(conn: Connection, name: str) -> str:

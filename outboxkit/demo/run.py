@@ -163,9 +163,12 @@ class Progress:
     def until(self, done: Callable[[], bool], *, until_caught_up: bool = False) -> Counts:
         while True:
             time.sleep(min(self._every, 0.2))
+            finished, due = done(), time.monotonic() - self._last[0] >= self._every
+            if not (finished or due or until_caught_up):
+                continue  # the counts query the app database: only when they are shown or awaited
             counts = self._counts()
-            finished = done() or (until_caught_up and counts.caught_up)
-            if finished or time.monotonic() - self._last[0] >= self._every:
+            finished = finished or (until_caught_up and counts.caught_up)
+            if finished or due:
                 self._line(counts)
             if finished:
                 return counts

@@ -27,6 +27,19 @@ def services(*args: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def outboxkit(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`outboxkit <args>` as a process of this checkout, with `env` added; its outcome, output kept."""
+    return subprocess.run(
+        [sys.executable, "-m", "outboxkit.cli", *args],
+        cwd=ROOT,
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @contextmanager
 def stopped(service: str) -> Iterator[None]:
     """The `scripts/services` instance of `service` is down for the block, and up again after."""

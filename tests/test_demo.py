@@ -22,6 +22,7 @@ from sqlalchemy import make_url
 from outbox.kafka_settings import KafkaSettings
 from outboxkit.databases import drop_database, server
 from tests.helpers import rows
+from tests.processes import outboxkit
 
 DEMO = [sys.executable, "-m", "outboxkit.cli", "demo"]
 PROGRESS = re.compile(r"^\s+\d+s\s+[\d,]+\s+[\d,]+\s+[\d,]+")  # time, written, published, landed
@@ -98,18 +99,23 @@ def demo_databases(pg_database: str) -> Iterator[tuple[str, str]]:
 def test_the_demo_runs_on_postgresql_as_app_database_and_as_warehouse(
     kafka: KafkaSettings, pg_database: str, demo_databases: tuple[str, str]
 ) -> None:
-    env = os.environ | {
+    env = {
         "OUTBOXKIT_KAFKA_BOOTSTRAP": kafka.bootstrap_servers,
         "OUTBOXKIT_DEMO_PG_URL": pg_database,
         "OUTBOXKIT_DEMO_PG_DATABASES": json.dumps(demo_databases),
     }
-    result = subprocess.run(
-        [*DEMO, "--seconds", "5", "--rate", "250", "--app-db", "postgres", "--warehouse", "postgres"],
+    result = outboxkit(
+        "demo",
+        "--seconds",
+        "5",
+        "--rate",
+        "250",
+        "--app-db",
+        "postgres",
+        "--warehouse",
+        "postgres",
         env=env,
-        capture_output=True,
-        text=True,
         timeout=180,
-        check=False,
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -122,15 +128,8 @@ def test_the_demo_runs_on_postgresql_as_app_database_and_as_warehouse(
 
 
 def test_the_demo_without_its_postgresql_says_how_to_start_it() -> None:
-    env = os.environ | {"OUTBOXKIT_DEMO_PG_URL": "postgresql://outboxkit@127.0.0.1:1/nowhere"}
-    result = subprocess.run(
-        [*DEMO, "--seconds", "1", "--app-db", "postgres"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = {"OUTBOXKIT_DEMO_PG_URL": "postgresql://outboxkit@127.0.0.1:1/nowhere"}
+    result = outboxkit("demo", "--seconds", "1", "--app-db", "postgres", env=env, timeout=60)
 
     assert result.returncode == 1
     assert "a database is not reachable" in result.stderr

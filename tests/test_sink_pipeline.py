@@ -7,9 +7,6 @@ its settings drains them, and the warehouse tables, dead letters and stored offs
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +37,7 @@ from sink.replay import replay
 from sink.run import by_topic
 from sink.writer import Batch, Outcome, SqlWriter
 from tests.helpers import rows
-from tests.processes import ROOT, get, metric
+from tests.processes import get, metric, outboxkit
 from tests.sinkkit import Settle, message, publish, tombstone
 
 Names = Callable[[str], str]
@@ -200,7 +197,7 @@ def test_with_policy_stop_a_bad_record_halts_only_its_partition_and_keeps_its_of
 
 
 def cli(config: SinkSettings, *args: str) -> str:
-    env = os.environ | {
+    env = {
         "OUTBOXKIT_SINK_WAREHOUSE_URL": config.warehouse_url.get_secret_value(),
         "OUTBOXKIT_SINK_GROUP_ID": config.group_id,
         "OUTBOXKIT_SINK_TABLES": json.dumps(
@@ -208,15 +205,7 @@ def cli(config: SinkSettings, *args: str) -> str:
         ),
         "OUTBOXKIT_SINK_KAFKA__BOOTSTRAP_SERVERS": config.kafka.bootstrap_servers,
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "outboxkit.cli", "--log-level", "WARNING", "sink", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = outboxkit("--log-level", "WARNING", "sink", *args, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 

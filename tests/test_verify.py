@@ -6,9 +6,7 @@ an aborted or rolled-back event that surfaced, a stale warehouse row.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from sqlalchemy import create_engine, insert, text
 from outbox import metadata as outbox_metadata
 from outbox.kafka_settings import KafkaSettings
 from outbox.table import outbox_table
-from tests.processes import ROOT
+from tests.processes import outboxkit
 from tests.sinkkit import message, publish
 from verify import Findings, VerifySettings, verify
 
@@ -239,22 +237,14 @@ def test_outboxkit_verify_exits_non_zero_on_a_violation_and_zero_when_clean(setu
     setup.warehouse(["a-v1", "a-v2", "a-v3", "b-v1"], {"a": 3, "b": 2})  # b-v2 never landed
 
     def run() -> subprocess.CompletedProcess[str]:
-        env = os.environ | {
+        env = {
             "OUTBOXKIT_VERIFY_KAFKA__BOOTSTRAP_SERVERS": setup.kafka.bootstrap_servers,
             "OUTBOXKIT_VERIFY_TOPICS": json.dumps([setup.topic]),
             "OUTBOXKIT_VERIFY_APP_DATABASE_URL": setup.app_url,
             "OUTBOXKIT_VERIFY_WAREHOUSE_URL": setup.warehouse_url,
             "OUTBOXKIT_VERIFY_LOG_TABLE": "log",
         }
-        return subprocess.run(
-            [sys.executable, "-m", "outboxkit.cli", "verify"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return outboxkit("verify", env=env)
 
     failing = run()
     assert failing.returncode == 1, failing.stderr

@@ -4,6 +4,7 @@ Standard library only, so the relay, the sink and any third-party consumer can i
 SQLAlchemy or pydantic. Everything that crosses Kafka is named here and nowhere else:
 
 * the record **key** is the aggregate key (UTF-8), so all events of one aggregate share a partition;
+  a composite primary key is encoded by `composite_key`;
 * the record **value** is the payload exactly as serialised at capture time (JSON by default);
 * the **headers** carry the event's identity (`outboxkit-event-id`, a time-ordered UUID), its type,
   aggregate, per-aggregate version and schema version, plus user headers such as W3C `traceparent`;
@@ -169,6 +170,23 @@ def partition_for(key: bytes, partitions: int) -> int:
     if partitions < 1:
         raise ValueError(f"a topic has at least one partition, not {partitions}")
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def composite_key(parts: Sequence[str]) -> str:
+    r"""The aggregate key of a primary key made of `parts`: one part as it is, several joined by `:`
+    with `\` and `:` inside a part escaped as `\\` and `\:`.
+
+    Unambiguous for a given number of parts (read left to right: `\` takes the next character as
+    it is, any other `:` ends a part), so `('x:y', 'z')` -> `x\:y:z` and `('x', 'y:z')` -> `x:y\:z`
+    stay two aggregates; joined plainly, both were `x:y:z`: one Kafka key, one version counter, one
+    warehouse row. The escape is escaped too, or the parts `a\`, `b:c` and the parts `a:b\`, `c`
+    would both be `a\:b\:c`. Escaping rather than, say, a JSON array, because every key without
+    `:` or `\` in its parts stays exactly as it was on the wire (same counter, partition and
+    warehouse row): only the keys that could collide change.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    return ":".join(part.replace("\\", "\\\\").replace(":", "\\:") for part in parts)
 
 
 def shard_key(key: str) -> int:

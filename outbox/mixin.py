@@ -32,6 +32,7 @@ from sqlalchemy import event, inspect
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, UOWTransaction
 
 from outbox import record
+from outbox.envelope import composite_key
 from outbox.errors import BulkOperationError, ConfigurationError
 from outbox.record import Draft
 from outbox.settings import OutboxSettings, settings_for
@@ -47,10 +48,10 @@ class Outbox:
 
     topic: where its events go (default `OutboxSettings.topic_template`, Debezium-style
     `outbox.event.<aggregate_type>`); aggregate_type: default the table name; key: attribute holding
-    the aggregate id (default the primary key, composite keys joined by ':'); payload: a pydantic
-    model built from the object, or the attribute names to include (default all columns);
-    created / updated / deleted: event type names, None to emit nothing for that operation
-    (default `<Class>Created`, ...); schema_version: carried in every event's headers.
+    the aggregate id (default the primary key; a composite one as `envelope.composite_key` encodes
+    it); payload: a pydantic model built from the object, or the attribute names to include (default
+    all columns); created / updated / deleted: event type names, None to emit nothing for that
+    operation (default `<Class>Created`, ...); schema_version: carried in every event's headers.
     """
 
     topic: str | None = None
@@ -171,7 +172,7 @@ def _aggregate_id(obj: OutboxMixin) -> str:
     identity = inspect(type(obj)).primary_key_from_instance(obj)
     if any(part is None for part in identity):
         raise ConfigurationError(f"{type(obj).__name__} has no primary key value to use as the aggregate id")
-    return ":".join(str(part) for part in identity)
+    return composite_key([str(part) for part in identity])
 
 
 def _columns(obj: OutboxMixin) -> list[str]:

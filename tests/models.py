@@ -60,6 +60,28 @@ class Thing(OutboxMixin, Base):
     note: Mapped[str | None] = mapped_column(Text, default=None)
 
 
+class Product(OutboxMixin, Base):
+    """A single-column text primary key: the aggregate id is that value exactly, `:` and all."""
+
+    __tablename__ = "products"
+    __outbox__ = Outbox(aggregate_type="product")
+
+    sku: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+
+
+class Stock(OutboxMixin, Base):
+    """A composite primary key: the aggregate id encodes both parts. Text, so length limits are
+    the outbox's own, not the business table's."""
+
+    __tablename__ = "stock"
+    __outbox__ = Outbox(aggregate_type="stock")
+
+    warehouse: Mapped[str] = mapped_column(Text, primary_key=True)
+    sku: Mapped[str] = mapped_column(Text, primary_key=True)
+    quantity: Mapped[int]
+
+
 class AuditLog(Base):
     """A model without the mixin: bulk statements on it stay allowed."""
 

@@ -28,6 +28,7 @@ from outbox import (
     PayloadTooLargeError,
     TopicError,
 )
+from outbox.table import versions_table
 from tests.conftest import PgSchema
 from tests.models import (
     AuditLog,
@@ -36,7 +37,9 @@ from tests.models import (
     Order,
     OrderShipped,
     PriceChanged,
+    Product,
     Shipment,
+    Stock,
     Thing,
     ThingFlagged,
 )
@@ -245,6 +248,39 @@ def test_a_domain_event_without_a_topic_lands_on_its_aggregates_topic_after_its_
     assert [(r.type, r.topic, r.aggregateversion) for r in rows] == [
         ("ThingCreated", "tenant-7.thing", 1),
         ("ThingFlagged", "tenant-7.thing", 2),  # same topic and key: in order with the row changes
+    ]
+
+
+# --- aggregate ids: one per primary key, unambiguous ----------------------------------------
+
+
+def test_composite_keys_whose_parts_hold_the_separator_or_the_escape_are_distinct_aggregates(
+    app: App,
+) -> None:
+    unit = app.unit()
+    unit.add(*(Stock(warehouse=w, sku=s, quantity=1) for w, s in [("x:y", "z"), ("x", "y:z")]))
+    unit.add(*(Stock(warehouse=w, sku=s, quantity=1) for w, s in [("a\\", "b:c"), ("a:b\\", "c")]))
+    unit.commit()
+
+    keys = [r"x\:y:z", r"x:y\:z", r"a\\:b\:c", r"a\:b\\:c"]  # each pair was one key: "x:y:z", "a\:b\:c"
+    assert [(r.aggregateid, r.key, r.aggregateversion) for r in app.rows()] == [(k, k, 1) for k in keys]
+    with app.engine.connect() as conn:
+        counters = conn.execute(select(versions_table.c.aggregateid, versions_table.c.version))
+        assert sorted(counters) == sorted((k, 1) for k in keys)
+
+
+def test_single_column_keys_are_the_value_as_it_is_and_plain_composite_parts_are_joined_by_a_colon(
+    app: App,
+) -> None:
+    unit = app.unit()
+    unit.add(Product(sku=r"A:1\b", name="lamp"), Stock(warehouse="berlin", sku="A-1", quantity=3))
+    unit.publish(PriceChanged(sku=r"A:1\b", price=9.5))
+    unit.commit()
+
+    assert [(r.type, r.aggregateid, r.key, r.aggregateversion) for r in app.rows()] == [
+        ("ProductCreated", r"A:1\b", r"A:1\b", 1),
+        ("StockCreated", "berlin:A-1", "berlin:A-1", 1),
+        ("PriceChanged.v2", r"A:1\b", r"A:1\b", 2),  # a domain event of the same product aggregate
     ]
 
 

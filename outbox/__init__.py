@@ -9,6 +9,7 @@ from outbox.errors import (
     PayloadError,
     PayloadTooLargeError,
     TopicError,
+    ValueTooLongError,
 )
 from outbox.event import Event
 from outbox.mixin import Outbox, OutboxMixin
@@ -29,6 +30,7 @@ __all__ = [
     "PayloadError",
     "PayloadTooLargeError",
     "TopicError",
+    "ValueTooLongError",
     "metadata",
     "outbox_table",
     "publish",

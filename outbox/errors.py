@@ -25,6 +25,14 @@ class HeaderError(OutboxError):
     """A user header that collides with a reserved envelope header or is not text."""
 
 
+class ValueTooLongError(OutboxError):
+    """An aggregate type, aggregate id (key) or event type longer than its outbox column holds.
+
+    Refused on every database: PostgreSQL would fail the commit with a raw error, and SQLite, which
+    ignores column lengths, would store it, so an app tested on SQLite would break in production.
+    """
+
+
 class TopicError(OutboxError):
     """A topic name Kafka would reject."""
 

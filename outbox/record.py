@@ -13,16 +13,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
-from sqlalchemy import Connection
+from sqlalchemy import Connection, String
 
 from outbox.envelope import RESERVED_HEADERS, shard_key
-from outbox.errors import HeaderError, PayloadError, PayloadTooLargeError, TopicError
+from outbox.errors import HeaderError, PayloadError, PayloadTooLargeError, TopicError, ValueTooLongError
 from outbox.ids import new_event_id
 from outbox.settings import OutboxSettings
 from outbox.store import store
+from outbox.table import outbox_table
 from outbox.tracing import current_trace_headers
 
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# The outbox's text columns with a length, in characters as PostgreSQL counts them (outbox_versions
+# and outbox_quarantine have the same). SQLite ignores lengths, so outboxkit enforces them itself.
+_LIMITS = {
+    column.name: column.type.length
+    for column in outbox_table.columns
+    if isinstance(column.type, String) and column.type.length is not None
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +78,7 @@ def _row(draft: Draft, settings: OutboxSettings, trace: Mapping[str, str]) -> di
             "raise OUTBOXKIT_OUTBOX_MAX_PAYLOAD_BYTES together with Kafka's message.max.bytes"
         )
     key = draft.aggregate_id if draft.key is None else draft.key
-    return {
+    row = {
         "event_id": new_event_id(),
         "aggregatetype": draft.aggregate_type,
         "aggregateid": draft.aggregate_id,
@@ -82,6 +90,24 @@ def _row(draft: Draft, settings: OutboxSettings, trace: Mapping[str, str]) -> di
         "headers": json.dumps({**trace, **_checked_headers(draft.headers)}),
         "schema_version": draft.schema_version,
     }
+    _check_lengths(row, draft)
+    return row
+
+
+def _check_lengths(row: dict[str, Any], draft: Draft) -> None:
+    for name, limit in _LIMITS.items():
+        value = row[name]
+        if isinstance(value, str) and len(value) > limit:
+            raise ValueTooLongError(
+                f"the {_shortened(draft.event_type)!r} event of {_shortened(draft.aggregate_type)} "
+                f"{_shortened(draft.aggregate_id)}: its {name} is {len(value)} characters, above the limit "
+                f"of {limit} its outbox column holds on every database: shorten it (a key: point key= at "
+                "a shorter attribute, or key by a hash of it)"
+            )
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= 40 else f"{text[:40]}..."
 
 
 def serialise(payload: Any, draft: Draft) -> str:

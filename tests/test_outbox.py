@@ -22,11 +22,13 @@ import outbox
 from outbox import (
     SETTINGS_KEY,
     BulkOperationError,
+    Event,
     HeaderError,
     OutboxSettings,
     PayloadError,
     PayloadTooLargeError,
     TopicError,
+    ValueTooLongError,
 )
 from outbox.table import versions_table
 from tests.conftest import PgSchema
@@ -284,6 +286,14 @@ def test_single_column_keys_are_the_value_as_it_is_and_plain_composite_parts_are
     ]
 
 
+def test_a_key_of_255_characters_fits_counted_in_characters_not_bytes(app: App) -> None:
+    unit = app.unit()
+    unit.add(Product(sku="é" * 255, name="lamp"))  # 510 bytes in UTF-8
+    unit.commit()
+
+    assert [r.aggregateid for r in app.rows()] == ["é" * 255]
+
+
 # --- bad input fails inside the transaction, and takes the business rows with it -------------
 
 
@@ -328,6 +338,47 @@ def test_an_invalid_topic_is_refused_at_flush(app: App) -> None:
         unit.commit()
     unit.rollback()
     assert app.count(Customer) == 0
+    assert app.rows() == []
+
+
+class LongTyped(Event, topic="shop.prices", aggregate_type="product", key="sku", event_type="E" * 256):
+    sku: str
+
+
+class LongAggregated(Event, topic="shop.prices", aggregate_type="a" * 256, key="sku"):
+    sku: str
+
+
+@pytest.mark.parametrize(
+    ("event", "column"),
+    [
+        (PriceChanged(sku="s" * 256, price=1.0), "aggregateid"),
+        (LongTyped(sku="A-1"), "type"),
+        (LongAggregated(sku="A-1"), "aggregatetype"),
+    ],
+    ids=["key", "event-type", "aggregate-type"],
+)
+def test_a_value_longer_than_its_outbox_column_is_refused_with_the_business_rows_on_every_dialect(
+    app: App, event: Event, column: str
+) -> None:
+    unit = app.unit()
+    unit.add(Order(id=1, customer="ada", amount_cents=100))
+    with pytest.raises(ValueTooLongError, match=f"its {column} is 256 characters, above the limit of 255"):
+        unit.publish(event)
+    unit.rollback()
+    assert_nothing_committed(app)
+
+
+def test_a_composite_key_longer_than_the_outbox_holds_is_refused_at_flush(app: App) -> None:
+    unit = app.unit()
+    unit.add(Stock(warehouse="w" * 200, sku="s:" * 50, quantity=1))  # 200 + 1 + 150 with the escapes
+    with pytest.raises(
+        ValueTooLongError,
+        match=r"the 'StockCreated' event of stock w{40}\.\.\.: its aggregateid is 351 characters, above",
+    ):
+        unit.commit()
+    unit.rollback()
+    assert app.count(Stock) == 0
     assert app.rows() == []
 
 

@@ -22,6 +22,7 @@ def test_outbox_exports() -> None:
         "PayloadTooLargeError",
         "SETTINGS_KEY",
         "TopicError",
+        "ValueTooLongError",
         "metadata",
         "outbox_table",
         "publish",

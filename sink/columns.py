@@ -12,7 +12,7 @@ import datetime
 import decimal
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -91,6 +91,7 @@ def metadata_columns(mode: str) -> dict[str, Kind]:
 
 
 RESERVED = frozenset(metadata_columns("upsert")) | frozenset(metadata_columns("history"))
+_RESERVED_FOLDED = {name.casefold(): name for name in RESERVED}
 
 
 _KINDS_OF_JSON: Mapping[type, Kind | None] = {
@@ -130,14 +131,35 @@ def cell(value: Any) -> Any:
 
 
 def name_problem(name: str) -> str | None:
-    """Why a payload field cannot be a column, or None if it can."""
-    if name in RESERVED:
+    """Why a payload field cannot be a column, or None if it can. Names are compared without
+    case: DuckDB's are case-insensitive, and a table must take the same fields on every target."""
+    reserved = _RESERVED_FOLDED.get(name.casefold())
+    if reserved == name:
         return f"field {name!r} clashes with a column outboxkit adds (rename it in the producer)"
+    if reserved is not None:
+        return (
+            f"field {name!r} clashes with {reserved!r}, a column outboxkit adds (names are compared "
+            "without case): rename it in the producer"
+        )
     if not name or len(name.encode(errors="replace")) > MAX_NAME:
         return f"field name {name[:80]!r} is empty or longer than {MAX_NAME} bytes"
     if not name.isprintable() or name.encode(errors="ignore").decode() != name:
         return f"field name {name[:80]!r} holds control characters or lone surrogates"
     return None
+
+
+def case_twin(names: Iterable[str], name: str, what: str = "column") -> str | None:
+    """Why `name` cannot join columns `names`: one of them differs from it only in case, which
+    DuckDB cannot tell apart (PostgreSQL could; the contract is what both hold)."""
+    folded = name.casefold()
+    twin = next((other for other in names if other.casefold() == folded), None)
+    if twin is None:
+        return None
+    return (
+        f"field {name!r} differs from {what} {twin!r} only in case, and column names must differ beyond "
+        "case on every warehouse: rename one in the producer, or map the topic through a model that "
+        f"names it otherwise (Field(alias={name!r}))"
+    )
 
 
 _PYTHON_KINDS: Mapping[type, Kind] = {
@@ -153,9 +175,9 @@ _PYTHON_KINDS: Mapping[type, Kind] = {
 
 def model_columns(model: type[BaseModel]) -> dict[str, Kind]:
     """Columns of a pydantic model's fields: `int | None` is an integer column, lists are JSON."""
-    columns = {}
+    columns: dict[str, Kind] = {}
     for name, field in model.model_fields.items():
-        problem = name_problem(name)
+        problem = name_problem(name) or case_twin(columns, name, "field")
         if problem is not None:
             raise ValueError(f"model {model.__name__}: {problem}")
         columns[name] = _annotation_kind(field.annotation)

@@ -384,6 +384,22 @@ def test_a_value_the_warehouse_refuses_is_found_in_its_batch_and_dead_lettered(
     assert reason.startswith("the warehouse refused it: ")
 
 
+def test_fields_that_differ_only_in_case_are_a_dead_letter_at_once_not_a_retried_batch(
+    kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names
+) -> None:
+    """DuckDB cannot hold `Name` and `name` as two columns: the sink says so when it derives the
+    columns, instead of retrying a CREATE TABLE the warehouse will always refuse."""
+    publish(
+        kafka, [message(topic, 0, key="a", payload={"Name": "x", "name": "y"}), message(topic, 1, key="b")]
+    )
+
+    stats = drain(settings(kafka, warehouse_url, unique_name("g"), [TableMapping(topic=topic, table="t")]))
+
+    assert (stats.applied, stats.dead_letters, stats.retries) == (1, 1, 0)
+    [(reason,)] = rows(warehouse_url, "SELECT reason FROM outboxkit_dead_letters")
+    assert reason.startswith("field 'name' differs from field 'Name' only in case")
+
+
 def test_a_replay_reaches_a_running_sink_at_its_next_batch(
     kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names
 ) -> None:

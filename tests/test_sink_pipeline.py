@@ -374,8 +374,9 @@ def test_a_value_the_warehouse_refuses_is_found_in_its_batch_and_dead_lettered(
     publish(kafka, [message(topic, n, key=f"k{n}", payload={"n": n}) for n in range(9)])
     publish(kafka, [message(topic, 9, key="huge", payload={"n": 2**63})])  # JSON allows it, BIGINT does not
     publish(kafka, [message(topic, n, key=f"k{n}", payload={"n": n}) for n in range(10, 16)])
+    typed = TableMapping(topic=topic, table="t", model=Order)  # n: int, a BIGINT column
 
-    stats = drain(settings(kafka, warehouse_url, unique_name("g"), [TableMapping(topic=topic, table="t")]))
+    stats = drain(settings(kafka, warehouse_url, unique_name("g"), [typed]))
 
     assert (stats.applied, stats.dead_letters) == (15, 1)
     assert rows(warehouse_url, "SELECT count(*) FROM t") == [(15,)]
@@ -431,7 +432,7 @@ def test_a_partition_that_moves_while_a_refused_value_is_isolated_loses_nothing(
         message(topic, 8, key="huge", payload={"n": 2**63})
     ]
     publish(kafka, records)
-    mappings, group = [TableMapping(topic=topic, table="t")], unique_name("g")
+    mappings, group = [TableMapping(topic=topic, table="t", model=Order)], unique_name("g")  # n: BIGINT
     writer = SqlWriter(warehouse, mappings)
     other = Settle(warehouse, mappings, group=group)  # the instance that takes the partition meanwhile
     real_write, moved = writer.write, []

@@ -8,7 +8,6 @@ newline-delimited file (JSON keeps NULL and '' apart, which CSV does not). A new
 
 from __future__ import annotations
 
-import decimal
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,7 @@ import psycopg
 from psycopg.sql import SQL, Identifier
 from sqlalchemy import Connection, text
 
-from sink.columns import SQL_TYPES, Kind
+from sink.columns import SQL_TYPES, Kind, to_json
 from sink.errors import WarehouseError
 
 Rows = Sequence[Sequence[Any]]  # in the order of the columns given with them
@@ -102,7 +101,7 @@ class DuckDBLoader:
         try:
             with os.fdopen(fd, "wb") as file:
                 for row in rows:
-                    file.write(orjson.dumps(dict(zip(names, row, strict=True)), default=_plain, option=LINE))
+                    file.write(to_json(dict(zip(names, row, strict=True)), LINE))
             types = ", ".join(
                 f"{_literal(name)}: '{SQL_TYPES['duckdb'][kind]}'" for name, kind in columns.items()
             )
@@ -128,13 +127,6 @@ LINE = orjson.OPT_APPEND_NEWLINE
 def _literal(name: str) -> str:
     """A column name as a SQL string literal (in read_json's column list)."""
     return "'" + name.replace("'", "''") + "'"
-
-
-def _plain(value: Any) -> Any:
-    """What orjson does not encode itself (it does datetimes)."""
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    raise TypeError(f"cannot load a {type(value).__name__} value")
 
 
 def loader_for(dialect: str, driver: str) -> Loader:

@@ -147,29 +147,29 @@ def _fields(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _widen(schema: TableSchema, fields: dict[str, Any]) -> str | None:
-    """Check `fields` against the inferred columns, adding new ones; a reason if they do not fit."""
+    """Check `fields` against the inferred columns, adding new ones and widening an integer column
+    that meets an integer beyond 64 bits; a reason if they do not fit (and then nothing changes)."""
     known = schema.columns
-    new = []
+    changes: dict[str, Kind] = {}
     for name, value in fields.items():
         kind = known.get(name)
         if kind is None:
-            problem = columns.name_problem(name) or _case_clash(known, name)
+            problem = (
+                columns.name_problem(name)
+                or columns.case_twin(known, name)
+                or columns.case_twin(changes, name, "field")
+            )
             if problem is not None:
                 return problem
             if value is not None:
-                new.append(name)
+                changes[name] = columns.kind_of(value) or Kind.TEXT
         elif not columns.fits(value, kind):
-            return f"field {name!r} holds {columns.kind_of(value)}, its column is {kind}"
-    for name in new:
-        known[name] = columns.kind_of(fields[name]) or Kind.TEXT
+            wider = columns.widened(value, kind)
+            if wider is None:
+                return f"field {name!r} holds {columns.kind_of(value)}, its column is {kind}"
+            changes[name] = wider
+    known.update(changes)
     return None
-
-
-def _case_clash(known: dict[str, Kind], name: str) -> str | None:
-    """DuckDB's names are case-insensitive: `Total` and `total` cannot both be columns anywhere."""
-    folded = name.casefold()
-    clash = next((column for column in known if column.casefold() == folded), None)
-    return None if clash is None else f"field {name!r} differs from column {clash!r} only in case"
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,7 +23,7 @@ from sink.errors import RecordsRefusedError, WarehouseError
 from sink.loaders import Loader, loader_for, quote
 from sink.mapping import Row, TableMapping, TableSchema
 from sink.merge import Held, Plan, Stamp
-from sink.records import DeadLetter
+from sink.records import DeadLetter, Raw
 from sink.tables import bookkeeping, catalog, deleted
 
 log = logging.getLogger("outboxkit.sink")
@@ -178,11 +178,33 @@ class SqlWriter:
                 table, rows, self._held(conn, mapping, rows), soft=mapping.deletes == "soft"
             )
             self._replace(conn, table, plan)
+        unheld = list(self._unheld(draft, plan.inserts))
+        if unheld:  # the batch is rolled back and settled again without them: load nothing now
+            plan.dead.extend(unheld)
+            return plan
         all_columns = columns.metadata_columns(mapping.mode) | draft.columns
         rows_in_order = _tuples(mapping.mode, list(draft.columns), plan.inserts, plan)
         self._loader.load(conn, table, all_columns, rows_in_order)
         self._remember_deleted(conn, table, plan.deleted)
         return plan
+
+    def _unheld(self, draft: TableSchema, rows: list[Row]) -> Iterator[DeadLetter]:
+        """Rows with a value their numeric column would round or refuse, as refusals that say so
+        (the batch is rolled back and they are settled as dead letters, per policy)."""
+        numeric = [name for name, kind in draft.columns.items() if kind is Kind.NUMERIC]
+        dialect = self._loader.dialect
+        for row in rows if numeric else ():
+            values = row.values
+            reason = next(
+                (
+                    f"field {name!r} {why}"
+                    for name in numeric
+                    if (why := columns.unheld(values.get(name), dialect))
+                ),
+                None,
+            )
+            if reason is not None:
+                yield DeadLetter(row.source, Raw(row.key.encode(), None, ()), reason, row.event_id)
 
     def _ensure(self, conn: Connection, mapping: TableMapping, draft: TableSchema) -> None:
         """Create the table, or add the draft's new columns (always nullable); then the catalogue.
@@ -198,7 +220,7 @@ class SqlWriter:
         self._loader.lock(conn, mapping.table)
         stored = _load_catalog(conn, mapping.table).get(mapping.table)
         if stored is not None:
-            draft.columns = {**stored.columns, **draft.columns}
+            draft.columns = columns.merged(stored.columns, draft.columns)
             draft.schema_version = max(stored.schema_version, draft.schema_version)
             if stored == draft:
                 return
@@ -212,9 +234,14 @@ class SqlWriter:
             f"CREATE TABLE IF NOT EXISTS {name} ({definitions}, PRIMARY KEY ({quote(conn, key)}))"
         )
         for column, kind in draft.columns.items():
-            if stored is None or column not in stored.columns:
+            before = None if stored is None else stored.columns.get(column)
+            if before is None:
                 conn.exec_driver_sql(
                     f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {quote(conn, column)} {self._types[kind]}"
+                )
+            elif (before, kind) in columns.WIDENINGS:  # lossless; PostgreSQL rewrites the table once
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {name} ALTER COLUMN {quote(conn, column)} SET DATA TYPE {self._types[kind]}"
                 )
         conn.execute(delete(catalog).where(catalog.c.table_name == mapping.table))
         conn.execute(

@@ -7,7 +7,10 @@ map -> one warehouse transaction with the offsets) and reads the real tables bac
 from __future__ import annotations
 
 import datetime
+import decimal
+import json
 import threading
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -222,6 +225,9 @@ class Thing(BaseModel):
     label: str | None = None
 
 
+TABLES = (("things", "upsert"), ("log", "append"))
+
+
 def test_a_model_mapping_types_the_columns_and_dead_letters_what_does_not_fit(warehouse: Engine) -> None:
     settle = Settle(warehouse, [TableMapping(topic="things", table="things", model=Thing)])
     outcome = settle(
@@ -258,9 +264,10 @@ def test_a_batch_written_from_a_stale_offset_is_refused_whole(warehouse: Engine)
 
 
 def test_a_warehouse_error_mid_batch_leaves_nothing_partial(warehouse: Engine) -> None:
-    settle = Settle(warehouse, [UPSERT, TableMapping(topic="things", table="log", mode="append")])
+    typed = [TableMapping(topic="things", table=table, mode=mode, model=Thing) for table, mode in TABLES]
+    settle = Settle(warehouse, typed)
     settle(message("things", 0, key="a"))
-    too_big = 2**63  # a JSON integer, but beyond BIGINT: the warehouse refuses it, after other rows
+    too_big = 2**63  # a JSON integer, but beyond the model's BIGINT: refused after other rows
 
     with pytest.raises(WarehouseError):
         settle(message("things", 1, key="b"), message("things", 2, key="c", payload={"n": too_big}))
@@ -269,7 +276,7 @@ def test_a_warehouse_error_mid_batch_leaves_nothing_partial(warehouse: Engine) -
 
 
 def test_a_value_the_warehouse_refuses_is_reported_as_data_not_as_an_outage(warehouse: Engine) -> None:
-    settle = Settle(warehouse, [UPSERT])
+    settle = Settle(warehouse, [TableMapping(topic="things", table="things", model=Thing)])
     with pytest.raises(WarehouseError) as refused:
         settle(message("things", 0, key="c", payload={"n": 2**63}))
     assert refused.value.data
@@ -284,9 +291,8 @@ def test_field_names_that_need_quoting_become_columns_and_case_twins_are_dead_le
 
     [row] = settle.rows("things")
     assert (row["it's"], row["50%"], row["select"], row["name"]) == (1, 2, 3, "x")
-    assert [letter.reason for letter in outcome.dead_letters] == [
-        "field 'Name' differs from column 'name' only in case"
-    ]
+    [letter] = outcome.dead_letters
+    assert letter.reason.startswith("field 'Name' differs from column 'name' only in case")
 
 
 def test_a_bad_record_with_a_long_event_id_is_still_a_dead_letter(warehouse: Engine) -> None:
@@ -381,3 +387,135 @@ def test_sinks_starting_together_on_a_new_warehouse_create_its_tables_once(wareh
     for thread in threads:
         thread.join(30)
     assert errors == []
+
+
+def kafka_holds(record_value: bytes | None) -> Any:
+    """A payload as Kafka holds it: every digit of every number, as Python's exact types."""
+    assert record_value is not None
+    return json.loads(record_value, parse_float=decimal.Decimal)
+
+
+def test_integers_beyond_64_bits_are_held_with_every_digit(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    records = [
+        message("things", 0, key="a", payload={"big": 2**70, "n": 1}),  # the first value makes the column
+        message("things", 1, key="b", payload={"big": 2**63 - 1, "n": 2**63}),  # n widens, big keeps
+        message("things", 2, key="c", payload={"big": -(2**63), "n": -(2**63) - 1}),
+        message("things", 3, key="d", payload={"big": 2**64, "n": 2**64 - 1}),
+    ]
+    settle(records[0])
+    outcome = settle(*records[1:])  # n was an integer column: it widens, keeping its rows
+
+    assert outcome.dead_letters == []
+    held = [(row["big"], row["n"]) for row in settle.rows("things")]
+    assert held == [(kafka_holds(r.value())["big"], kafka_holds(r.value())["n"]) for r in records]
+    assert all(type(value) is decimal.Decimal for row in held for value in row)  # not floats
+
+
+def test_json_fields_keep_every_digit_of_their_numbers(warehouse: Engine) -> None:
+    value = (
+        b'{"doc": {"big": 1180591620717411303424, "list": [18446744073709551616, -9223372036854775809],'
+        b' "precise": 0.1234567890123456789, "tiny": 1e-400, "plain": 0.5}}'
+    )
+    settle = Settle(warehouse, [UPSERT])
+    settle(message("things", 0, payload=value))
+
+    [row] = settle.rows("things")
+    assert json.loads(row["doc"], parse_float=decimal.Decimal) == kafka_holds(value)["doc"]
+
+
+def test_high_precision_json_numbers_are_held_exactly_or_refused_with_the_reason(warehouse: Engine) -> None:
+    """A number a double cannot hold (more than ~16 significant digits) is numeric, not float; a
+    genuine float stays a float. DuckDB's numeric column keeps 9 decimal places: beyond those it
+    is a dead letter that says so, never a rounded value."""
+    value = b'{"precise": 0.1234567890123456789, "whole": 123456789012345678901234.5, "ratio": 0.1}'
+    settle = Settle(warehouse, [UPSERT])
+    outcome = settle(message("things", 0, key="a", payload=value), message("things", 1, key="b"))
+
+    if warehouse.dialect.name == "duckdb":
+        assert [letter.reason for letter in outcome.dead_letters] == [
+            "field 'precise' holds 0.1234567890123456789, with 19 digits after the point; a numeric "
+            "column on duckdb (DECIMAL(38, 9)) keeps 9 (and 29 before it), and outboxkit never rounds: "
+            "round it in the producer, or use PostgreSQL, whose NUMERIC keeps every digit"
+        ]
+        assert [row["_key"] for row in settle.rows("things")] == ["b"]
+        return
+    row = settle.rows("things")[0]
+    assert (row["precise"], row["whole"]) == (kafka_holds(value)["precise"], kafka_holds(value)["whole"])
+    assert (type(row["ratio"]), row["ratio"]) == (float, 0.1)
+
+
+class Precise(BaseModel):
+    amount: decimal.Decimal
+    count: int | None = None
+
+
+def test_a_models_decimals_keep_every_digit_or_are_refused_with_the_reason(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [TableMapping(topic="things", table="things", model=Precise)])
+    as_number = b'{"amount": 0.1234567890123456789}'
+    outcome = settle(
+        message("things", 0, key="a", payload=as_number),
+        message("things", 1, key="b", payload={"amount": "0.1234567890123456789"}),
+        message("things", 2, key="c", payload={"amount": "12.5", "count": 3}),
+    )
+
+    amounts = [row["amount"] for row in settle.rows("things")]
+    if warehouse.dialect.name == "duckdb":
+        assert [letter.source.offset for letter in outcome.dead_letters] == [0, 1]
+        assert "with 19 digits after the point" in outcome.dead_letters[0].reason
+        assert amounts == [decimal.Decimal("12.5")]
+    else:
+        assert amounts == [kafka_holds(as_number)["amount"], decimal.Decimal("0.1234567890123456789"), 12.5]
+
+
+def test_a_value_beyond_a_numeric_columns_range_is_refused_with_the_reason(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    huge = 10**30 + 1  # 31 digits; a double would hold 1e30
+    outcome = settle(message("things", 0, key="a", payload={"n": huge}), message("things", 1, key="b"))
+
+    if warehouse.dialect.name == "duckdb":  # DECIMAL(38, 9): 29 digits before the point
+        assert [letter.reason for letter in outcome.dead_letters] == [
+            f"field 'n' holds {huge}, with 31 digits before the point; a numeric column on duckdb "
+            "(DECIMAL(38, 9)) keeps 29 (and 9 after it), and outboxkit never rounds: "
+            "round it in the producer, or use PostgreSQL, whose NUMERIC keeps every digit"
+        ]
+        assert [row["_key"] for row in settle.rows("things")] == ["b"]
+    else:
+        assert [row["n"] for row in settle.rows("things")] == [huge, 1]
+
+
+def test_fields_that_differ_only_in_case_are_a_dead_letter_on_every_warehouse(warehouse: Engine) -> None:
+    """DuckDB folds the case of names, PostgreSQL's quoted names keep it: the contract is the one
+    both can hold, so a table written to either takes the same records."""
+    settle = Settle(warehouse, [UPSERT, TableMapping(topic="things", table="versions", mode="history")])
+    outcome = settle(
+        message("things", 0, key="a", payload={"Name": "x", "name": "y"}),
+        message("things", 1, key="b", payload={"n": 1, "_Valid_From": "2024-01-01"}),
+        message("things", 2, key="c", payload={"n": 2}),
+    )
+
+    twins = (
+        "field 'name' differs from field 'Name' only in case, and column names must differ beyond "
+        "case on every warehouse: rename one in the producer, or map the topic through a model "
+        "that names it otherwise (Field(alias='name'))"
+    )
+    bookkeeping = (
+        "field '_Valid_From' clashes with '_valid_from', a column outboxkit adds (names are "
+        "compared without case): rename it in the producer"
+    )
+    assert [letter.reason for letter in outcome.dead_letters] == [
+        f"table things: {twins}; table versions: {twins}",
+        f"table things: {bookkeeping}; table versions: {bookkeeping}",
+    ]
+    assert [row["_key"] for row in settle.rows("things")] == ["c"]
+    assert [row["_key"] for row in settle.rows("versions")] == ["c"]
+
+
+class Twins(BaseModel):
+    Name: str
+    name: str
+
+
+def test_a_model_whose_fields_differ_only_in_case_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="model Twins: field 'name' differs from field 'Name' only in case"):
+        TableMapping(topic="things", table="things", model=Twins)

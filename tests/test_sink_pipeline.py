@@ -374,14 +374,31 @@ def test_a_value_the_warehouse_refuses_is_found_in_its_batch_and_dead_lettered(
     publish(kafka, [message(topic, n, key=f"k{n}", payload={"n": n}) for n in range(9)])
     publish(kafka, [message(topic, 9, key="huge", payload={"n": 2**63})])  # JSON allows it, BIGINT does not
     publish(kafka, [message(topic, n, key=f"k{n}", payload={"n": n}) for n in range(10, 16)])
+    typed = TableMapping(topic=topic, table="t", model=Order)  # n: int, a BIGINT column
 
-    stats = drain(settings(kafka, warehouse_url, unique_name("g"), [TableMapping(topic=topic, table="t")]))
+    stats = drain(settings(kafka, warehouse_url, unique_name("g"), [typed]))
 
     assert (stats.applied, stats.dead_letters) == (15, 1)
     assert rows(warehouse_url, "SELECT count(*) FROM t") == [(15,)]
     [(offset, reason)] = rows(warehouse_url, 'SELECT "offset", reason FROM outboxkit_dead_letters')
     assert offset == 9
     assert reason.startswith("the warehouse refused it: ")
+
+
+def test_fields_that_differ_only_in_case_are_a_dead_letter_at_once_not_a_retried_batch(
+    kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names
+) -> None:
+    """DuckDB cannot hold `Name` and `name` as two columns: the sink says so when it derives the
+    columns, instead of retrying a CREATE TABLE the warehouse will always refuse."""
+    publish(
+        kafka, [message(topic, 0, key="a", payload={"Name": "x", "name": "y"}), message(topic, 1, key="b")]
+    )
+
+    stats = drain(settings(kafka, warehouse_url, unique_name("g"), [TableMapping(topic=topic, table="t")]))
+
+    assert (stats.applied, stats.dead_letters, stats.retries) == (1, 1, 0)
+    [(reason,)] = rows(warehouse_url, "SELECT reason FROM outboxkit_dead_letters")
+    assert reason.startswith("field 'name' differs from field 'Name' only in case")
 
 
 def test_a_replay_reaches_a_running_sink_at_its_next_batch(
@@ -415,7 +432,7 @@ def test_a_partition_that_moves_while_a_refused_value_is_isolated_loses_nothing(
         message(topic, 8, key="huge", payload={"n": 2**63})
     ]
     publish(kafka, records)
-    mappings, group = [TableMapping(topic=topic, table="t")], unique_name("g")
+    mappings, group = [TableMapping(topic=topic, table="t", model=Order)], unique_name("g")  # n: BIGINT
     writer = SqlWriter(warehouse, mappings)
     other = Settle(warehouse, mappings, group=group)  # the instance that takes the partition meanwhile
     real_write, moved = writer.write, []

@@ -352,6 +352,41 @@ def test_metrics_and_probes_show_progress_dedupe_and_a_stopped_partition(
         thread.join(30)
 
 
+def test_lag_counts_records_left_to_apply_never_the_transaction_markers(
+    kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names, free_port: int
+) -> None:
+    relay = unique_name("tx")  # as the relay publishes: each transaction ends with a commit marker
+    publish(kafka, [message(topic, 0, key="a"), message(topic, 1, key="b")], transactional_id=relay)
+    publish(kafka, [message(topic, 0, key="c", partition=1)], transactional_id=relay)
+    config = settings(
+        kafka, warehouse_url, unique_name("g"), [TableMapping(topic=topic, table="t")], poison_policy="stop"
+    )
+    drain(config)
+
+    def lags() -> tuple[int, dict[int, int]]:
+        report = json.loads(cli(config, "status", "--json"))
+        return report["lag"], {p["partition"]: p["lag"] for p in report["partitions"]}
+
+    assert lags() == (0, {0: 0, 1: 0})  # applied everything: nothing behind
+    publish(kafka, [message(topic, 2, key="d", payload=b"{oops")], transactional_id=relay)
+    assert lags() == (1, {0: 1, 1: 0})  # one record left to apply (and its marker, which is none)
+
+    sink = sink_from_settings(config.model_copy(update={"http_port": free_port}))
+    done = threading.Event()
+    thread = threading.Thread(target=sink.run, args=(done.is_set,), daemon=True)
+    thread.start()
+    try:  # the record stops partition 0: it is still the one record left to apply
+        wait_until(lambda: sink.stats.batches == 1)
+        wait_until(lambda: metric(get(free_port, "/metrics")[1], "outboxkit_sink_lag_records") == 1, 10)
+        publish(kafka, [message(topic, 1, key="e", partition=1)], transactional_id=relay)
+        wait_until(lambda: sink.stats.applied == 1)
+        wait_until(lambda: metric(get(free_port, "/metrics")[1], "outboxkit_sink_lag_records") == 1, 10)
+    finally:
+        done.set()
+        thread.join(30)
+    assert lags() == (1, {0: 1, 1: 0})
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

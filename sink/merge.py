@@ -56,6 +56,12 @@ def _later(version: int | None, partition: int, offset: int, than: Stamp) -> boo
 
 
 def event_time(row: Row) -> datetime.datetime:
+    """When the event was written to the outbox (`outboxkit-created-at`): a version's validity runs
+    from it to the next version's, however late either was published. Records without it (Kafka
+    tombstones, outboxkit before the header, other producers) fall back to the record's timestamp,
+    the time it was produced."""
+    if row.created_at is not None:
+        return row.created_at
     return datetime.datetime.fromtimestamp(row.source.timestamp_ms / 1000, datetime.UTC)
 
 
@@ -137,6 +143,7 @@ def _as_soft_delete(last: Row, tombstone: Row) -> Row:
         delete=True,
         tombstone=False,
         values=last.values,
+        created_at=tombstone.created_at,
     )
 
 

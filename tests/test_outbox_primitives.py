@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 
 import pytest
 
 from outbox.backoff import Backoff
-from outbox.envelope import HEADER_EVENT_ID, HEADER_EVENT_TYPE, Envelope, EnvelopeError
+from outbox.envelope import HEADER_CREATED_AT, HEADER_EVENT_ID, HEADER_EVENT_TYPE, Envelope, EnvelopeError
 from outbox.ids import EventIdGenerator, new_event_id
 
 
@@ -22,6 +23,7 @@ def sample() -> Envelope:
         aggregate_id="42",
         schema_version=3,
         extra_headers=(("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),),
+        created_at=datetime.datetime(2026, 11, 26, 8, 0, 0, 123456, datetime.UTC),
     )
 
 
@@ -43,6 +45,13 @@ def test_a_tombstone_and_a_non_utf8_header_are_refused() -> None:
         Envelope.from_kafka("orders", b"42", None, sample().kafka_headers())
     headers = [(HEADER_EVENT_TYPE, b"\xff\xfe"), *sample().kafka_headers()[:1]]
     with pytest.raises(EnvelopeError, match="not UTF-8"):
+        Envelope.from_kafka("orders", b"42", b"{}", headers)
+
+
+@pytest.mark.parametrize("written", [b"yesterday", b"2026-11-26T08:00:00"])
+def test_a_creation_time_that_is_not_an_iso_time_with_its_offset_is_refused(written: bytes) -> None:
+    headers = [(n, written if n == HEADER_CREATED_AT else v) for n, v in sample().kafka_headers()]
+    with pytest.raises(EnvelopeError, match=f"{HEADER_CREATED_AT} is .*not an ISO 8601 time with its UTC"):
         Envelope.from_kafka("orders", b"42", b"{}", headers)
 
 

@@ -6,6 +6,8 @@ its settings drains them, and the warehouse tables, dead letters and stored offs
 
 from __future__ import annotations
 
+import datetime
+import itertools
 import json
 import threading
 import time
@@ -20,8 +22,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import format_trace_id
 from pydantic import BaseModel, SecretStr
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session
 
+from outbox import SETTINGS_KEY, OutboxSettings, outbox_table
 from outbox.kafka_settings import KafkaSettings
 from sink import (
     Sink,
@@ -36,7 +40,9 @@ from sink import (
 from sink.replay import replay
 from sink.run import by_topic
 from sink.writer import Batch, Outcome, SqlWriter
+from tests.conftest import Source
 from tests.helpers import rows
+from tests.models import Thing
 from tests.processes import get, metric, outboxkit
 from tests.sinkkit import Settle, message, publish, tombstone
 
@@ -294,6 +300,46 @@ def test_replay_from_an_offset_or_a_time_changes_nothing_already_right(
     assert [
         rows(warehouse_url, f"SELECT * FROM {t} ORDER BY _event_id") for t in ("state", "log", "versions")
     ] == snapshot
+
+
+def test_history_validity_runs_from_each_versions_creation_to_the_next_even_when_published_late(
+    kafka: KafkaSettings, source: Source, warehouse_url: str, unique_name: Names
+) -> None:
+    with Session(source.app, info={SETTINGS_KEY: OutboxSettings(topic_template=source.topic)}) as session:
+        thing = Thing(group="k", n=0)
+        session.add(thing)
+        session.commit()
+        for n in (1, 2):  # three versions, written 0.3 s apart
+            time.sleep(0.3)
+            thing.n = n
+            session.commit()
+    with source.app.connect() as conn:
+        created = conn.scalars(select(outbox_table.c.created_at).order_by(outbox_table.c.aggregateversion))
+        written = [at.replace(tzinfo=datetime.UTC) for at in created]  # SQLite's times are UTC
+    time.sleep(1)  # the relay was away: the backlog goes out later, in one batch
+    assert source.relay().run(lambda: False, drain=True).published == 3
+    history = TableMapping(topic=source.topic, table="versions", mode="history")
+
+    drain(settings(kafka, warehouse_url, unique_name("g"), [history]))
+
+    def as_of(at: datetime.datetime) -> list[tuple[Any, ...]]:
+        t = at.isoformat()
+        valid = f"_valid_from <= '{t}' AND (_valid_to IS NULL OR _valid_to > '{t}')"
+        return rows(warehouse_url, f"SELECT n FROM versions WHERE {valid}")
+
+    found = rows(warehouse_url, "SELECT _version, _valid_from, _valid_to FROM versions ORDER BY _version")
+    assert [(v, utc(start), utc(end)) for v, start, end in found] == [
+        (1, written[0], written[1]),
+        (2, written[1], written[2]),
+        (3, written[2], None),
+    ]
+    for n, (start, end) in enumerate(itertools.pairwise([*written, written[2] + datetime.timedelta(1)])):
+        assert as_of(start + (end - start) / 2) == [(n,)]
+
+
+def utc(at: datetime.datetime | None) -> datetime.datetime | None:
+    """A warehouse time as UTC (DuckDB hands TIMESTAMPTZ back in the session's zone)."""
+    return None if at is None else at.astimezone(datetime.UTC)
 
 
 def test_each_batch_is_a_span_linked_to_the_spans_the_events_were_written_in(

@@ -7,7 +7,8 @@ SQLAlchemy or pydantic. Everything that crosses Kafka is named here and nowhere 
 * the record **value** is the payload exactly as serialised at capture time (JSON by default);
 * the **headers** carry the event's identity (`outboxkit-event-id`, a time-ordered UUID), its type,
   aggregate, per-aggregate version and schema version, when it was written (`outboxkit-created-at`,
-  ISO 8601 with its UTC offset), plus user headers such as W3C `traceparent`;
+  ISO 8601 with its UTC offset), optionally a signature (`outboxkit-signature`, see
+  `outbox.signing`), plus user headers such as W3C `traceparent`;
 * the record **timestamp** is the time the relay produced it, not when the event was written: a
   backlog published late keeps its true times in `outboxkit-created-at`. (Setting the timestamp to
   the write time instead would make Kafka's retention, measured from it, delete an old backlog as
@@ -34,6 +35,7 @@ HEADER_AGGREGATE_ID: Final = "outboxkit-aggregate-id"
 HEADER_AGGREGATE_VERSION: Final = "outboxkit-aggregate-version"
 HEADER_SCHEMA_VERSION: Final = "outboxkit-schema-version"
 HEADER_CREATED_AT: Final = "outboxkit-created-at"
+HEADER_SIGNATURE: Final = "outboxkit-signature"  # optional, see `outbox.signing`
 HEADER_CONTENT_TYPE: Final = "content-type"
 
 REQUIRED_HEADERS: Final = (HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_AGGREGATE_TYPE, HEADER_AGGREGATE_ID)
@@ -44,6 +46,7 @@ RESERVED_HEADERS: Final = frozenset(
         HEADER_SCHEMA_VERSION,
         HEADER_CREATED_AT,
         HEADER_CONTENT_TYPE,
+        HEADER_SIGNATURE,
     )
 )
 JSON: Final = "application/json"
@@ -69,7 +72,8 @@ class Envelope:
     `aggregate_version` counts the aggregate's events (1, 2, 3...) in commit order; it is None only
     for records from producers that do not number their events. `created_at` is when the event
     was written to the outbox (timezone-aware); None for records of producers that do not say
-    (outboxkit before it carried the header, or others).
+    (outboxkit before it carried the header, or others). `signature` is set by relays that sign
+    (`outbox.signing`).
     """
 
     event_id: str
@@ -84,6 +88,7 @@ class Envelope:
     content_type: str = JSON
     extra_headers: tuple[tuple[str, bytes], ...] = field(default=())
     created_at: datetime.datetime | None = None
+    signature: str | None = None
 
     def kafka_headers(self) -> list[tuple[str, bytes]]:
         """Headers to produce with the record: identity first, then the user's own."""
@@ -102,6 +107,8 @@ class Envelope:
             (HEADER_CONTENT_TYPE, self.content_type.encode()),
             *self.extra_headers,
         ]
+        if self.signature is not None:
+            headers.append((HEADER_SIGNATURE, self.signature.encode()))
         return headers
 
     @classmethod
@@ -129,6 +136,7 @@ class Envelope:
             content_type=found.get(HEADER_CONTENT_TYPE, JSON),
             extra_headers=extra,
             created_at=_created_at(found, key=key, value=value),
+            signature=found.get(HEADER_SIGNATURE),
         )
 
 

@@ -19,9 +19,9 @@ the relay's key or database can publish anything), and it does not hide the payl
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
+import struct
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Final
@@ -31,13 +31,14 @@ from outbox.envelope import Envelope
 KEY_ID: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MIN_SECRET_BYTES: Final = 32  # as long as the digest: a shorter secret is the weaker part of the MAC
 _TAG: Final = b"outboxkit-signature-v1"
+_LENGTHS: Final = struct.Struct(">11q")  # one per field of `canonical`
 
 
 def canonical(envelope: Envelope) -> bytes:
-    """The signed bytes: each field length-prefixed (absent ones marked), so no two envelopes
-    encode alike — e.g. moving bytes from the key into the value changes the encoding."""
-    created = None if envelope.created_at is None else envelope.created_at.isoformat()
-    version = None if envelope.aggregate_version is None else str(envelope.aggregate_version)
+    """The signed bytes: every field's length first (-1: absent), then the fields, so no two
+    envelopes encode alike — e.g. moving bytes from the key into the value changes the encoding.
+    One `struct.pack` and one join: this runs for every record on both sides."""
+    created, version = envelope.created_at, envelope.aggregate_version
     fields = (
         envelope.topic.encode(),
         envelope.key,
@@ -46,18 +47,17 @@ def canonical(envelope: Envelope) -> bytes:
         envelope.event_type.encode(),
         envelope.aggregate_type.encode(),
         envelope.aggregate_id.encode(),
-        None if version is None else version.encode(),
+        None if version is None else str(version).encode(),
         str(envelope.schema_version).encode(),
-        None if created is None else created.encode(),
+        None if created is None else created.isoformat().encode(),
         envelope.content_type.encode(),
     )
-    return _TAG + b"".join(
-        b"\x00" if field is None else b"\x01" + len(field).to_bytes(8, "big") + field for field in fields
-    )
+    lengths = _LENGTHS.pack(*(-1 if field is None else len(field) for field in fields))
+    return b"".join((_TAG, lengths, *(field for field in fields if field is not None)))
 
 
 def _digest(secret: bytes, envelope: Envelope) -> str:
-    return hmac.new(secret, canonical(envelope), hashlib.sha256).hexdigest()
+    return hmac.digest(secret, canonical(envelope), "sha256").hex()  # one-shot: a third of hmac.new's time
 
 
 def _checked_secret(key_id: str, secret: bytes) -> bytes:

@@ -7,7 +7,13 @@ SQLAlchemy or pydantic. Everything that crosses Kafka is named here and nowhere 
   a composite primary key is encoded by `composite_key`;
 * the record **value** is the payload exactly as serialised at capture time (JSON by default);
 * the **headers** carry the event's identity (`outboxkit-event-id`, a time-ordered UUID), its type,
-  aggregate, per-aggregate version and schema version, plus user headers such as W3C `traceparent`;
+  aggregate, per-aggregate version and schema version, when it was written (`outboxkit-created-at`,
+  ISO 8601 with its UTC offset), optionally a signature (`outboxkit-signature`, see
+  `outbox.signing`), plus user headers such as W3C `traceparent`;
+* the record **timestamp** is the time the relay produced it, not when the event was written: a
+  backlog published late keeps its true times in `outboxkit-created-at`. (Setting the timestamp to
+  the write time instead would make Kafka's retention, measured from it, delete an old backlog as
+  soon as it arrives, and brokers may refuse timestamps that far in the past.)
 * the **partition** of a key is Kafka's own rule (`partition_for`: murmur2 of the key bytes, as the
   Java client's default partitioner and librdkafka's `murmur2_random` compute it), so a consumer in
   any language can tell where an aggregate's events live.
@@ -18,6 +24,7 @@ missing, with the raw bytes kept so it can be quarantined rather than lost.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -28,11 +35,20 @@ HEADER_AGGREGATE_TYPE: Final = "outboxkit-aggregate-type"
 HEADER_AGGREGATE_ID: Final = "outboxkit-aggregate-id"
 HEADER_AGGREGATE_VERSION: Final = "outboxkit-aggregate-version"
 HEADER_SCHEMA_VERSION: Final = "outboxkit-schema-version"
+HEADER_CREATED_AT: Final = "outboxkit-created-at"
+HEADER_SIGNATURE: Final = "outboxkit-signature"  # optional, see `outbox.signing`
 HEADER_CONTENT_TYPE: Final = "content-type"
 
 REQUIRED_HEADERS: Final = (HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_AGGREGATE_TYPE, HEADER_AGGREGATE_ID)
 RESERVED_HEADERS: Final = frozenset(
-    (*REQUIRED_HEADERS, HEADER_AGGREGATE_VERSION, HEADER_SCHEMA_VERSION, HEADER_CONTENT_TYPE)
+    (
+        *REQUIRED_HEADERS,
+        HEADER_AGGREGATE_VERSION,
+        HEADER_SCHEMA_VERSION,
+        HEADER_CREATED_AT,
+        HEADER_CONTENT_TYPE,
+        HEADER_SIGNATURE,
+    )
 )
 JSON: Final = "application/json"
 MAX_DIGITS: Final = 18  # versions are 64-bit signed integers in the outbox and the warehouse
@@ -55,7 +71,10 @@ class Envelope:
     """One event as it travels through Kafka. `extra_headers` never holds a reserved name.
 
     `aggregate_version` counts the aggregate's events (1, 2, 3...) in commit order; it is None only
-    for records from producers that do not number their events.
+    for records from producers that do not number their events. `created_at` is when the event
+    was written to the outbox (timezone-aware); None for records of producers that do not say
+    (outboxkit before it carried the header, or others). `signature` is set by relays that sign
+    (`outbox.signing`).
     """
 
     event_id: str
@@ -69,6 +88,8 @@ class Envelope:
     schema_version: int = 1
     content_type: str = JSON
     extra_headers: tuple[tuple[str, bytes], ...] = field(default=())
+    created_at: datetime.datetime | None = None
+    signature: str | None = None
 
     def kafka_headers(self) -> list[tuple[str, bytes]]:
         """Headers to produce with the record: identity first, then the user's own."""
@@ -80,11 +101,15 @@ class Envelope:
         ]
         if self.aggregate_version is not None:
             headers.append((HEADER_AGGREGATE_VERSION, str(self.aggregate_version).encode()))
+        if self.created_at is not None:
+            headers.append((HEADER_CREATED_AT, self.created_at.isoformat().encode()))
         headers += [
             (HEADER_SCHEMA_VERSION, str(self.schema_version).encode()),
             (HEADER_CONTENT_TYPE, self.content_type.encode()),
             *self.extra_headers,
         ]
+        if self.signature is not None:
+            headers.append((HEADER_SIGNATURE, self.signature.encode()))
         return headers
 
     @classmethod
@@ -111,6 +136,8 @@ class Envelope:
             schema_version=numbers.get(HEADER_SCHEMA_VERSION, 1),
             content_type=found.get(HEADER_CONTENT_TYPE, JSON),
             extra_headers=extra,
+            created_at=_created_at(found, key=key, value=value),
+            signature=found.get(HEADER_SIGNATURE),
         )
 
 
@@ -141,6 +168,20 @@ def _numbers(found: dict[str, str], *, key: bytes | None, value: bytes) -> dict[
             raise EnvelopeError(f"{name} is {text[:40]!r}, not a number", key=key, value=value)
         numbers[name] = int(text)
     return numbers
+
+
+def _created_at(found: dict[str, str], *, key: bytes | None, value: bytes) -> datetime.datetime | None:
+    text = found.get(HEADER_CREATED_AT)
+    if text is None:
+        return None
+    try:
+        at = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        reason = f"{HEADER_CREATED_AT} is {text[:40]!r}, not an ISO 8601 time with its UTC offset"
+        raise EnvelopeError(reason, key=key, value=value)
+    return at
 
 
 _M: Final = 0x5BD1E995

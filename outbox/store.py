@@ -5,6 +5,11 @@ leaves the row locked until the application's transaction ends. That lock is wha
 order commit order for one aggregate, and what the relay's PostgreSQL capture relies on: the
 writers of one aggregate insert their outbox rows one transaction after the other.
 
+`created_at` is taken once the counter row is locked (PostgreSQL's `clock_timestamp()` in the
+insert, not `now()`, the transaction's start), with microseconds (SQLite's `CURRENT_TIMESTAMP` has
+whole seconds): so the versions of one aggregate also have rising creation times, which is what
+the sink's history takes as their validity.
+
 On PostgreSQL the counters and the rows go in **one statement** per write — one round trip, the
 same whatever the number of events — because each extra round trip is a large share of a short
 application transaction (see `bench/`, B1). The usual write (one flush, one object) touches one
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from functools import cache
 from itertools import groupby
 from typing import Any
@@ -40,10 +46,10 @@ _POSTGRESQL = text(
         RETURNING v.aggregatetype, v.aggregateid, v.version
     )
     INSERT INTO outbox (event_id, aggregatetype, aggregateid, aggregateversion, type, topic, key, payload,
-                        headers, schema_version, shard_key, xid)
+                        headers, schema_version, shard_key, xid, created_at)
     SELECT e.event_id, e.aggregatetype, e.aggregateid, b.version - e.total + e.rank, e.type, e.topic,
            e.key, e.payload, e.headers, e.schema_version, e.shard_key,
-           CAST(CAST(pg_current_xact_id() AS text) AS bigint)
+           CAST(CAST(pg_current_xact_id() AS text) AS bigint), clock_timestamp()
     FROM unnest(
         CAST(:event_id AS text[]), CAST(:aggregatetype AS text[]), CAST(:aggregateid AS text[]),
         CAST(:rank AS bigint[]), CAST(:total AS bigint[]), CAST(:type AS text[]), CAST(:topic AS text[]),
@@ -105,10 +111,10 @@ def _one_aggregate(count: int) -> TextClause:
             RETURNING v.version
         )
         INSERT INTO outbox (event_id, aggregatetype, aggregateid, aggregateversion, type, topic, key,
-                            payload, headers, schema_version, shard_key, xid)
+                            payload, headers, schema_version, shard_key, xid, created_at)
         SELECT e.event_id, :aggregatetype, :aggregateid, bumped.version - {count} + e.rank, e.type, e.topic,
                e.key, e.payload, e.headers, CAST(e.schema_version AS integer), CAST(e.shard_key AS integer),
-               CAST(CAST(pg_current_xact_id() AS text) AS bigint)
+               CAST(CAST(pg_current_xact_id() AS text) AS bigint), clock_timestamp()
         FROM bumped, (VALUES {values})
             AS e(event_id, rank, type, topic, key, payload, headers, schema_version, shard_key)
         ORDER BY e.rank
@@ -154,4 +160,5 @@ def _store_sqlite(conn: Connection, rows: Sequence[Row]) -> None:
         last = int(conn.execute(bump).scalar_one())
         for version, row in enumerate(members, start=last - len(members) + 1):
             row["aggregateversion"] = version
-    conn.execute(insert(outbox_table), versioned)
+    now = datetime.now(UTC)  # after the bumps: this transaction holds SQLite's one write lock
+    conn.execute(insert(outbox_table), [row | {"created_at": now} for row in versioned])

@@ -27,6 +27,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from outbox.envelope import Envelope
 from outbox.kafka_settings import KafkaSettings
+from outbox.signing import Signer
 from relay.checkpoint import CheckpointRecord
 from relay.errors import (
     FencedError,
@@ -52,7 +53,11 @@ _RECORD_CODES = {
 
 
 class TransactionalPublisher:
-    """Owns one transactional producer. Not thread-safe: one relay loop drives it."""
+    """Owns one transactional producer. Not thread-safe: one relay loop drives it.
+
+    With a `signer`, every record carries an `outboxkit-signature` header (see `outbox.signing`),
+    so sinks configured with the key refuse records anyone else wrote to the topics.
+    """
 
     def __init__(
         self,
@@ -61,8 +66,10 @@ class TransactionalPublisher:
         *,
         timeout: float = 30.0,
         stopping: Callable[[], bool] = lambda: False,
+        signer: Signer | None = None,
     ) -> None:
         self._timeout = timeout
+        self._signer = signer
         self._stopping = stopping
         self._unusable = False  # fenced or fatal: the producer can do nothing more
         self._transactional_id = transactional_id
@@ -103,13 +110,14 @@ class TransactionalPublisher:
     def _produce_all(
         self, envelopes: Sequence[Envelope], checkpoint: CheckpointRecord, failures: dict[int, KafkaError]
     ) -> None:
+        signer = self._signer
         for index, envelope in enumerate(envelopes):
             try:
                 self._produce(
                     envelope.topic,
                     envelope.key,
                     envelope.payload,
-                    envelope.kafka_headers(),
+                    (envelope if signer is None else signer.sign(envelope)).kafka_headers(),
                     on_failure=partial(failures.setdefault, index),
                 )
             except KafkaException as exc:  # refused before sending, e.g. larger than the producer accepts

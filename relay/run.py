@@ -193,6 +193,7 @@ def _started_relay(
         settings.transactional_id + shard.suffix,
         timeout=settings.kafka_timeout,
         stopping=stopping,
+        signer=settings.signer,
     )
     relay = Relay(
         capture_for(engine, shard),

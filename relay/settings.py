@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.kafka_settings import KafkaSettings
+from outbox.signing import MIN_SECRET_BYTES, Signer
 
 
 class RelaySettings(BaseSettings):
     """E.g. `OUTBOXKIT_RELAY_DATABASE_URL`, `OUTBOXKIT_RELAY_KAFKA__BOOTSTRAP_SERVERS`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="OUTBOXKIT_RELAY_", env_file=".env", env_nested_delimiter="__", extra="ignore"
+        env_prefix="OUTBOXKIT_RELAY_",
+        env_file=".env",
+        env_nested_delimiter="__",
+        extra="ignore",
+        hide_input_in_errors=True,  # an invalid value may be a secret (the signing key, the URL)
     )
 
     database_url: SecretStr = SecretStr("sqlite:///outboxkit-app.db")
@@ -72,6 +77,17 @@ class RelaySettings(BaseSettings):
     cleanup: bool = Field(
         True, description="Delete published rows from the outbox (in short batches that never block writers)."
     )
+    signing_key: SecretStr | None = Field(
+        None,
+        description="Sign every record (HMAC-SHA256, header outboxkit-signature) with this secret, at least "
+        "32 bytes; sinks given the same key refuse records anyone else wrote. Off when unset.",
+    )
+    signing_key_id: str = Field(
+        "1",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="Names the signing key in each signature, so sinks can accept an old and a new key "
+        "while the relays switch (key rotation).",
+    )
     retention: float = Field(
         0.0, ge=0, description="With cleanup, keep published rows this many seconds (e.g. for audits) first."
     )
@@ -83,6 +99,20 @@ class RelaySettings(BaseSettings):
                 "lease_timeout must be more than twice lease_interval, or healthy relays lose leases"
             )
         return self
+
+    @field_validator("signing_key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"use at least {MIN_SECRET_BYTES} random bytes (the value is not shown)")
+        return key
+
+    @property
+    def signer(self) -> Signer | None:
+        """What signs the records, if signing is on."""
+        if self.signing_key is None:
+            return None
+        return Signer(self.signing_key_id, self.signing_key.get_secret_value().encode())
 
     @property
     def transactional_id(self) -> str:

@@ -14,6 +14,7 @@ from typing import Literal
 
 from confluent_kafka import Message
 
+from outbox.signing import Verifier
 from sink.consumer import Where
 from sink.mapping import Row, TableMapping, TableSchema, to_row
 from sink.records import DeadLetter, Record, decode
@@ -32,13 +33,15 @@ def assemble(
     max_bytes: int,
     policy: Policy,
     refused: Refusals,
+    verifier: Verifier | None = None,
 ) -> tuple[Batch, set[Where]]:
     """The batch for `messages` and the partitions that must stop. Records in `refused` (by
-    topic, partition, offset) become dead letters with the reason given there."""
+    topic, partition, offset) become dead letters with the reason given there; with a `verifier`,
+    so do records not signed by a key it knows."""
     batch = Batch()
     stopping: set[Where] = set()
     for message in messages:
-        record = decode(message, max_bytes=max_bytes)
+        record = decode(message, max_bytes=max_bytes, verifier=verifier)
         reason = refused.get((record.source.topic, record.source.partition, record.source.offset))
         if reason is not None:
             record = DeadLetter(record.source, record.raw, reason, getattr(record, "event_id", None))

@@ -6,7 +6,7 @@
   stored in the warehouse with the data, and remembers them: the writer moves each one only from
   that value (compare-and-set), so a partition written meanwhile by another instance is re-read.
 * A partition can be stopped (an incompatible record): it is paused where it is and its offset
-  stays, until the sink restarts.
+  stays, until the sink restarts; nothing of it is returned any more.
 * A stored offset Kafka no longer holds (deleted by retention before the sink read it, or a
   topic re-created) is never jumped over: it is reported as a gap, and the partition stops there.
 """
@@ -55,7 +55,8 @@ class WarehouseConsumer:
             )
         self._topics = list(topics)
         self._load_offsets = load_offsets
-        self._at_end: dict[Where, bool] = {}
+        self._ends: dict[Where, int] = {}  # partitions read to their end: the offset Kafka reported
+        self._unsettled: dict[Where, list[int]] = {}  # offsets returned by `poll`, not yet stored past
         self.positions: dict[Where, int | None] = {}  # next offset as stored; None: no row yet
         self.stopped: set[Where] = set()
         self.gaps: dict[Where, tuple[int, str]] = {}  # found, not yet recorded: offset, reason
@@ -97,13 +98,19 @@ class WarehouseConsumer:
             where = (message.topic() or "", message.partition() or 0)
             error = message.error()
             if error is None:
-                if where in self.positions and where not in self.stopped:
-                    self._at_end[where] = False
-                    records.append(message)
+                if where in self.positions:
+                    self._ends.pop(where, None)
+                    self._unsettled[where].append(message.offset() or 0)
+                    if where in self.stopped:  # waits behind the stop: counted, not returned
+                        self._consumer.pause([TopicPartition(*where)])
+                    else:
+                        records.append(message)
             elif error.code() == KafkaError._PARTITION_EOF:
                 if where in self.positions:  # an end reported for a partition no longer ours: ignore
                     log.debug("%s[%d] read to its end, offset %s", *where, message.offset())
-                    self._at_end[where] = True
+                    self._ends[where] = message.offset() or 0
+                    if where in self.stopped:
+                        self._consumer.pause([TopicPartition(*where)])
             elif error.code() == KafkaError._AUTO_OFFSET_RESET:
                 if where in self.positions and where not in self.stopped:
                     self.gaps[where] = (message.offset() or 0, self._gap(where, message.offset() or 0))
@@ -135,17 +142,25 @@ class WarehouseConsumer:
         for where, (_, next_offset) in moves.items():
             if where in self.positions:
                 self.positions[where] = next_offset
+                waiting = self._unsettled[where]
+                self._unsettled[where] = [offset for offset in waiting if offset >= next_offset]
 
     def stop(self, where: Where) -> None:
-        """Halt one partition at its stored offset (an incompatible record sits there)."""
+        """Halt one partition at its stored offset (an incompatible record sits there).
+
+        Its fetching is paused at its end or at its next record, whichever Kafka reports first:
+        so `lag` knows whether only transaction markers follow the records that wait.
+        """
         self.stopped.add(where)
-        self._consumer.pause([TopicPartition(*where)])
+        if where in self._ends:
+            self._consumer.pause([TopicPartition(*where)])
 
     def reseek(self) -> None:
         """Re-read every assigned partition from the warehouse's offsets (another writer moved them)."""
         stored = self._stored_offsets()
         for where in list(self.positions):
             self.positions[where] = stored.get(where)
+            self._restart(where)
             try:
                 self._consumer.seek(TopicPartition(*where, stored.get(where, OFFSET_BEGINNING)))
             except KafkaException as exc:  # not yet fetching: the next assignment seeks anyway
@@ -153,15 +168,23 @@ class WarehouseConsumer:
 
     def caught_up(self) -> bool:
         """True once every running assigned partition was read to its last committed record."""
-        running = [where for where in self._at_end if where not in self.stopped]
-        return bool(self.positions) and all(self._at_end[where] for where in running)
+        running = [where for where in self.positions if where not in self.stopped]
+        return bool(self.positions) and all(where in self._ends for where in running)
 
     def lag(self) -> int:
-        """Records between the stored offsets and the partitions' ends (from the last fetch)."""
+        """Records not yet applied, summed over the assigned partitions (from the last fetch).
+
+        A partition read to its end counts exactly the records returned but not stored past (a
+        stopped partition's waiting ones): the offsets after them are only transaction markers,
+        which a read_committed consumer steps over and which are nothing to apply. Any other
+        partition counts the offsets up to its end, markers included: it is still being read.
+        """
         total = 0
-        for (topic, partition), stored in list(self.positions.items()):
-            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-            if high >= 0:
+        for where, stored in list(self.positions.items()):
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(*where), cached=True)
+            if where in self._ends and high <= self._ends[where]:
+                total += len(self._unsettled[where])
+            elif high >= 0:
                 total += max(0, high - (stored or 0))
         return total
 
@@ -173,10 +196,15 @@ class WarehouseConsumer:
         for tp in partitions:
             where = (tp.topic, tp.partition)
             self.positions[where] = stored.get(where)
+            self._restart(where)
             tp.offset = stored.get(where, OFFSET_BEGINNING)
-            self._at_end[where] = False
         log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
         consumer.assign(partitions)
+
+    def _restart(self, where: Where) -> None:
+        """The partition is read again from its stored offset: nothing read of it before counts."""
+        self._ends.pop(where, None)
+        self._unsettled[where] = []
 
     def _stored_offsets(self) -> dict[Where, int]:
         """The warehouse's offsets, waited for: partitions must not start anywhere else."""
@@ -192,7 +220,8 @@ class WarehouseConsumer:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             where = (tp.topic, tp.partition)
-            self._at_end.pop(where, None)
+            self._ends.pop(where, None)
+            self._unsettled.pop(where, None)
             self.positions.pop(where, None)
             self.stopped.discard(where)
         consumer.unassign()

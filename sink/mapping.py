@@ -13,6 +13,7 @@ with its offset not advanced, until the mapping is updated.
 
 from __future__ import annotations
 
+import datetime
 import functools
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -93,6 +94,7 @@ class Row:
     delete: bool
     tombstone: bool
     values: dict[str, Any]
+    created_at: datetime.datetime | None = None  # when the event was written; None: not on the wire
 
 
 def to_row(mapping: TableMapping, schema: TableSchema, record: Record) -> Row | DeadLetter:
@@ -193,4 +195,5 @@ def _row(
         delete=delete,
         tombstone=envelope is None,
         values=fields,
+        created_at=None if envelope is None else envelope.created_at,
     )

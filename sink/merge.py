@@ -5,6 +5,13 @@ version when both sides have one (so a duplicate that reached Kafka at a new off
 nothing, and an older version never overwrites a newer row), else by offset within the partition.
 What the table holds includes keys it deleted (`outboxkit_sink_deleted`), so a replayed create
 cannot bring a deleted row back.
+
+Because the newest version wins, a record claiming a version far above the stored one would win
+for good: every genuine update after it would look like a duplicate. So a version more than
+`max_version_jump` above what the table holds for the key is refused (a dead letter or a stop,
+per policy) instead. Where the table holds no version for the key there is nothing to measure
+against: the first event a table sees of a key may legitimately be any version (retention,
+a new table); signed envelopes (`outbox.signing`) are what guards that case.
 """
 
 from __future__ import annotations
@@ -14,7 +21,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from sink.mapping import Row
-from sink.records import DeadLetter, Raw
+from sink.records import UNTRUSTED, DeadLetter, Raw
+
+# Versions a table may skip between two events of a key before the later one is refused. Gaps are
+# normal for a table that takes only some of an aggregate's event types (`event_types`); ten
+# thousand other events between two it takes is rare, while a forger has no reason to stay below.
+MAX_VERSION_JUMP = 10_000
 
 
 @dataclass(slots=True)  # built per event: a frozen one costs ~5x to make; never mutated
@@ -56,6 +68,12 @@ def _later(version: int | None, partition: int, offset: int, than: Stamp) -> boo
 
 
 def event_time(row: Row) -> datetime.datetime:
+    """When the event was written to the outbox (`outboxkit-created-at`): a version's validity runs
+    from it to the next version's, however late either was published. Records without it (Kafka
+    tombstones, outboxkit before the header, other producers) fall back to the record's timestamp,
+    the time it was produced."""
+    if row.created_at is not None:
+        return row.created_at
     return datetime.datetime.fromtimestamp(row.source.timestamp_ms / 1000, datetime.UTC)
 
 
@@ -74,20 +92,37 @@ class Plan:
 
 
 def _changes(
-    plan: Plan, table: str, rows: Iterable[Row], state: Mapping[str, Held]
+    plan: Plan, table: str, rows: Iterable[Row], state: Mapping[str, Held], max_jump: int
 ) -> Iterator[tuple[Row, Held | None]]:
     """The rows that change the table, each with what the table held before it. Counts the
-    others as skipped, or refuses them (a tombstone for a key never held). `state` is read as
-    the caller updates it, row by row."""
+    others as skipped, or refuses them (a version jump, a tombstone for a key never held).
+    `state` is read as the caller updates it, row by row."""
     for row in rows:
         before = state.get(row.key)
         if not newer(row, before):
             plan.skipped += 1
+        elif max_jump and before is not None and _jump(row, before) > max_jump:
+            reason = (
+                f"{UNTRUSTED}version {row.version} of key {row.key!r} is {_jump(row, before)} above the "
+                f"version {before.stamp.version} table {table} holds (max_version_jump={max_jump}); "
+                "applied, it would make every later genuine update of the key look like a duplicate. "
+                "If it is genuine (a table taking few of the aggregate's event types, records given up "
+                "with `sink skip`), raise OUTBOXKIT_SINK_MAX_VERSION_JUMP (0: no limit), restart and "
+                "`outboxkit sink replay`"
+            )
+            plan.dead.append(DeadLetter(row.source, Raw(row.key.encode(), None, ()), reason, row.event_id))
         elif row.tombstone and not (before is not None and before.live):
             _refuse_or_skip(plan, row, table, before)
         else:
             plan.applied += 1
             yield row, before
+
+
+def _jump(row: Row, before: Held) -> int:
+    """How far `row`'s version is above the held one; 0 when either side has none."""
+    if row.version is None or before.stamp.version is None:
+        return 0
+    return row.version - before.stamp.version
 
 
 def _refuse_or_skip(plan: Plan, row: Row, table: str, before: Held | None) -> None:
@@ -106,12 +141,14 @@ def _refuse_or_skip(plan: Plan, row: Row, table: str, before: Held | None) -> No
     )
 
 
-def plan_upsert(table: str, rows: Iterable[Row], held: Mapping[str, Held], *, soft: bool) -> Plan:
+def plan_upsert(
+    table: str, rows: Iterable[Row], held: Mapping[str, Held], *, soft: bool, max_jump: int = MAX_VERSION_JUMP
+) -> Plan:
     """Current state per key: the newest change wins; deletes remove (hard) or flag (soft) the row."""
     plan = Plan()
     state = dict(held)
     final: dict[str, Row] = {}
-    for row, _ in _changes(plan, table, rows, state):
+    for row, _ in _changes(plan, table, rows, state, max_jump):
         change = _as_soft_delete(final[row.key], row) if row.tombstone and soft and row.key in final else row
         state[row.key] = Held(Stamp.of(change), live=soft or not change.delete)
         final[row.key] = change
@@ -137,6 +174,7 @@ def _as_soft_delete(last: Row, tombstone: Row) -> Row:
         delete=True,
         tombstone=False,
         values=last.values,
+        created_at=tombstone.created_at,
     )
 
 
@@ -154,12 +192,14 @@ def plan_append(rows: Iterable[Row], stored_ids: set[str]) -> Plan:
     return plan
 
 
-def plan_history(table: str, rows: Iterable[Row], held: Mapping[str, Held]) -> Plan:
+def plan_history(
+    table: str, rows: Iterable[Row], held: Mapping[str, Held], *, max_jump: int = MAX_VERSION_JUMP
+) -> Plan:
     """Versions with validity: each new version closes the key's open one at its event time."""
     plan = Plan()
     state = dict(held)
     open_in_batch: dict[str, Row] = {}
-    for row, before in _changes(plan, table, rows, state):
+    for row, before in _changes(plan, table, rows, state, max_jump):
         if before is not None and before.live:
             _close(plan, open_in_batch, row.key, event_time(row))
         state[row.key] = Held(Stamp.of(row), live=not row.delete)

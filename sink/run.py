@@ -55,7 +55,9 @@ def tune_gc(young: int = 100_000) -> None:
 
 
 def sink_from_settings(settings: SinkSettings) -> Sink:
-    writer = SqlWriter(create_engine(warehouse_url(settings)), settings.tables)
+    writer = SqlWriter(
+        create_engine(warehouse_url(settings)), settings.tables, max_version_jump=settings.max_version_jump
+    )
     consumer = WarehouseConsumer(
         settings.kafka,
         settings.group_id,
@@ -74,4 +76,5 @@ def sink_from_settings(settings: SinkSettings) -> Sink:
         poison_policy=settings.poison_policy,
         backoff=Backoff(maximum=settings.max_backoff),
         http_port=settings.http_port,
+        verifier=settings.verifier,
     )

@@ -21,6 +21,7 @@ from opentelemetry.trace import Link, SpanKind, Tracer
 
 from outbox.backoff import Backoff
 from outbox.observe import Health, Metrics, serve
+from outbox.signing import Verifier
 from outbox.tracing import span_contexts
 from sink.batch import Policy, Refusals, assemble
 from sink.consumer import WarehouseConsumer
@@ -44,6 +45,7 @@ class SinkStats:
     batches: int = 0
     moved: int = 0  # batches refused because another instance had moved a partition's offset
     retries: int = 0  # warehouse failures retried
+    untrusted: int = 0  # records refused as possibly not the relay's (dead letters and stops alike)
 
 
 class Sink:
@@ -63,6 +65,7 @@ class Sink:
         backoff: Backoff | None = None,
         http_port: int | None = None,
         tracer: Tracer | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self._consumer = consumer
         self._writer = writer
@@ -74,6 +77,7 @@ class Sink:
         self._policy = poison_policy
         self._backoff = backoff or Backoff()
         self._http_port = http_port
+        self._verifier = verifier
         self._tracer = tracer or trace.get_tracer("outboxkit.sink")
         self.stats = SinkStats()
         self._lag = 0
@@ -116,6 +120,7 @@ class Sink:
             max_bytes=self._max_bytes,
             policy=self._policy,
             refused=refused,
+            verifier=self._verifier,
         )
         with self._tracer.start_as_current_span(
             "outboxkit.sink batch",
@@ -219,6 +224,7 @@ class Sink:
         self.stats.applied += outcome.applied
         self.stats.skipped += outcome.skipped
         self.stats.dead_letters += sum(1 for letter in outcome.dead_letters if not letter.stop)
+        self.stats.untrusted += sum(1 for letter in outcome.dead_letters if letter.untrusted)
         self.stats.batches += 1
 
     def _metrics(self) -> Metrics:
@@ -231,6 +237,8 @@ class Sink:
             "batches": "warehouse transactions committed",
             "moved": "batches refused because another instance had moved a partition's offset",
             "retries": "warehouse failures retried with the same batch",
+            "untrusted": "records refused as possibly not the relay's: a missing or bad signature, or a "
+            "version jump above max_version_jump (dead letters and stops)",
         }
         for stat in fields(SinkStats):
             metrics.counter(

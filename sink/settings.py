@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.kafka_settings import KafkaSettings
+from outbox.signing import KEY_ID, MIN_SECRET_BYTES, Verifier
 from sink.mapping import TableMapping
+from sink.merge import MAX_VERSION_JUMP
 
 
 class SinkSettings(BaseSettings):
@@ -16,7 +18,11 @@ class SinkSettings(BaseSettings):
     `OUTBOXKIT_SINK_TABLES='[{"topic": "shop.orders", "table": "orders"}]'`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="OUTBOXKIT_SINK_", env_file=".env", env_nested_delimiter="__", extra="ignore"
+        env_prefix="OUTBOXKIT_SINK_",
+        env_file=".env",
+        env_nested_delimiter="__",
+        extra="ignore",
+        hide_input_in_errors=True,  # an invalid value may be a secret (signing keys, URLs)
     )
 
     warehouse_url: SecretStr = Field(
@@ -35,6 +41,28 @@ class SinkSettings(BaseSettings):
     poll_timeout: float = Field(0.5, gt=0, description="Seconds a poll waits for records.")
     max_backoff: float = Field(10.0, gt=0, description="Longest wait between warehouse retries.")
     http_port: int | None = Field(None, description="Serve /metrics, /healthz, /readyz on this port.")
+    max_version_jump: int = Field(
+        MAX_VERSION_JUMP,
+        ge=0,
+        description="A version this far above the one a table holds for the key is refused (0: no limit).",
+    )
+    signing_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Key id -> secret of the relays' signing keys; when set, unsigned or badly signed "
+        "records are refused. Two entries while the relays switch keys.",
+    )
+
+    @field_validator("signing_keys")
+    @classmethod
+    def _usable_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for key_id, secret in keys.items():
+            if not KEY_ID.match(key_id):
+                raise ValueError(f"key id {key_id[:64]!r}: use 1-64 letters, digits, '.', '_' or '-'")
+            if len(secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"key {key_id!r}: use at least {MIN_SECRET_BYTES} random bytes (the value is not shown)"
+                )
+        return keys
 
     @model_validator(mode="after")
     def _one_mapping_per_table(self) -> SinkSettings:
@@ -43,6 +71,15 @@ class SinkSettings(BaseSettings):
         if twice:
             raise ValueError(f"tables: each table may be fed by one mapping, {', '.join(twice)} repeat")
         return self
+
+    @property
+    def verifier(self) -> Verifier | None:
+        """What checks the records' signatures, if signing is on."""
+        if not self.signing_keys:
+            return None
+        return Verifier(
+            {key_id: secret.get_secret_value().encode() for key_id, secret in self.signing_keys.items()}
+        )
 
     @property
     def topics(self) -> list[str]:

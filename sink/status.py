@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from confluent_kafka import Consumer
 from sqlalchemy import Connection, select
 
 from sink import deadletters, offsets
 from sink.deadletters import STOPPED, Letter
-from sink.partitions import ends, inspector, partitions
+from sink.partitions import ends, inspector, partitions, records_behind
 from sink.run import warehouse
 from sink.settings import SinkSettings
 from sink.tables import catalog, dead_letters
@@ -74,17 +75,15 @@ class SinkStatus:
 
 
 def sink_status(settings: SinkSettings) -> SinkStatus:
-    with inspector(settings.kafka) as consumer:
-        wheres = partitions(consumer, settings.topics)
-        limits = ends(consumer, wheres)
     with warehouse(settings) as engine, engine.connect() as conn:
         stored = offsets.load(conn, settings.group_id, settings.topics)
         stops = _stops(conn, settings.group_id, stored)
+        with inspector(settings.kafka) as consumer:
+            wheres = partitions(consumer, settings.topics)
+            found = [_partition(consumer, where, stored.get(where), stops.get(where)) for where in wheres]
         return SinkStatus(
             group_id=settings.group_id,
-            partitions=[
-                _partition(where, stored.get(where), limits[where], stops.get(where)) for where in wheres
-            ],
+            partitions=found,
             tables=_tables(conn, settings),
             dead_letters=deadletters.counts(conn, settings.group_id, settings.topics),
             latest_dead_letters=deadletters.latest(conn, settings.group_id, settings.topics),
@@ -92,10 +91,12 @@ def sink_status(settings: SinkSettings) -> SinkStatus:
 
 
 def _partition(
-    where: tuple[str, int], stored: int | None, limits: tuple[int, int], stopped: str | None
+    consumer: Consumer, where: tuple[str, int], stored: int | None, stopped: str | None
 ) -> PartitionStatus:
-    start, end = limits
-    lag = max(0, end - (start if stored is None else stored))
+    """A partition's lag counts records from the stored offset (or the oldest Kafka still holds,
+    when none is stored) to the end: a sink that applied everything is 0 behind."""
+    [(start, end)] = ends(consumer, [where]).values()
+    lag = records_behind(consumer, where, start if stored is None else max(start, stored), end)
     return PartitionStatus(where[0], where[1], stored, end, lag, stopped)
 
 

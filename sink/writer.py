@@ -83,8 +83,15 @@ class SinkWriter(Protocol):
 class SqlWriter:
     """Writes to DuckDB or PostgreSQL through SQLAlchemy, bulk-loading with the dialect's `Loader`."""
 
-    def __init__(self, engine: Engine, mappings: Sequence[TableMapping]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        mappings: Sequence[TableMapping],
+        *,
+        max_version_jump: int = merge.MAX_VERSION_JUMP,
+    ) -> None:
         self._engine = engine
+        self._max_jump = max_version_jump
         self._loader: Loader = loader_for(engine.dialect.name, engine.driver)
         self._mappings = {mapping.table: mapping for mapping in mappings}
         self._types = SQL_TYPES[self._loader.dialect]
@@ -171,11 +178,12 @@ class SqlWriter:
         if mapping.mode == "append":
             plan = merge.plan_append(rows, self._stored_ids(conn, table, rows))
         elif mapping.mode == "history":
-            plan = merge.plan_history(table, rows, self._held(conn, mapping, rows))
+            plan = merge.plan_history(table, rows, self._held(conn, mapping, rows), max_jump=self._max_jump)
             self._close(conn, table, plan)
         else:
+            held = self._held(conn, mapping, rows)
             plan = merge.plan_upsert(
-                table, rows, self._held(conn, mapping, rows), soft=mapping.deletes == "soft"
+                table, rows, held, soft=mapping.deletes == "soft", max_jump=self._max_jump
             )
             self._replace(conn, table, plan)
         unheld = list(self._unheld(draft, plan.inserts))

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from outbox import SETTINGS_KEY, OutboxSettings, metadata, outbox_table
 from outbox.envelope import HEADER_EVENT_ID, Envelope
 from outbox.kafka_settings import KafkaSettings
+from outbox.signing import Signer
 from relay import Checkpoints, Relay, TransactionalPublisher
 from relay.capture import capture_for
 from relay.quarantine import Quarantine
@@ -59,10 +60,11 @@ def make_relay(
     *,
     batch_size: int = 500,
     tracer: Tracer | None = None,
+    signer: Signer | None = None,
 ) -> Relay:
     return Relay(
         capture_for(engine),
-        TransactionalPublisher(kafka, f"outboxkit-relay.{source_id}"),
+        TransactionalPublisher(kafka, f"outboxkit-relay.{source_id}", signer=signer),
         Checkpoints(kafka, checkpoint_topic, source_id),
         Quarantine(engine),
         poll_interval=0.05,

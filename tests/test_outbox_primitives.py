@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
+from dataclasses import replace
 
 import pytest
+from pydantic import ValidationError
 
 from outbox.backoff import Backoff
-from outbox.envelope import HEADER_EVENT_ID, HEADER_EVENT_TYPE, Envelope, EnvelopeError
+from outbox.envelope import HEADER_CREATED_AT, HEADER_EVENT_ID, HEADER_EVENT_TYPE, Envelope, EnvelopeError
 from outbox.ids import EventIdGenerator, new_event_id
+from outbox.signing import Signer, Verifier
+from relay.settings import RelaySettings
 
 
 def sample() -> Envelope:
@@ -22,6 +27,7 @@ def sample() -> Envelope:
         aggregate_id="42",
         schema_version=3,
         extra_headers=(("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),),
+        created_at=datetime.datetime(2026, 11, 26, 8, 0, 0, 123456, datetime.UTC),
     )
 
 
@@ -43,6 +49,13 @@ def test_a_tombstone_and_a_non_utf8_header_are_refused() -> None:
         Envelope.from_kafka("orders", b"42", None, sample().kafka_headers())
     headers = [(HEADER_EVENT_TYPE, b"\xff\xfe"), *sample().kafka_headers()[:1]]
     with pytest.raises(EnvelopeError, match="not UTF-8"):
+        Envelope.from_kafka("orders", b"42", b"{}", headers)
+
+
+@pytest.mark.parametrize("written", [b"yesterday", b"2026-11-26T08:00:00"])
+def test_a_creation_time_that_is_not_an_iso_time_with_its_offset_is_refused(written: bytes) -> None:
+    headers = [(n, written if n == HEADER_CREATED_AT else v) for n, v in sample().kafka_headers()]
+    with pytest.raises(EnvelopeError, match=f"{HEADER_CREATED_AT} is .*not an ISO 8601 time with its UTC"):
         Envelope.from_kafka("orders", b"42", b"{}", headers)
 
 
@@ -72,3 +85,38 @@ def test_backoff_doubles_up_to_its_cap_and_starts_over_after_a_success() -> None
     backoff.reset()
     backoff.wait()
     assert slept == [0.5, 1.0, 2.0, 3.0, 3.0, 0.5]
+
+
+SECRET = b"a-signing-secret-of-32-bytes-at-least"
+
+
+def test_a_signature_holds_through_kafka_and_breaks_on_any_change_to_what_a_consumer_acts_on() -> None:
+    signed = Signer("2026-11", SECRET).sign(sample())
+    verifier = Verifier({"2026-11": SECRET})
+    received = Envelope.from_kafka(signed.topic, signed.key, signed.payload, signed.kafka_headers())
+
+    assert verifier.problem(received) is None
+    for changed in (
+        replace(received, payload=b'{"order_id":43}'),
+        replace(received, aggregate_version=1_000_000),
+        replace(received, topic="payments"),
+        replace(received, key=b"4", payload=b'2{"order_id":42}'),  # bytes moved between fields
+    ):
+        assert "does not match" in (verifier.problem(changed) or "")
+    assert "no outboxkit-signature" in (verifier.problem(sample()) or "")
+
+
+def test_signing_keys_rotate_by_id_and_no_secret_shows_in_a_repr_or_a_settings_error() -> None:
+    old, new = Signer("old", SECRET), Signer("new", SECRET[::-1])
+    both = Verifier({"old": SECRET, "new": SECRET[::-1]})
+    assert both.problem(old.sign(sample())) is None
+    assert both.problem(new.sign(sample())) is None
+    assert "key id 'new', which this consumer does not know" in (
+        Verifier({"old": SECRET}).problem(new.sign(sample())) or ""
+    )
+    assert SECRET.decode() not in repr(old) + repr(both)
+    with pytest.raises(ValueError, match="at least 32"):
+        Signer("old", b"short")
+    with pytest.raises(ValidationError, match="signing_key") as refused:
+        RelaySettings(_env_file=None, signing_key="short-but-secret")  # type: ignore[call-arg]
+    assert "short-but-secret" not in str(refused.value)

@@ -182,6 +182,31 @@ def test_history_mode_answers_as_of_queries(warehouse: Engine) -> None:
     assert len(settle.rows("versions")) == 4
 
 
+def test_a_version_may_jump_by_max_version_jump_and_no_further_and_a_new_key_takes_any(
+    warehouse: Engine,
+) -> None:
+    mappings = [UPSERT, TableMapping(topic="things", table="versions", mode="history")]
+    settle = Settle(warehouse, mappings)
+    settle(message("things", 0, key="a", version=1), message("things", 1, key="b", version=500_000))
+    outcome = settle(
+        message("things", 2, key="a", version=10_001),  # 10,000 other events of "a" between: fine
+        message("things", 3, key="a", version=20_002),  # a jump no table of this topic expects
+        message("things", 4, key="a", version=10_002),
+    )
+
+    assert [(row["_key"], row["_version"]) for row in settle.rows("things")] == [
+        ("a", 10_002),
+        ("b", 500_000),
+    ]
+    assert len(settle.rows("versions")) == 4
+    assert outcome.applied == 4
+    [letter] = settle.dead_letters()
+    assert (letter["offset"], letter["action"]) == (3, "dead-letter")
+    assert letter["reason"].startswith(
+        "untrusted record: version 20002 of key 'a' is 10001 above the version"
+    )
+
+
 def test_a_new_optional_field_adds_a_nullable_column(warehouse: Engine) -> None:
     settle = Settle(warehouse, [UPSERT])
     settle(message("things", 0, key="a", payload={"n": 1}))

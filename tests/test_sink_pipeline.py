@@ -6,6 +6,8 @@ its settings drains them, and the warehouse tables, dead letters and stored offs
 
 from __future__ import annotations
 
+import datetime
+import itertools
 import json
 import threading
 import time
@@ -20,9 +22,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import format_trace_id
 from pydantic import BaseModel, SecretStr
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session
 
+from outbox import SETTINGS_KEY, OutboxSettings, outbox_table
+from outbox.envelope import HEADER_SIGNATURE
 from outbox.kafka_settings import KafkaSettings
+from outbox.signing import Signer
 from sink import (
     Sink,
     SinkConfigError,
@@ -36,7 +42,9 @@ from sink import (
 from sink.replay import replay
 from sink.run import by_topic
 from sink.writer import Batch, Outcome, SqlWriter
-from tests.helpers import rows
+from tests.conftest import Source
+from tests.helpers import committed_records, make_relay, rows
+from tests.models import Thing
 from tests.processes import get, metric, outboxkit
 from tests.sinkkit import Settle, message, publish, tombstone
 
@@ -296,6 +304,160 @@ def test_replay_from_an_offset_or_a_time_changes_nothing_already_right(
     ] == snapshot
 
 
+def test_history_validity_runs_from_each_versions_creation_to_the_next_even_when_published_late(
+    kafka: KafkaSettings, source: Source, warehouse_url: str, unique_name: Names
+) -> None:
+    with Session(source.app, info={SETTINGS_KEY: OutboxSettings(topic_template=source.topic)}) as session:
+        thing = Thing(group="k", n=0)
+        session.add(thing)
+        session.commit()
+        for n in (1, 2):  # three versions, written 0.3 s apart
+            time.sleep(0.3)
+            thing.n = n
+            session.commit()
+    with source.app.connect() as conn:
+        created = conn.scalars(select(outbox_table.c.created_at).order_by(outbox_table.c.aggregateversion))
+        written = [at.replace(tzinfo=datetime.UTC) for at in created]  # SQLite's times are UTC
+    time.sleep(1)  # the relay was away: the backlog goes out later, in one batch
+    assert source.relay().run(lambda: False, drain=True).published == 3
+    history = TableMapping(topic=source.topic, table="versions", mode="history")
+
+    drain(settings(kafka, warehouse_url, unique_name("g"), [history]))
+
+    def as_of(at: datetime.datetime) -> list[tuple[Any, ...]]:
+        t = at.isoformat()
+        valid = f"_valid_from <= '{t}' AND (_valid_to IS NULL OR _valid_to > '{t}')"
+        return rows(warehouse_url, f"SELECT n FROM versions WHERE {valid}")
+
+    found = rows(warehouse_url, "SELECT _version, _valid_from, _valid_to FROM versions ORDER BY _version")
+    assert [(v, utc(start), utc(end)) for v, start, end in found] == [
+        (1, written[0], written[1]),
+        (2, written[1], written[2]),
+        (3, written[2], None),
+    ]
+    for n, (start, end) in enumerate(itertools.pairwise([*written, written[2] + datetime.timedelta(1)])):
+        assert as_of(start + (end - start) / 2) == [(n,)]
+
+
+def utc(at: datetime.datetime | None) -> datetime.datetime | None:
+    """A warehouse time as UTC (DuckDB hands TIMESTAMPTZ back in the session's zone)."""
+    return None if at is None else at.astimezone(datetime.UTC)
+
+
+def write_thing(source: Source, n: int) -> None:
+    """One event of aggregate thing 1 (Kafka key "k"): created with `n`, or updated to it."""
+    with Session(source.app, info={SETTINGS_KEY: OutboxSettings(topic_template=source.topic)}) as session:
+        thing = session.get(Thing, 1) or Thing(id=1, group="k", n=n)
+        thing.n = n
+        session.add(thing)
+        session.commit()
+
+
+def relayed(source: Source, kafka: KafkaSettings, signer: Signer | None = None) -> None:
+    """Publish what the outbox holds, as the relay does (signing with `signer`, if given)."""
+    relay = make_relay(source.app, kafka, source.topic, source.topic + ".ckpt", signer=signer)
+    relay.start()
+    try:
+        relay.run(lambda: False, drain=True)
+    finally:
+        relay.close()
+
+
+def forged(
+    topic: str, version: int, n: int, *, partition: int = 0, signature: bytes | None = None
+) -> Message:
+    """What anyone allowed to write to the topic can send: outboxkit's headers, any version."""
+    payload = {"state": {"id": 1, "group": "k", "n": n}}
+    record = message(topic, 0, key="k", version=version, payload=payload, partition=partition)
+    if signature is None:
+        return record
+    headers = [*(record.headers() or []), (HEADER_SIGNATURE, signature)]
+    return message(topic, 0, key="k", payload=payload, partition=partition, headers=headers)
+
+
+@pytest.mark.parametrize("policy", ["dlq", "stop"])
+def test_a_forged_version_far_above_the_stored_one_is_refused_and_genuine_updates_still_apply(
+    kafka: KafkaSettings, source: Source, warehouse_url: str, unique_name: Names, policy: str
+) -> None:
+    config = settings(
+        kafka,
+        warehouse_url,
+        unique_name("g"),
+        [TableMapping(topic=source.topic, table="t")],
+        poison_policy=policy,
+    )
+    write_thing(source, 1)
+    relayed(source, kafka)
+    drain(config)
+    [genuine] = committed_records(kafka, source.topic)
+    publish(kafka, [forged(source.topic, 1_000_000, 666, partition=genuine.partition)])  # not the relay
+    write_thing(source, 2)
+    relayed(source, kafka)
+
+    stats = drain(config)
+
+    # dlq: the genuine update applies; stop: it waits behind the forged record. Never the forgery.
+    assert rows(warehouse_url, "SELECT _version, n FROM t") == ([(2, 2)] if policy == "dlq" else [(1, 1)])
+    [(action, reason)] = rows(warehouse_url, "SELECT action, reason FROM outboxkit_dead_letters")
+    assert action == ("dead-letter" if policy == "dlq" else "stopped")
+    assert reason.startswith(
+        "untrusted record: version 1000000 of key 'k' is 999999 above the version 1 table t holds "
+        "(max_version_jump=10000)"
+    )
+    assert stats.untrusted == 1
+
+
+KEY_1, KEY_2 = "first-signing-key-of-at-least-32-bytes", "second-signing-key-at-least-32-bytes!"
+
+
+def test_with_signing_on_unsigned_and_badly_signed_records_are_refused_and_signed_ones_apply(
+    kafka: KafkaSettings, source: Source, warehouse_url: str, unique_name: Names
+) -> None:
+    group, tables = unique_name("g"), [TableMapping(topic=source.topic, table="t")]
+    config = settings(kafka, warehouse_url, group, tables, signing_keys={"k1": KEY_1})
+    write_thing(source, 1)
+    relayed(source, kafka, Signer("k1", KEY_1.encode()))
+    drain(config)
+    [genuine] = committed_records(kafka, source.topic)
+    where = genuine.partition
+    tampered = [(n, v.encode()) for n, v in genuine.headers.items()]  # its signature, another value
+    publish(
+        kafka,
+        [
+            forged(source.topic, 2, 666, partition=where),  # unsigned: as v2 it would beat the genuine v2
+            message(
+                source.topic, 0, key="k", payload={"state": {"n": 667}}, partition=where, headers=tampered
+            ),
+            forged(source.topic, 2, 668, partition=where, signature=b"k9:" + b"0" * 64),
+        ],
+    )
+    write_thing(source, 2)
+    relayed(source, kafka, Signer("k1", KEY_1.encode()))
+    second = drain(config)
+
+    assert rows(warehouse_url, "SELECT _version, n FROM t") == [(2, 2)]
+    assert [
+        reason
+        for (reason,) in rows(warehouse_url, 'SELECT reason FROM outboxkit_dead_letters ORDER BY "offset"')
+    ] == [
+        "untrusted record: it carries no outboxkit-signature, and this consumer accepts signed records only",
+        "untrusted record: its signature (key id 'k1') does not match its key, value and outboxkit headers",
+        "untrusted record: it is signed with key id 'k9', which this consumer does not know (it knows k1): "
+        "add that key if the relays use it",
+    ]
+    assert second.untrusted == 3
+
+    rotating = settings(kafka, warehouse_url, group, tables, signing_keys={"k1": KEY_1, "k2": KEY_2})
+    write_thing(source, 3)
+    relayed(source, kafka, Signer("k1", KEY_1.encode()))  # relays still on the old key ...
+    write_thing(source, 4)
+    relayed(source, kafka, Signer("k2", KEY_2.encode()))  # ... and switched to the new one
+    third = drain(rotating)
+
+    assert (third.applied, third.untrusted) == (2, 0)
+    assert rows(warehouse_url, "SELECT _version, n FROM t") == [(4, 4)]
+
+
 def test_each_batch_is_a_span_linked_to_the_spans_the_events_were_written_in(
     kafka: KafkaSettings, topic: str, warehouse: Engine, unique_name: Names
 ) -> None:
@@ -350,6 +512,41 @@ def test_metrics_and_probes_show_progress_dedupe_and_a_stopped_partition(
     finally:
         done.set()
         thread.join(30)
+
+
+def test_lag_counts_records_left_to_apply_never_the_transaction_markers(
+    kafka: KafkaSettings, topic: str, warehouse_url: str, unique_name: Names, free_port: int
+) -> None:
+    relay = unique_name("tx")  # as the relay publishes: each transaction ends with a commit marker
+    publish(kafka, [message(topic, 0, key="a"), message(topic, 1, key="b")], transactional_id=relay)
+    publish(kafka, [message(topic, 0, key="c", partition=1)], transactional_id=relay)
+    config = settings(
+        kafka, warehouse_url, unique_name("g"), [TableMapping(topic=topic, table="t")], poison_policy="stop"
+    )
+    drain(config)
+
+    def lags() -> tuple[int, dict[int, int]]:
+        report = json.loads(cli(config, "status", "--json"))
+        return report["lag"], {p["partition"]: p["lag"] for p in report["partitions"]}
+
+    assert lags() == (0, {0: 0, 1: 0})  # applied everything: nothing behind
+    publish(kafka, [message(topic, 2, key="d", payload=b"{oops")], transactional_id=relay)
+    assert lags() == (1, {0: 1, 1: 0})  # one record left to apply (and its marker, which is none)
+
+    sink = sink_from_settings(config.model_copy(update={"http_port": free_port}))
+    done = threading.Event()
+    thread = threading.Thread(target=sink.run, args=(done.is_set,), daemon=True)
+    thread.start()
+    try:  # the record stops partition 0: it is still the one record left to apply
+        wait_until(lambda: sink.stats.batches == 1)
+        wait_until(lambda: metric(get(free_port, "/metrics")[1], "outboxkit_sink_lag_records") == 1, 10)
+        publish(kafka, [message(topic, 1, key="e", partition=1)], transactional_id=relay)
+        wait_until(lambda: sink.stats.applied == 1)
+        wait_until(lambda: metric(get(free_port, "/metrics")[1], "outboxkit_sink_lag_records") == 1, 10)
+    finally:
+        done.set()
+        thread.join(30)
+    assert lags() == (1, {0: 1, 1: 0})
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:

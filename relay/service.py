@@ -26,6 +26,7 @@ from relay.errors import (
     LeaseLostError,
     PublishAbortedError,
     RelayError,
+    UnsafeOutboxError,
 )
 from relay.leases import Leases
 from relay.shards import Shard
@@ -201,6 +202,8 @@ class RelayService:
                 while relay.delete_published(self._cleanup.batch, created_before) == self._cleanup.batch:
                     if self._clock() > deadline:
                         return  # the rest next time: publishing comes first
+            except UnsafeOutboxError:
+                raise
             except CaptureError as exc:
                 log.warning("cleanup postponed: %s", exc)
 
@@ -214,6 +217,8 @@ class RelayService:
         for shard, relay in list(self._active.items()):
             try:
                 published += relay.step()
+            except UnsafeOutboxError:
+                raise  # retrying cannot help, and cleanup must not delete what it found
             except (CaptureError, PublishAbortedError) as exc:
                 relay.stats.aborted += isinstance(exc, PublishAbortedError)
                 log.warning("%s; retried after %.1fs", exc, self._backoff.wait())

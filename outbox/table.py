@@ -3,8 +3,10 @@
 Column names follow Debezium's outbox convention (`id`, `aggregatetype`, `aggregateid`, `type`,
 `payload`) so a team can switch capture tools without migrating data. What outboxkit adds:
 
-* `id` — unique and increasing in insert order. On SQLite, where one writer at a time holds the
-  database, id order is commit order and the relay captures by id alone.
+* `id` — unique and increasing in insert order, never handed out twice. On SQLite, where one
+  writer at a time holds the database, id order is commit order and the relay captures by id
+  alone; AUTOINCREMENT keeps SQLite from giving the ids of deleted rows out again (without it, an
+  outbox emptied by cleanup starts at 1 again, below the relay's checkpoint, and those events are lost).
 * `xid` — PostgreSQL only (NULL on SQLite): the writing transaction's id (`pg_current_xact_id()`).
   Ids are handed out at insert, not at commit, so a cursor over ids would skip rows committed late.
   The relay instead drains, snapshot after snapshot, the rows whose transaction is visible in the
@@ -48,6 +50,7 @@ outbox_table = Table(
     Column("shard_key", Integer, nullable=True),
     Column("xid", BigInteger, nullable=True),
     Index("outbox_xid", "xid"),
+    sqlite_autoincrement=True,
 )
 
 versions_table = Table(

@@ -11,7 +11,8 @@ A `CaptureSource` hands out committed outbox records batch by batch, each batch 
 How each database keeps them differs, which is why each dialect has its own source.
 
 **SQLite** (`SqliteCapture`): one writer at a time holds the database from its first write to its
-commit, so ids are handed out in commit order and `id > :last` is both promises at once.
+commit, so ids are handed out in commit order and `id > :last` is both promises at once — as long
+as no id is handed out twice, which is why the outbox table uses AUTOINCREMENT.
 
 **PostgreSQL** (`PostgresCapture`): ids are handed out at insert, not at commit. Transaction A
 inserts id 5 and stays open, B inserts id 6 and commits: a cursor at 6 skips 5 for ever. Ordering
@@ -35,6 +36,14 @@ to commit, and insert their outbox rows while holding it. So a later version's t
 commits later — same delta or a later one — and, inside one delta, inserted (got its id) later.
 
 Reading must happen on the primary: a standby's snapshots do not order commits the same way.
+
+**A database behind its checkpoint.** Both promises assume the checkpoint describes this database.
+One restored from a backup, or an outbox table recreated, hands out ids (SQLite) or transaction
+ids (PostgreSQL) again that the checkpoint counts as published: their rows would be skipped, then
+deleted by cleanup. `check` finds that — the id counter behind the checkpoint, the checkpoint's
+own row holding another event, the database's newest snapshot older than the checkpoint's — and
+raises `UnsafeOutboxError`; capture and cleanup call it, so such rows stop the relay and stay.
+(On PostgreSQL a restored database is noticed until it has run as many transactions as it lost.)
 """
 
 from __future__ import annotations
@@ -55,17 +64,19 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    column,
     delete,
     func,
     or_,
     select,
+    table,
 )
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import UserDefinedType
 
 from outbox.envelope import Envelope
 from outbox.table import outbox_table
-from relay.errors import CaptureError
+from relay.errors import CaptureError, UnsafeOutboxError
 from relay.shards import ONLY, Shard
 
 _OUTBOX = outbox_table.c
@@ -79,27 +90,44 @@ _WIRE = [
 ]  # fmt: skip
 # Nothing is visible in it: where a source that never published starts.
 _EMPTY_SNAPSHOT = "1:1:"
+# Where SQLite keeps the highest id an AUTOINCREMENT table ever handed out.
+_SEQUENCE = table("sqlite_sequence", column("name"), column("seq"))
+_MASTER = table("sqlite_master", column("type"), column("name"), column("sql"))
+_START_OVER = (
+    "Nothing was skipped or deleted. To publish them, run the relay under a new "
+    "OUTBOXKIT_RELAY_SOURCE_ID: it starts from the beginning of this outbox, and the sink skips the "
+    "events it has applied already"
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Position:
     """How far capture has come. `after_id`: the last id handed out (of the current delta, on
-    PostgreSQL); `base` / `target`: the two snapshots bounding that delta (PostgreSQL only)."""
+    PostgreSQL); `base` / `target`: the two snapshots bounding that delta (PostgreSQL only);
+    `after_event_id`: the event of row `after_id` (SQLite only), by which capture recognises that
+    id handed out again (None in checkpoints written before it was kept)."""
 
     after_id: int = 0
     base: str | None = None
     target: str | None = None
+    after_event_id: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"after_id": self.after_id, "base": self.base, "target": self.target}
+        return {
+            "after_id": self.after_id,
+            "base": self.base,
+            "target": self.target,
+            "after_event_id": self.after_event_id,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Position:
-        base, target = data.get("base"), data.get("target")
+        base, target, event = data.get("base"), data.get("target"), data.get("after_event_id")
         return cls(
             after_id=int(str(data.get("after_id", 0))),
             base=None if base is None else str(base),
             target=None if target is None else str(target),
+            after_event_id=None if event is None else str(event),
         )
 
     def __str__(self) -> str:
@@ -132,12 +160,19 @@ class CaptureSource(Protocol):
 
         An empty batch may still carry a new position (a source moving to its next snapshot);
         keeping it in memory without a checkpoint is safe. Raises `CaptureError` if the outbox
-        cannot be read; the relay retries with backoff.
+        cannot be read; the relay retries with backoff. Raises `UnsafeOutboxError` (see `check`).
         """
         ...
 
     def delete_published(self, position: Position, limit: int, created_before: datetime | None) -> int:
-        """Delete up to `limit` rows published as of `position` (and older than `created_before`)."""
+        """Delete up to `limit` rows published as of `position` (and older than `created_before`).
+
+        Raises `UnsafeOutboxError`, deleting nothing, where `check` does."""
+        ...
+
+    def check(self, position: Position) -> None:
+        """Raise `UnsafeOutboxError` if rows at or below `position` may never have been published
+        (ids or transaction ids handed out again), naming them and what to do."""
         ...
 
     def backlog(self, position: Position) -> Backlog:
@@ -157,17 +192,68 @@ class SqliteCapture:
     def __init__(self, engine: Engine) -> None:
         _expect_dialect(engine, "sqlite", "polling by id on a multi-writer database skips rows")
         self._engine = engine
+        self._table_checked = False
 
     def fetch(self, after: Position, limit: int) -> Batch:
+        self.check(after)
         query = select(*_WIRE).where(_OUTBOX.id > after.after_id).order_by(_OUTBOX.id).limit(limit)
         rows = _read(self._engine, query)
-        return Batch(_records(rows), replace(after, after_id=rows[-1].id) if rows else after)
+        if not rows:
+            return Batch([], after)
+        return Batch(_records(rows), replace(after, after_id=rows[-1].id, after_event_id=rows[-1].event_id))
 
     def delete_published(self, position: Position, limit: int, created_before: datetime | None) -> int:
+        self.check(position)
         return _delete(self._engine, [_OUTBOX.id <= position.after_id], limit, created_before)
 
     def backlog(self, position: Position) -> Backlog:
         return _backlog(self._engine, [_OUTBOX.id > position.after_id])
+
+    def check(self, position: Position) -> None:
+        """Ids never come back while the id counter is at or past the checkpoint and the checkpoint's
+        row, until cleanup deletes it, holds the event published with it. One query per call."""
+        self._check_table()
+        if position.after_id == 0:
+            return
+        counter, at_checkpoint, highest = tuple(
+            _read(
+                self._engine,
+                select(
+                    select(_SEQUENCE.c.seq).where(_SEQUENCE.c.name == "outbox").scalar_subquery(),
+                    select(_OUTBOX.event_id).where(_OUTBOX.id == position.after_id).scalar_subquery(),
+                    select(func.max(_OUTBOX.id)).where(_OUTBOX.id <= position.after_id).scalar_subquery(),
+                ),
+            )[0]
+        )
+        if (counter or 0) < position.after_id:
+            rows = "new rows get ids" if highest is None else f"outbox row {highest} is"
+            why = f"the outbox's id counter is at {counter or 0}, behind it"
+        elif position.after_event_id is not None and at_checkpoint not in (None, position.after_event_id):
+            rows = f"outbox row {position.after_id} is"
+            why = f"it holds event {at_checkpoint}, the checkpoint's is {position.after_event_id}"
+        else:
+            return
+        raise UnsafeOutboxError(
+            f"{rows} at or below the relay's checkpoint ({position}), never published: {why} (the table "
+            f"was recreated, or the database restored from a backup). {_START_OVER}"
+        )
+
+    def _check_table(self) -> None:
+        if self._table_checked:
+            return
+        definition = _read(
+            self._engine, select(_MASTER.c.sql).where(_MASTER.c.type == "table", _MASTER.c.name == "outbox")
+        )
+        if not definition:
+            return  # no table (yet): reading it fails with that, and is retried
+        if "AUTOINCREMENT" not in str(definition[0][0]).upper():
+            raise UnsafeOutboxError(
+                "the outbox table was created without AUTOINCREMENT (by an older outboxkit): once cleanup "
+                "has emptied it, SQLite hands its ids out again and the relay would skip those events. "
+                "Run `outboxkit migrate --url URL`; tables made by outbox.metadata.create_all() are "
+                "dropped and created again instead, once the relay has drained them"
+            )
+        self._table_checked = True
 
 
 class PostgresCapture:
@@ -180,19 +266,24 @@ class PostgresCapture:
         _expect_dialect(engine, "postgresql", "it reads transaction snapshots")
         self._engine = engine
         self._shard = shard
+        self._checked = False
 
     def fetch(self, after: Position, limit: int) -> Batch:
+        if not self._checked:  # later snapshots are checked as they are taken
+            self.check(after)
+            self._checked = True
         if after.target is None:  # a fresh source: the first delta is everything committed so far
-            after = Position(base=after.base or _EMPTY_SNAPSHOT, target=self._snapshot())
+            after = Position(base=after.base or _EMPTY_SNAPSHOT, target=self._snapshot(after))
         rows = _read(self._engine, self._delta(after, limit))
         if not rows:  # drained: the next delta starts where this one ended
-            after = Position(base=after.target, target=self._snapshot())
+            after = Position(base=after.target, target=self._snapshot(after))
             rows = _read(self._engine, self._delta(after, limit))
         return Batch(_records(rows), replace(after, after_id=rows[-1].id) if rows else after)
 
     def delete_published(self, position: Position, limit: int, created_before: datetime | None) -> int:
         if position.base is None:
             return 0
+        self.check(position)
         # Every transaction below the base snapshot's xmin was visible in it: published.
         published = _OUTBOX.xid < _xmin(_snapshot_param("base", position.base))
         return _delete(self._engine, [published, *self._in_shard()], limit, created_before)
@@ -207,13 +298,27 @@ class PostgresCapture:
         )
         return _backlog(self._engine, [~published, *self._in_shard()])
 
+    def check(self, position: Position) -> None:
+        """A database's snapshots only move forward; one older than the checkpoint's is another
+        database's past (a restored backup): the transactions it commits now count as published."""
+        self._snapshot(position)
+
     def _in_shard(self) -> list[ColumnElement[bool]]:
         if self._shard.count == 1:
             return []
         return [func.coalesce(_OUTBOX.shard_key, 0) % self._shard.count == self._shard.index]
 
-    def _snapshot(self) -> str:
-        return str(_read(self._engine, select(cast(func.pg_current_snapshot(), Text)))[0][0])
+    def _snapshot(self, after: Position) -> str:
+        """A new snapshot, refused if it is older than the one `after` drains up to."""
+        snapshot = str(_read(self._engine, select(cast(func.pg_current_snapshot(), Text)))[0][0])
+        reached = after.target or after.base
+        if reached is not None and _xmax(snapshot) < _xmax(reached):
+            raise UnsafeOutboxError(
+                f"the database is behind the relay's checkpoint: its newest snapshot is {snapshot}, the "
+                f"checkpoint reached {after} (the database was restored from a backup, or is another one "
+                f"than this source's): rows committed now would count as published. {_START_OVER}"
+            )
+        return snapshot
 
     def _delta(self, position: Position, limit: int) -> Select[Any]:
         base, target = _snapshot_param("base", position.base), _snapshot_param("target", position.target)
@@ -248,6 +353,11 @@ def _visible_in(snapshot: ColumnElement[Any]) -> ColumnElement[bool]:
     """Whether the row's writing transaction is visible in `snapshot` (committed before it)."""
     xid = cast(cast(_OUTBOX.xid, Text), _PgType("xid8"))  # PostgreSQL has no bigint -> xid8 cast
     return func.pg_visible_in_snapshot(xid, snapshot)
+
+
+def _xmax(snapshot: str) -> int:
+    """The first transaction id not yet handed out when the snapshot (`xmin:xmax:xip,...`) was taken."""
+    return int(snapshot.split(":")[1])
 
 
 def _xmin(snapshot: ColumnElement[Any]) -> ColumnElement[int]:

@@ -32,6 +32,16 @@ class CaptureError(RelayError):
     """The outbox cannot be read safely (wrong dialect, missing table, database down)."""
 
 
+class UnsafeOutboxError(CaptureError):
+    """The outbox holds, or would hold, rows at or below the checkpoint that were never published.
+
+    An id (SQLite) or transaction id (PostgreSQL) the checkpoint counts as published was handed
+    out again: a table recreated, a database restored from a backup, an outbox table that reuses
+    ids. Capture would skip those rows and cleanup delete them, so the relay stops instead and
+    deletes nothing; retrying cannot help. The message names the row or snapshot and what to do.
+    """
+
+
 class CheckpointError(RelayError):
     """The relay's last committed position could not be read back from Kafka."""
 

@@ -123,13 +123,9 @@ class AdvisoryLeases:
         try:
             conn = self._connection()
             conn.execute(text("select 1"))  # the locks live exactly as long as this connection
-            for shard in self._shards:
-                if len(self._held) >= self._max_held:
-                    break
-                if shard not in self._held and self._try_lock(conn, shard):
-                    log.info("took the lease of %s", shard)
-                    with self._guard:
-                        self._held |= {shard}
+            taken = self._take_free(conn)
+            with self._guard:  # all of the round's shards at once: the service starts them together
+                self._held |= taken
         except SQLAlchemyError as exc:
             with self._guard:
                 if self._held:
@@ -140,6 +136,17 @@ class AdvisoryLeases:
                 else:
                     log.warning("cannot reach the database for leases (%s); retrying", exc)
             self._drop_connection()
+
+    def _take_free(self, conn: Connection) -> frozenset[Shard]:
+        """Every free shard this relay may still hold, in one round."""
+        taken: set[Shard] = set()
+        for shard in self._shards:
+            if len(self._held) + len(taken) >= self._max_held:
+                break
+            if shard not in self._held and self._try_lock(conn, shard):
+                log.info("took the lease of %s", shard)
+                taken.add(shard)
+        return frozenset(taken)
 
     def _connection(self) -> Connection:
         if self._conn is None:

@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, create_engine, func, select
 
 from outbox.table import outbox_table, quarantine_table
-from relay.capture import Backlog, Position, capture_for
+from relay.capture import Backlog, CaptureSource, Position, capture_for
 from relay.checkpoint import Checkpoints
+from relay.errors import UnsafeOutboxError
 from relay.leases import holders
 from relay.settings import RelaySettings
 from relay.shards import Shard
@@ -29,6 +30,7 @@ class ShardStatus:
     backlog: int
     oldest_unpublished: datetime | None
     lease_holder: str | None
+    problem: str | None = None  # rows at or below the checkpoint never published (`UnsafeOutboxError`)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,11 @@ class RelayStatus:
 
     def render(self, now: datetime | None = None) -> str:
         now = now or datetime.now(UTC)
-        lines = [f"source {self.source_id}: {self.backlog} event(s) waiting, {self.quarantined} quarantined"]
+        stopped = sum(shard.problem is not None for shard in self.shards)
+        lines = [
+            f"source {self.source_id}: {self.backlog} event(s) waiting, {self.quarantined} quarantined"
+            + (f", {stopped} shard(s) STOPPED with events never published" if stopped else "")
+        ]
         for shard in self.shards:
             age = (
                 f", oldest {(now - shard.oldest_unpublished).total_seconds():.1f}s old"
@@ -68,6 +74,7 @@ class RelayStatus:
                 f"  {shard.shard}: {shard.backlog} waiting{age}; lease: {shard.lease_holder or 'nobody'}; "
                 f"checkpoint: {shard.checkpoint}"
             )
+        lines += [f"  STOPPED {shard.shard}: {shard.problem}" for shard in self.shards if shard.problem]
         lines += [
             f"  quarantined #{q.id} {q.type} ({q.event_id}) at {q.quarantined_at:%Y-%m-%d %H:%M}: {q.reason}"
             for q in self.latest_quarantined
@@ -103,9 +110,21 @@ def _shard_status(settings: RelaySettings, engine: Engine, shard: Shard) -> Shar
     position: Position = Checkpoints(
         settings.kafka, settings.checkpoint_topic, settings.source_id, shard
     ).read()
-    backlog: Backlog = capture_for(engine, shard).backlog(position)
+    capture = capture_for(engine, shard)
+    backlog: Backlog = capture.backlog(position)
     holder = "this process (SQLite has one relay)" if engine.dialect.name == "sqlite" else None
-    return ShardStatus(str(shard), str(position), backlog.rows, backlog.oldest, holder)
+    return ShardStatus(
+        str(shard), str(position), backlog.rows, backlog.oldest, holder, _problem(capture, position)
+    )
+
+
+def _problem(capture: CaptureSource, position: Position) -> str | None:
+    """What stops the relay of this shard for good, if anything: the backlog alone would miss it."""
+    try:
+        capture.check(position)
+    except UnsafeOutboxError as exc:
+        return str(exc)
+    return None
 
 
 def _quarantine_and_strays(engine: Engine, shown: int) -> tuple[int, list[Quarantined], int]:

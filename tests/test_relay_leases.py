@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -11,7 +14,7 @@ from sqlalchemy import Engine, create_engine, insert, text
 
 import outbox
 from outbox.kafka_settings import KafkaSettings
-from relay import AdvisoryLeases, Checkpoints, PostgresCapture, RelaySettings, Shard
+from relay import AdvisoryLeases, Checkpoints, PostgresCapture, RelayService, RelaySettings, RelayStats, Shard
 from relay.capture import Position, capture_for
 from relay.errors import CaptureError, CheckpointError, LeaseLostError
 from relay.publisher import TransactionalPublisher
@@ -113,3 +116,50 @@ def test_settings_that_cannot_work_are_refused() -> None:
         RelaySettings(lease_interval=5, lease_timeout=8)
     with pytest.raises(CaptureError, match="SHARDS=1"):
         capture_for(create_engine("sqlite://"), Shard(0, 2))
+
+
+class Starting:
+    """Relays whose start waits until every shard's start has begun: started one after the other,
+    the first would wait for the others for ever (the barrier breaks after its timeout)."""
+
+    def __init__(self, shards: int) -> None:
+        self.together = threading.Barrier(shards, timeout=20)
+        self.started: list[Shard] = []
+
+    def relay_for(self, shard: Shard) -> Any:
+        self.together.wait()
+        self.started.append(shard)
+        return SimpleNamespace(step=lambda: 0, close=lambda: None, stats=RelayStats())
+
+
+class Noted:
+    """Leases, with what each refresh returned to the service."""
+
+    def __init__(self, leases: AdvisoryLeases) -> None:
+        self._leases = leases
+        self.seen: list[frozenset[Shard]] = []
+
+    def refresh(self) -> frozenset[Shard]:
+        self.seen.append(self._leases.refresh())
+        return self.seen[-1]
+
+    def close(self) -> None:
+        self._leases.close()
+
+
+def test_a_successor_takes_every_shard_of_a_dead_holder_in_one_round_and_starts_them_side_by_side(
+    app: Engine, unique_name: Callable[[str], str]
+) -> None:
+    source, everything = unique_name("src"), {Shard(i, 4) for i in range(4)}
+    holder = AdvisoryLeases(app, source, 4, interval=0.1)
+    assert holder.refresh() == everything
+    successor = Noted(AdvisoryLeases(app, source, 4, interval=0.05))
+    assert successor.refresh() == frozenset()
+    starting = Starting(4)
+    service = RelayService(successor, starting.relay_for, poll_interval=0.01, lease_interval=0.01)
+
+    holder.close()  # the holder dies: its four shards are free at once
+    service.run(lambda: len(starting.started) == 4)
+
+    assert set(starting.started) == everything
+    assert next(held for held in successor.seen if held) == everything  # one round took them all

@@ -55,6 +55,7 @@ class WarehouseConsumer:
             )
         self._topics = list(topics)
         self._load_offsets = load_offsets
+        self._client_log = kafka.client_log
         self._at_end: dict[Where, bool] = {}
         self.positions: dict[Where, int | None] = {}  # next offset as stored; None: no row yet
         self.stopped: set[Where] = set()
@@ -92,6 +93,8 @@ class WarehouseConsumer:
         return self._accept(consumed)
 
     def _accept(self, consumed: list[Message]) -> list[Message]:
+        if consumed:
+            self._client_log.reached()
         records = []
         for message in consumed:
             where = (message.topic() or "", message.partition() or 0)
@@ -169,6 +172,7 @@ class WarehouseConsumer:
         self._consumer.close()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._client_log.reached()  # the group coordinator answered
         stored = self._stored_offsets()
         for tp in partitions:
             where = (tp.topic, tp.partition)

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.kafka_settings import KafkaSettings
+from outbox.observe import EVERY_INTERFACE, HttpHost
+from outbox.urls import parsed_url
+from sink.loaders import loader_for
 from sink.mapping import TableMapping
+
+
+def _writable(url: SecretStr) -> SecretStr:
+    """A warehouse URL the sink has a writer for (plain postgresql:// meaning psycopg 3)."""
+    parsed = parsed_url(url.get_secret_value(), ("duckdb", "postgresql"))
+    driver = "psycopg" if parsed.drivername == "postgresql" else parsed.get_dialect().driver
+    loader_for(parsed.get_backend_name(), driver)
+    return url
 
 
 class SinkSettings(BaseSettings):
@@ -19,7 +30,7 @@ class SinkSettings(BaseSettings):
         env_prefix="OUTBOXKIT_SINK_", env_file=".env", env_nested_delimiter="__", extra="ignore"
     )
 
-    warehouse_url: SecretStr = Field(
+    warehouse_url: Annotated[SecretStr, AfterValidator(_writable)] = Field(
         SecretStr("duckdb:///outboxkit-warehouse.duckdb"),
         description="duckdb:///file.duckdb or postgresql+psycopg://user@host/db",
     )
@@ -34,7 +45,16 @@ class SinkSettings(BaseSettings):
     batch_size: int = Field(5000, ge=1, le=100_000, description="Records per warehouse transaction.")
     poll_timeout: float = Field(0.5, gt=0, description="Seconds a poll waits for records.")
     max_backoff: float = Field(10.0, gt=0, description="Longest wait between warehouse retries.")
-    http_port: int | None = Field(None, description="Serve /metrics, /healthz, /readyz on this port.")
+    start_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a starting sink waits for its warehouse and Kafka (retrying with backoff) "
+        "before it exits 1; rides out a service restart.",
+    )
+    http_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve /metrics, /healthz, /readyz on this port (off when unset)."
+    )
+    http_host: HttpHost = EVERY_INTERFACE
 
     @model_validator(mode="after")
     def _one_mapping_per_table(self) -> SinkSettings:

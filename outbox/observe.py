@@ -13,13 +13,31 @@ sidecars need no exporter package and cost nothing when nobody scrapes them:
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Annotated
+
+from pydantic import Field, IPvAnyAddress
 
 log = logging.getLogger("outboxkit.observe")
+
+# Every interface by default: the endpoints are off until a port is set, and whoever sets one
+# wants them reached from outside the process's network namespace — the kubelet probes the pod
+# IP, Prometheus scrapes it — where loopback would fail the probes and restart the pod in a loop.
+# They show counters and health, no secret; 127.0.0.1 keeps them to the host (or the pod).
+HttpHost = Annotated[
+    IPvAnyAddress,
+    Field(
+        description="Address /metrics, /healthz and /readyz listen on: 0.0.0.0 every IPv4 interface, "
+        "127.0.0.1 this host only, :: every interface (IPv6 and IPv4)."
+    ),
+]
+EVERY_INTERFACE = IPv4Address("0.0.0.0")  # noqa: S104 - see HttpHost
 
 
 @dataclass
@@ -88,8 +106,10 @@ class Health:
         return self.live and self._ok
 
 
-def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104
-    """Serve /metrics, /healthz and /readyz on `port` from a daemon thread; returns the server."""
+def serve(
+    port: int, metrics: Metrics, health: Health, host: IPv4Address | IPv6Address | str = EVERY_INTERFACE
+) -> ThreadingHTTPServer:
+    """Serve /metrics, /healthz and /readyz on `host`:`port` from a daemon thread; returns the server."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -109,6 +129,9 @@ def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") ->
         def log_message(self, format: str, *args: object) -> None:
             log.debug(format, *args)
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ip_address(host).version == 6 else socket.AF_INET
+
+    server = Server((str(host), port), Handler)
     threading.Thread(target=server.serve_forever, name="outboxkit-http", daemon=True).start()
     return server

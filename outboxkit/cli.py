@@ -1,6 +1,8 @@
 """The `outboxkit` command: `demo`, `migrate`, `relay run|status`, `sink run|status|replay`, `verify`.
 
-Exit codes are named (relay.ExitCode) so a supervisor can tell a fenced zombie from a crash.
+Exit codes are named (relay.ExitCode) so a supervisor can tell a fenced zombie from a crash. A
+failure is one line naming the setting behind it (`outboxkit.failures`), never a traceback — but
+for a bug.
 """
 
 from __future__ import annotations
@@ -17,20 +19,21 @@ from pathlib import Path
 from types import FrameType
 
 from alembic.util import CommandError
-from pydantic import ValidationError
 from sqlalchemy import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from outbox import schema
+from outbox.urls import parsed_url
 from outboxkit import __version__
-from relay import ExitCode, RelayError, RelaySettings, relay_from_settings
+from outboxkit.failures import Failure, Named, explain
+from relay import ExitCode, RelaySettings, relay_from_settings
 from relay.status import relay_status
-from sink import SinkError, SinkSettings, sink_from_settings
+from sink import SinkSettings, sink_from_settings
 from sink.replay import replay, skip
 from sink.run import tune_gc
 from sink.status import sink_status
 from verify import VerifySettings, verify
-from verify.kafka import VerifyError
+
+TOOLS = {"status", "replay", "skip", "verify"}  # commands that answer and end: their output stays clean
 
 
 class StopFlag:
@@ -79,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser(
         "migrate", help="create or upgrade the outbox tables (Alembic, own version table)"
     )
-    migrate.add_argument("--url", required=True, help="SQLAlchemy URL of the application database")
+    migrate.add_argument(
+        "--url", required=True, type=_database_url, help="SQLAlchemy URL of the application database"
+    )
     migrate.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
     migrate.add_argument(
         "--downgrade", action="store_true", help="go down to REVISION instead ('base' drops the tables)"
@@ -160,39 +165,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+    named = Named(" ".join(filter(None, (args.command, getattr(args, "action", None)))))
+    if {args.command, getattr(args, "action", None)} & TOOLS:
+        # What librdkafka retries, and our own "unreachable, retrying", only come before the same
+        # news in the tool's closing line (or are no news at all when it answers).
+        logging.getLogger("outboxkit.kafka").setLevel(logging.ERROR)
+    commands: dict[str, Callable[[argparse.Namespace, Named], int]] = {
         "demo": _demo,
-        "migrate": lambda a: _migrate(a.url, a.revision, down=a.downgrade),
+        "migrate": _migrate,
         "relay": _relay,
         "sink": _sink,
         "verify": _verify,
         "chaos": _chaos,
     }
     try:
-        return commands[args.command](args)
-    except ValidationError as exc:
-        print(f"outboxkit: invalid settings:\n{exc}", file=sys.stderr)
-        return ExitCode.CONFIG
-    except RelayError as exc:
-        print(f"outboxkit: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except (SinkError, ValueError) as exc:
-        print(f"outboxkit: {exc}", file=sys.stderr)
-        return ExitCode.ERROR
+        return commands[args.command](args, named)
+    except Exception as exc:
+        failure = explain(exc, named)
+        if failure is None:
+            raise  # not foreseen: a bug, whose traceback helps
+        return _failed(named, failure)
 
 
-def _relay(args: argparse.Namespace) -> int:
+def _failed(named: Named, failure: Failure) -> int:
+    print(f"outboxkit {named.command}: {failure.message}", file=sys.stderr)
+    return failure.exit_code
+
+
+def _relay(args: argparse.Namespace, named: Named) -> int:
+    settings = named.load(RelaySettings)
     if args.action == "status":
-        report = relay_status(RelaySettings())
+        report = relay_status(settings)
         print(report.to_json() if args.json else report.render())
     else:
         stop = StopFlag()
-        relay_from_settings(RelaySettings(), stop).run(stop, drain=args.drain)
+        relay_from_settings(settings, stop).run(stop, drain=args.drain)
     return ExitCode.OK
 
 
-def _sink(args: argparse.Namespace) -> int:
-    settings = SinkSettings()
+def _sink(args: argparse.Namespace, named: Named) -> int:
+    settings = named.load(SinkSettings)
     if args.action == "status":
         report = sink_status(settings)
         print(report.to_json() if args.json else report.render())
@@ -223,14 +235,15 @@ def _sink(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _chaos(args: argparse.Namespace) -> int:
-    from outboxkit.chaos import ChaosSettings, Mix, run_chaos  # noqa: PLC0415 - models load only when asked for
+def _chaos(args: argparse.Namespace, named: Named) -> int:
+    from outboxkit.chaos import ChaosSettings, run_chaos  # noqa: PLC0415 - models load only when asked for
 
     flags = {"seconds": args.seconds, "events": args.events, "faults": args.faults}
     flags["fault_every"] = args.fault_every
-    settings = ChaosSettings(**{name: value for name, value in flags.items() if value is not None})
+    given = {name: value for name, value in flags.items() if value is not None}
     mix = args.mix | ({"rate": args.rate} if args.rate is not None else {})
-    settings.mix = Mix.model_validate(settings.mix.model_dump() | mix)
+    settings = named.load(ChaosSettings, **given)
+    settings = named.load(ChaosSettings, **given, mix=settings.mix.model_dump() | mix)
     report = run_chaos(settings, _restart_service if args.restart_services else None)
     print(report.render())
     return ExitCode.OK if report.ok else ExitCode.ERROR
@@ -254,52 +267,46 @@ def _restart_service(name: str) -> None:
         subprocess.run(command, check=True, capture_output=True, timeout=300)  # noqa: S603 - fixed, ours
 
 
-def _verify(args: argparse.Namespace) -> int:
-    try:
-        findings = verify(VerifySettings())
-    except VerifyError as exc:
-        print(f"outboxkit verify: cannot check: {exc}", file=sys.stderr)
-        return ExitCode.ERROR
+def _verify(args: argparse.Namespace, named: Named) -> int:
+    findings = verify(named.load(VerifySettings))
     print(findings.to_json() if args.json else findings.render())
     return ExitCode.OK if findings.ok else ExitCode.ERROR
 
 
-def _migrate(url: str, revision: str, *, down: bool) -> int:
+def _database_url(text: str) -> str:
+    """`--url`, refused by argparse (exit 2, naming the flag) when it cannot work."""
     try:
-        (schema.downgrade if down else schema.upgrade)(url, revision)
-    except (SQLAlchemyError, CommandError) as exc:
-        print(f"outboxkit migrate: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return ExitCode.ERROR
-    print(f"outboxkit migrate: the outbox tables are at {revision} in {make_url(url)!r}")
+        parsed_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _migrate(args: argparse.Namespace, named: Named) -> int:
+    named.database("--url", args.url)
+    try:
+        (schema.downgrade if args.downgrade else schema.upgrade)(args.url, args.revision)
+    except CommandError as exc:  # Alembic's: an unknown revision, say
+        return _failed(named, Failure(str(exc), ExitCode.ERROR))
+    print(f"outboxkit migrate: the outbox tables are at {args.revision} in {make_url(args.url)!r}")
     return ExitCode.OK
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace, named: Named) -> int:
     from outboxkit.demo import DemoSettings, run_demo  # noqa: PLC0415 - models load only when asked for
 
     flags = {name: getattr(args, name) for name in ("seconds", "rate", "writers", "app_db", "warehouse")}
-    settings = DemoSettings(**{name: value for name, value in flags.items() if value is not None})
+    settings = named.load(DemoSettings, **{name: value for name, value in flags.items() if value is not None})
+    named.bootstrap = ("OUTBOXKIT_DEMO_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    named.remedy = (
+        "`scripts/services up` starts the local services (or set OUTBOXKIT_PG_URL, OUTBOXKIT_KAFKA_BOOTSTRAP)"
+    )
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("outboxkit.kafka").setLevel(logging.ERROR)  # transient coordinator retries: noise here
     with tempfile.TemporaryDirectory(prefix="outboxkit-demo-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        try:
-            report = run_demo(settings, workdir, sys.stdout, StopFlag())
-        except SQLAlchemyError as exc:
-            print(
-                f"outboxkit demo: a database is not reachable ({str(exc).splitlines()[0]}); for the "
-                "PostgreSQL options start it with `scripts/services up postgres` or set OUTBOXKIT_PG_URL",
-                file=sys.stderr,
-            )
-            return ExitCode.ERROR
-        except RelayError as exc:
-            print(
-                f"outboxkit demo: {exc}; is Kafka running? `scripts/services up kafka` starts the local one "
-                "(or set OUTBOXKIT_KAFKA_BOOTSTRAP)",
-                file=sys.stderr,
-            )
-            return ExitCode.ERROR
+        report = run_demo(settings, workdir, sys.stdout, StopFlag())
     return ExitCode.OK if report.ok else ExitCode.ERROR
 
 

@@ -33,7 +33,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from outbox.envelope import murmur2
-from relay.errors import LeaseLostError
+from relay.errors import CaptureError, LeaseLostError
 from relay.shards import ONLY, Shard
 
 log = logging.getLogger("outboxkit.relay")
@@ -41,7 +41,10 @@ log = logging.getLogger("outboxkit.relay")
 
 class Leases(Protocol):
     def refresh(self) -> frozenset[Shard]:
-        """Try to take free shards, check the ones held; return the shards held now."""
+        """Try to take free shards, check the ones held; return the shards held now.
+
+        Raises LeaseLostError once held leases are lost, CaptureError while holding none because
+        the database does not answer (so a starting relay can tell waiting from standing by)."""
         ...
 
     def close(self) -> None:
@@ -90,6 +93,7 @@ class AdvisoryLeases:
         self._guard = threading.Lock()
         self._held: frozenset[Shard] = frozenset()
         self._lost: LeaseLostError | None = None
+        self._unreachable: SQLAlchemyError | None = None  # the last beat's failure, holding nothing
         self._stopping = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -102,6 +106,8 @@ class AdvisoryLeases:
             lost, self._lost = self._lost, None
             if lost is not None:
                 raise lost
+            if self._unreachable is not None:
+                raise CaptureError("cannot reach the database for leases") from self._unreachable
             return self._held
 
     def close(self) -> None:
@@ -134,8 +140,20 @@ class AdvisoryLeases:
                         "stopped publishing them"
                     )
                 else:
-                    log.warning("cannot reach the database for leases (%s); retrying", exc)
+                    # Once, not every heartbeat: the relay keeps trying while it stands by.
+                    first, self._unreachable = self._unreachable is None, exc
+                    log.log(
+                        logging.WARNING if first else logging.DEBUG,
+                        "cannot reach the database for leases (%s); retrying every %.1fs",
+                        exc,
+                        self._interval,
+                    )
             self._drop_connection()
+        else:
+            with self._guard:
+                back, self._unreachable = self._unreachable is not None, None
+            if back:
+                log.warning("the database answers again: lease heartbeat resumed")
 
     def _take_free(self, conn: Connection) -> frozenset[Shard]:
         """Every free shard this relay may still hold, in one round."""

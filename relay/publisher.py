@@ -73,6 +73,7 @@ class TransactionalPublisher:
         self._stopping = stopping
         self._unusable = False  # fenced or fatal: the producer can do nothing more
         self._transactional_id = transactional_id
+        self._client_log = kafka.client_log
         self._producer = Producer(
             kafka.client_config(
                 {
@@ -89,6 +90,7 @@ class TransactionalPublisher:
         """Register the transactional id. This fences every older producer with the same id and
         aborts its open transaction — so call it before reading the checkpoint back."""
         self._call(lambda: self._producer.init_transactions(self._timeout), "init_transactions")
+        self._client_log.reached()
 
     def publish(self, envelopes: Sequence[Envelope], checkpoint: CheckpointRecord) -> None:
         """Produce `envelopes` in order and move the checkpoint, in one Kafka transaction.
@@ -102,6 +104,7 @@ class TransactionalPublisher:
             self._call(
                 lambda: self._producer.commit_transaction(self._timeout), "commit", in_transaction=True
             )
+            self._client_log.reached()
         except PublishAbortedError:
             self._producer.poll(0)  # collect the delivery reports that say which record failed
             self._raise_for_record(envelopes, failures)

@@ -181,7 +181,9 @@ def relay_from_settings(
             else None
         ),
         http_port=settings.http_port,
+        http_host=settings.http_host,
         backoff=Backoff(maximum=settings.max_backoff),
+        start_timeout=settings.start_timeout,
     )
 
 

@@ -15,10 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING
 
 from outbox.backoff import Backoff
-from outbox.observe import Health, Metrics, serve
+from outbox.observe import EVERY_INTERFACE, Health, Metrics, serve
+from outbox.startup import StartWindow
 from relay.capture import Backlog, Position
 from relay.errors import (
     CaptureError,
@@ -64,7 +66,9 @@ class RelayService:
         cleanup: Cleanup | None = None,
         listener: Listener | None = None,
         http_port: int | None = None,
+        http_host: IPv4Address | IPv6Address = EVERY_INTERFACE,
         backoff: Backoff | None = None,
+        start_timeout: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -77,6 +81,7 @@ class RelayService:
         self._idle = listener.wait if listener is not None else sleep
         self._listener = listener
         self._http_port = http_port
+        self._http_host = http_host
         self.health = Health()
         self.metrics = self._metrics()
         self._retired = RelayStats()  # totals of relays whose shard this process gave up
@@ -86,14 +91,26 @@ class RelayService:
         self._active: dict[Shard, Relay] = {}
         self._held: frozenset[Shard] = frozenset()
         self._next_refresh = 0.0
+        self._start_timeout = start_timeout
+        self._failure: Exception | None = None  # the last one: of the leases, a shard's start, a step
+        self._leases_answer = True  # False while the lease database does not answer
 
     @property
     def active(self) -> frozenset[Shard]:
         return frozenset(self._active)
 
     def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> RelayStats:
-        """Loop until `should_stop()`; with `drain`, also stop once the held shards are caught up."""
-        server = serve(self._http_port, self.metrics, self.health) if self._http_port is not None else None
+        """Loop until `should_stop()`; with `drain`, also stop once the held shards are caught up.
+
+        Start-up lasts until a round goes through whole: the lease database answered, every held
+        shard started and stepped. With a `start_timeout`, failing that long raises
+        StartTimeoutError; after start-up, failures are retried for as long as they last."""
+        server = (
+            serve(self._http_port, self.metrics, self.health, self._http_host)
+            if self._http_port is not None
+            else None
+        )
+        starting = StartWindow(self._start_timeout, clock=self._clock) if self._start_timeout else None
         try:
             while not should_stop():
                 self._refresh_leases()
@@ -104,13 +121,17 @@ class RelayService:
                         raise
                     log.warning("stopping with Kafka unreachable: %s", exc)
                     break
+                if starting is not None and self._started(published):
+                    starting = None
+                elif starting is not None and self._failure is not None:
+                    starting.check("starting the relay", self._failure)
                 self._clean_up()
                 self.health.beat(ok=published is not None)
                 if published is None:
                     continue  # a failure: the backoff has already waited
                 self._backoff.reset()
                 if published == 0:
-                    if drain and self._held <= self._active.keys():
+                    if drain and self._started(published):
                         break
                     self._idle(self._poll_interval)
         finally:
@@ -155,6 +176,10 @@ class RelayService:
         )
         return metrics
 
+    def _started(self, published: int | None) -> bool:
+        """This round went through whole: the leases answered, each held shard started and stepped."""
+        return self._leases_answer and self._held <= self._active.keys() and published is not None
+
     def _total(self, name: str) -> float:
         return float(getattr(self.stats(), name))
 
@@ -174,8 +199,12 @@ class RelayService:
         self._next_refresh = self._clock() + self._lease_interval
         try:
             self._held = self._leases.refresh()
+            self._leases_answer = True
         except LeaseLostError as exc:
             log.warning("%s; standing by until a lease can be taken again", exc)
+            self._held = frozenset()
+        except CaptureError as exc:  # the database does not answer (the leases log it)
+            self._failure, self._leases_answer = exc, False
             self._held = frozenset()
         for shard in self._active.keys() - self._held:
             log.warning("no longer holds the lease of %s: stopped publishing it", shard)
@@ -199,6 +228,7 @@ class RelayService:
             except (FencedError, KafkaFatalError) as exc:
                 fatal = fatal or exc  # raised once the shards that did start are active (closed at exit)
             except RelayError as exc:
+                self._failure = exc
                 log.warning("cannot start publishing %s yet (%s); retrying", shard, exc)
         if fatal is not None:
             raise fatal
@@ -236,10 +266,12 @@ class RelayService:
             except UnsafeOutboxError:
                 raise  # retrying cannot help, and cleanup must not delete what it found
             except (CaptureError, PublishAbortedError) as exc:
+                self._failure = exc
                 relay.stats.aborted += isinstance(exc, PublishAbortedError)
                 log.warning("%s; retried after %.1fs", exc, self._backoff.wait())
                 return None
             except KafkaFatalError as exc:
+                self._failure = exc
                 # The producer is unusable, the shard is not: it gets a new producer at the next
                 # lease refresh, as a restarted process would (which fences the old epoch and
                 # resumes from the checkpoint). Seen when the broker restarts mid-transaction.

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.kafka_settings import KafkaSettings
+from outbox.observe import EVERY_INTERFACE, HttpHost
 from outbox.signing import MIN_SECRET_BYTES, Signer
+from outbox.urls import usable_url
 
 
 class RelaySettings(BaseSettings):
@@ -20,7 +24,9 @@ class RelaySettings(BaseSettings):
         hide_input_in_errors=True,  # an invalid value may be a secret (the signing key, the URL)
     )
 
-    database_url: SecretStr = SecretStr("sqlite:///outboxkit-app.db")
+    database_url: Annotated[SecretStr, AfterValidator(usable_url("sqlite", "postgresql"))] = SecretStr(
+        "sqlite:///outboxkit-app.db"
+    )
     source_id: str = Field(
         "default",
         pattern=r"^[A-Za-z0-9._-]+$",
@@ -40,6 +46,12 @@ class RelaySettings(BaseSettings):
         "(OUTBOXKIT_OUTBOX_NOTIFY_CHANNEL on the app side). Empty: poll only.",
     )
     max_backoff: float = Field(10.0, gt=0, description="Longest wait between retries after a failure.")
+    start_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a starting relay waits for its database and Kafka (retrying) before it exits "
+        "1; rides out a service restart. A standby is started once the database answered.",
+    )
     shards: int = Field(
         1,
         ge=1,
@@ -74,6 +86,7 @@ class RelaySettings(BaseSettings):
         le=65535,
         description="Serve /metrics, /healthz and /readyz on this port (off when unset).",
     )
+    http_host: HttpHost = EVERY_INTERFACE
     cleanup: bool = Field(
         True, description="Delete published rows from the outbox (in short batches that never block writers)."
     )

@@ -57,6 +57,7 @@ class WarehouseConsumer:
         self._load_offsets = load_offsets
         self._ends: dict[Where, int] = {}  # partitions read to their end: the offset Kafka reported
         self._unsettled: dict[Where, list[int]] = {}  # offsets returned by `poll`, not yet stored past
+        self._client_log = kafka.client_log
         self.positions: dict[Where, int | None] = {}  # next offset as stored; None: no row yet
         self.stopped: set[Where] = set()
         self.gaps: dict[Where, tuple[int, str]] = {}  # found, not yet recorded: offset, reason
@@ -90,6 +91,8 @@ class WarehouseConsumer:
             consumed += more
             if (consumed and not more) or left <= 0:
                 break
+        if consumed:
+            self._client_log.reached()
         return self._accept(consumed)
 
     def _accept(self, consumed: list[Message]) -> list[Message]:
@@ -192,6 +195,7 @@ class WarehouseConsumer:
         self._consumer.close()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._client_log.reached()  # the group coordinator answered
         stored = self._stored_offsets()
         for tp in partitions:
             where = (tp.topic, tp.partition)

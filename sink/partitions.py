@@ -39,6 +39,18 @@ def inspector(kafka: KafkaSettings) -> Iterator[Consumer]:
         consumer.close()
 
 
+def reach(kafka: KafkaSettings, timeout: float) -> None:
+    """Ask Kafka for its brokers: a SinkError if none answers within `timeout` seconds."""
+    with inspector(kafka) as consumer:
+        try:
+            consumer.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            raise SinkError(f"cannot reach Kafka: {exc.args[0].str()}") from exc
+        finally:
+            consumer.poll(0)  # serves what librdkafka reported meanwhile (unreachable: said once)
+    kafka.client_log.reached()
+
+
 def partitions(consumer: Consumer, topics: Iterable[str], timeout: float = 10.0) -> list[Where]:
     """Every partition of `topics`; a missing topic is an error that names it."""
     found = []

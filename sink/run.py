@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, make_url
 
 from outbox.backoff import Backoff
+from outbox.startup import StartWindow
 from sink.consumer import WarehouseConsumer
+from sink.errors import SinkError, WarehouseError
 from sink.mapping import TableMapping
+from sink.partitions import reach
 from sink.service import Sink
 from sink.settings import SinkSettings
 from sink.writer import SqlWriter, create_bookkeeping
+
+log = logging.getLogger("outboxkit.sink")
+REACH_SECONDS = 5.0  # per attempt to reach Kafka at start-up; then its failure is said, and retried
 
 
 def warehouse_url(settings: SinkSettings) -> str:
@@ -55,8 +62,22 @@ def tune_gc(young: int = 100_000) -> None:
 
 
 def sink_from_settings(settings: SinkSettings) -> Sink:
-    writer = SqlWriter(
-        create_engine(warehouse_url(settings)), settings.tables, max_version_jump=settings.max_version_jump
+    """The sink, once its warehouse and Kafka answered (waited for up to `start_timeout`)."""
+    starting = StartWindow(settings.start_timeout)
+    engine = create_engine(warehouse_url(settings))
+    writer = starting.retry(
+        "preparing the warehouse",
+        lambda: SqlWriter(engine, settings.tables, max_version_jump=settings.max_version_jump),
+        WarehouseError,
+        backoff=Backoff(maximum=settings.max_backoff),
+        log=log,
+    )
+    starting.retry(
+        "reaching Kafka",
+        lambda: reach(settings.kafka, timeout=min(REACH_SECONDS, max(1.0, starting.left))),
+        SinkError,
+        backoff=Backoff(maximum=settings.max_backoff),
+        log=log,
     )
     consumer = WarehouseConsumer(
         settings.kafka,
@@ -77,4 +98,5 @@ def sink_from_settings(settings: SinkSettings) -> Sink:
         backoff=Backoff(maximum=settings.max_backoff),
         http_port=settings.http_port,
         verifier=settings.verifier,
+        http_host=settings.http_host,
     )

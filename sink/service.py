@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
+from ipaddress import IPv4Address, IPv6Address
 
 from confluent_kafka import Message
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Tracer
 
 from outbox.backoff import Backoff
-from outbox.observe import Health, Metrics, serve
+from outbox.observe import EVERY_INTERFACE, Health, Metrics, serve
 from outbox.signing import Verifier
 from outbox.tracing import span_contexts
 from sink.batch import Policy, Refusals, assemble
@@ -64,6 +65,7 @@ class Sink:
         poison_policy: Policy = "dlq",
         backoff: Backoff | None = None,
         http_port: int | None = None,
+        http_host: IPv4Address | IPv6Address = EVERY_INTERFACE,
         tracer: Tracer | None = None,
         verifier: Verifier | None = None,
     ) -> None:
@@ -78,6 +80,7 @@ class Sink:
         self._backoff = backoff or Backoff()
         self._http_port = http_port
         self._verifier = verifier
+        self._http_host = http_host
         self._tracer = tracer or trace.get_tracer("outboxkit.sink")
         self.stats = SinkStats()
         self._lag = 0
@@ -86,7 +89,11 @@ class Sink:
 
     def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> SinkStats:
         """Loop until `should_stop()`; with `drain`, also stop once all partitions are caught up."""
-        server = serve(self._http_port, self.metrics, self.health) if self._http_port is not None else None
+        server = (
+            serve(self._http_port, self.metrics, self.health, self._http_host)
+            if self._http_port is not None
+            else None
+        )
         try:
             while not should_stop():
                 messages = self._consumer.poll(self._batch_size, self._poll_timeout)

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.kafka_settings import KafkaSettings
+from outbox.observe import EVERY_INTERFACE, HttpHost
 from outbox.signing import KEY_ID, MIN_SECRET_BYTES, Verifier
+from outbox.urls import parsed_url
+from sink.loaders import loader_for
 from sink.mapping import TableMapping
 from sink.merge import MAX_VERSION_JUMP
+
+
+def _writable(url: SecretStr) -> SecretStr:
+    """A warehouse URL the sink has a writer for (plain postgresql:// meaning psycopg 3)."""
+    parsed = parsed_url(url.get_secret_value(), ("duckdb", "postgresql"))
+    driver = "psycopg" if parsed.drivername == "postgresql" else parsed.get_dialect().driver
+    loader_for(parsed.get_backend_name(), driver)
+    return url
 
 
 class SinkSettings(BaseSettings):
@@ -25,7 +36,7 @@ class SinkSettings(BaseSettings):
         hide_input_in_errors=True,  # an invalid value may be a secret (signing keys, URLs)
     )
 
-    warehouse_url: SecretStr = Field(
+    warehouse_url: Annotated[SecretStr, AfterValidator(_writable)] = Field(
         SecretStr("duckdb:///outboxkit-warehouse.duckdb"),
         description="duckdb:///file.duckdb or postgresql+psycopg://user@host/db",
     )
@@ -40,7 +51,16 @@ class SinkSettings(BaseSettings):
     batch_size: int = Field(5000, ge=1, le=100_000, description="Records per warehouse transaction.")
     poll_timeout: float = Field(0.5, gt=0, description="Seconds a poll waits for records.")
     max_backoff: float = Field(10.0, gt=0, description="Longest wait between warehouse retries.")
-    http_port: int | None = Field(None, description="Serve /metrics, /healthz, /readyz on this port.")
+    start_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a starting sink waits for its warehouse and Kafka (retrying with backoff) "
+        "before it exits 1; rides out a service restart.",
+    )
+    http_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve /metrics, /healthz, /readyz on this port (off when unset)."
+    )
+    http_host: HttpHost = EVERY_INTERFACE
     max_version_jump: int = Field(
         MAX_VERSION_JUMP,
         ge=0,

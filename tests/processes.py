@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,59 @@ def get(port: int, path: str) -> tuple[int, str]:
 def metric(text: str, name: str) -> float:
     [value] = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
     return float(value)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (as long as nobody takes it meanwhile)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def listening(port: int) -> set[str]:
+    """The IPv4 addresses a TCP socket of this host listens on at `port` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+class Forwarder:
+    """A TCP forwarder from a loopback port to `target`: a service that is away until `open()`.
+
+    A process pointed at `port` first finds nothing listening there (connection refused, as
+    for a service restarting); once opened, every connection is relayed to the real service."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._server: socket.socket | None = None
+
+    def open(self) -> None:
+        server = socket.create_server(("127.0.0.1", self.port))
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def _accept(self, server: socket.socket) -> None:
+        with suppress(OSError):  # closed
+            while True:
+                client, _ = server.accept()
+                upstream = socket.create_connection(self.target)
+                for source, sink in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    for end in (source, sink):
+        with suppress(OSError):
+            end.shutdown(socket.SHUT_RDWR)

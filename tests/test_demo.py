@@ -132,6 +132,6 @@ def test_the_demo_without_its_postgresql_says_how_to_start_it() -> None:
     result = outboxkit("demo", "--seconds", "1", "--app-db", "postgres", env=env, timeout=60)
 
     assert result.returncode == 1
-    assert "a database is not reachable" in result.stderr
-    assert "scripts/services up postgres" in result.stderr
+    assert "cannot use the database at OUTBOXKIT_DEMO_PG_URL" in result.stderr
+    assert "`scripts/services up` starts the local services" in result.stderr
     assert "Traceback" not in result.stderr

@@ -147,5 +147,5 @@ def test_outboxkit_migrate_upgrades_a_database_and_explains_one_it_cannot_reach(
 
     failed = migrate("postgresql+psycopg://nobody@127.0.0.1:1/none")
     assert failed.returncode == 1
-    assert "outboxkit migrate: OperationalError" in failed.stderr
+    assert "outboxkit migrate: cannot use the database at --url" in failed.stderr
     assert "Connection refused" in failed.stderr

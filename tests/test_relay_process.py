@@ -31,7 +31,7 @@ from relay import ExitCode
 from tests.conftest import PgSchema
 from tests.helpers import Record, committed_records
 from tests.models import Base, Thing
-from tests.processes import get, metric, stopped
+from tests.processes import Forwarder, get, metric, stopped
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -398,3 +398,30 @@ def test_postgresql_restarted_under_a_running_relay_loses_nothing(
     finally:
         relay.kill()
     assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 40)
+
+
+def test_a_relay_started_while_postgresql_is_away_waits_for_it_and_publishes_everything(
+    kafka: KafkaSettings, sidecar: Sidecar
+) -> None:
+    sidecar.write(30)
+    url = make_url(sidecar.env["OUTBOXKIT_RELAY_DATABASE_URL"])
+    postgres_later = Forwarder((url.host or "127.0.0.1", url.port or 5432))
+    away = url.set(port=postgres_later.port).render_as_string(hide_password=False)
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "outboxkit.cli", "relay", "run", "--drain"],
+        env=sidecar.env | {"OUTBOXKIT_RELAY_DATABASE_URL": away},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(3)
+        assert relay.poll() is None, f"the relay did not wait for PostgreSQL: {relay.communicate()[1]}"
+        postgres_later.open()
+        _, stderr = relay.communicate(timeout=120)
+    finally:
+        postgres_later.close()
+
+    assert relay.returncode == ExitCode.OK, stderr
+    assert "cannot reach the database for leases" in stderr
+    assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 30)

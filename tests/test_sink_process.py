@@ -16,14 +16,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from outbox.kafka_settings import KafkaSettings
-from tests.processes import ROOT, stopped
+from tests.processes import ROOT, Forwarder, stopped
 from tests.sinkkit import T0, message, publish
 
 Names = Callable[[str], str]
@@ -273,3 +273,27 @@ def trickle(kafka: KafkaSettings, topic: str, produced: Sequence[Event]) -> None
 @pytest.fixture
 def kafka_topic_4(new_topic: Callable[..., str]) -> str:
     return new_topic(4)
+
+
+@pytest.mark.parametrize("warehouse_url", ["postgresql"], indirect=True)
+def test_a_sink_started_while_postgresql_is_away_waits_for_it_and_loses_nothing(
+    kafka: KafkaSettings, process: SinkProcess
+) -> None:
+    produced = events(100)
+    produce(kafka, process.topic, produced)
+    url = make_url(process.url)
+    postgres_later = Forwarder((url.host or "127.0.0.1", url.port or 5432))
+    sink = replace(
+        process, url=url.set(port=postgres_later.port).render_as_string(hide_password=False)
+    ).start()
+    try:
+        time.sleep(3)
+        assert sink.poll() is None, f"the sink did not wait for PostgreSQL: {sink.communicate()[1]}"
+        postgres_later.open()
+        wait_for(process.url, "log", 100)
+    finally:
+        stderr = stop(sink)
+        postgres_later.close()
+
+    assert found(process.url) == expected(produced)
+    assert "preparing the warehouse failed" in stderr

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.kafka_settings import KafkaSettings
+from outbox.urls import usable_url
+
+DatabaseUrl = Annotated[SecretStr, AfterValidator(usable_url())]
 
 
 class VerifySettings(BaseSettings):
@@ -17,7 +22,7 @@ class VerifySettings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: list[str] = Field(min_length=1, description="Topics whose events are checked.")
-    app_database_url: SecretStr | None = Field(
+    app_database_url: DatabaseUrl | None = Field(
         None, description="The outbox's database: committed versions per aggregate (outbox_versions)."
     )
     aggregate_types: list[str] | None = Field(
@@ -25,7 +30,7 @@ class VerifySettings(BaseSettings):
         description="The aggregate types the topics carry (default: those found in them); only "
         "their versions, pending and quarantined events are checked.",
     )
-    warehouse_url: SecretStr | None = Field(None, description="The sink's warehouse.")
+    warehouse_url: DatabaseUrl | None = Field(None, description="The sink's warehouse.")
     log_table: str | None = Field(None, description="A sink table in append mode fed by the topics.")
     state_table: str | None = Field(None, description="A sink table in upsert mode fed by the topics.")
     source_table: str | None = Field(

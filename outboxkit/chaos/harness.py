@@ -46,9 +46,10 @@ class ChaosSettings(BaseSettings):
 
     pg_url: str = "postgresql+psycopg://outboxkit@127.0.0.1:55432/outboxkit"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    seconds: float = 170.0  # at most; the run ends sooner once `events` and `faults` are reached
+    seconds: float = 170.0  # at most; the run ends sooner once the targets below are reached
     events: int = 50_000  # committed events to reach (0: run the full `seconds`)
-    faults: int = 20  # faults to reach
+    faults: int = 20  # faults to reach...
+    fault_kinds: int = 6  # ...of this many kinds (6 without service restarts, 8 with)
     mix: Mix = Mix(rate=520.0, writers=8)  # what the workload offers: rate, writers, kinds of work
     fault_every: float = 5.5
     relays: int = 2
@@ -67,6 +68,7 @@ class ChaosReport:
     unasked_exits: list[str]
     findings: Findings
     logs: Path
+    load: Load
     timeline: list[str] = field(default_factory=list)
 
     @property
@@ -85,8 +87,27 @@ class ChaosReport:
                 f"  processes that exited on their own (restarted): {len(self.unasked_exits)}"
                 + (f" — {', '.join(self.unasked_exits[:6])}" if self.unasked_exits else ""),
                 self.findings.render(),
+                f"  {self.load}",
                 f"  logs: {self.logs}",
             ]
+        )
+
+
+@dataclass(frozen=True)
+class Load:
+    """How much the workload got done under the faults: throughput, apart from the verdict."""
+
+    committed: int  # events the workload committed (all of them ran under faults)
+    seconds: float
+    offered: float  # events/s the workload offered
+    reached: bool  # the event and fault targets were met before the time ran out
+
+    def __str__(self) -> str:
+        rate = self.committed / self.seconds if self.seconds else 0.0
+        targets = "targets met" if self.reached else "targets NOT met: the time ran out first"
+        return (
+            f"load: {self.committed} events committed in {self.seconds:.0f} s under faults, {rate:.0f}/s "
+            f"(offered {self.offered:.0f}/s); {targets}"
         )
 
 
@@ -128,7 +149,8 @@ def run_chaos(
             for proc in fleet.all():
                 proc.start()
             workload.start()
-            _inject(
+            loaded = time.monotonic()
+            reached = _inject(
                 settings,
                 injector,
                 fleet,
@@ -137,6 +159,7 @@ def run_chaos(
                 log=log,
             )
             workload.stop()
+            loaded = time.monotonic() - loaded
             exits += fleet.heal(resume=True)
             findings = _drained(settings, stage, log)
         finally:
@@ -151,6 +174,7 @@ def run_chaos(
             exits,
             findings,
             stage.logs,
+            Load(findings.events, loaded, settings.mix.rate, reached),
         )
 
 
@@ -162,16 +186,18 @@ def _inject(
     exits: list[str],
     committed: Callable[[], int],
     log: Callable[[str], None],
-) -> None:
-    """A fault every `fault_every` seconds until the targets are reached or time is up."""
+) -> bool:
+    """A fault every `fault_every` seconds until the targets are reached (True) or time is up."""
     started = time.monotonic()
     while (elapsed := time.monotonic() - started) < settings.seconds:
         time.sleep(settings.fault_every)
         exits += fleet.heal(resume=False)
         log(f"{elapsed:6.1f}s fault: {injector.inject()}")
-        done = sum(injector.counts.values()) >= settings.faults and settings.events
-        if done and committed() >= settings.events:
-            return
+        faults = sum(injector.counts.values()) >= settings.faults
+        kinds = len(injector.counts) >= settings.fault_kinds
+        if faults and kinds and settings.events and committed() >= settings.events:
+            return True
+    return not settings.events  # a run for the full time (events 0) has no targets to miss
 
 
 def _drained(settings: ChaosSettings, stage: Stage, log: Callable[[str], None]) -> Findings:

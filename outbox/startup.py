@@ -1,0 +1,64 @@
+"""Start-up of the relay and the sink: a database or Kafka that is away for a moment is waited for.
+
+A process started while a service restarts (a fault run showed a sink exiting 1 at start because
+PostgreSQL was shutting down) retries with backoff instead of failing, as it does once running.
+The wait is bounded (`start_timeout`): a service that never comes — a wrong host, a firewall —
+ends the process with a clear error and exit code 1, so a supervisor shows a failing process
+instead of one that waits silently for ever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from outbox.backoff import Backoff
+
+T = TypeVar("T")
+
+
+class StartTimeoutError(Exception):
+    """A start-up step kept failing for the whole start timeout; the cause is its last failure."""
+
+    def __init__(self, what: str, seconds: float) -> None:
+        super().__init__(f"{what}: still failing after {seconds:.0f} s of start-up")
+        self.seconds = seconds
+
+
+class StartWindow:
+    """The time a starting process gives its services to answer."""
+
+    def __init__(self, seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._deadline = clock() + seconds
+
+    @property
+    def left(self) -> float:
+        """Seconds until the window closes (0 once it has)."""
+        return max(0.0, self._deadline - self._clock())
+
+    def check(self, what: str, failure: Exception) -> None:
+        """`what` failed with `failure`: raise StartTimeoutError once the window has passed."""
+        if self._clock() >= self._deadline:
+            raise StartTimeoutError(what, self.seconds) from failure
+
+    def retry(
+        self,
+        what: str,
+        attempt: Callable[[], T],
+        transient: type[Exception],
+        *,
+        backoff: Backoff,
+        log: logging.Logger,
+    ) -> T:
+        """`attempt()`, repeated with `backoff` while it raises `transient`, until the window passes."""
+        while True:
+            try:
+                return attempt()
+            except transient as exc:
+                self.check(what, exc)
+                reason = next(iter(str(exc).splitlines()), type(exc).__name__)
+                log.warning("%s failed (%s); retrying in %.1fs", what, reason, backoff.wait())

@@ -139,27 +139,43 @@ def kafka_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if " outboxkit.kafka: " in line]
 
 
-def run_for(seconds: float, *command: str, env: dict[str, str]) -> str:
-    """`outboxkit <command>` for `seconds`, then SIGTERM; its stderr."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "outboxkit.cli", *command],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(seconds)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    return stderr
+class Running:
+    """`outboxkit <command>` as a process, its stderr in a file so a test can wait for a line."""
+
+    def __init__(self, *command: str, env: dict[str, str], stderr: Path) -> None:
+        self._stderr = stderr
+        with stderr.open("w") as sink:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "outboxkit.cli", *command],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+            )
+
+    def wait_for(self, text: str, cap: float = 120) -> None:
+        """Until `text` is in stderr: as long as a busy machine needs, failing only after `cap`."""
+        deadline = time.monotonic() + cap
+        while text not in self._stderr.read_text():
+            assert self._process.poll() is None, self._stderr.read_text()
+            assert time.monotonic() < deadline, f"no {text!r} in {cap} s:\n{self._stderr.read_text()}"
+            time.sleep(0.2)
+
+    def stop(self) -> str:
+        """SIGTERM, then its whole stderr."""
+        self._process.send_signal(signal.SIGTERM)
+        self._process.wait(60)
+        return self._stderr.read_text()
 
 
 def test_a_sink_without_kafka_says_so_once_instead_of_librdkafkas_reconnect_stream(
-    sink_env: dict[str, str],
+    sink_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = os.environ | sink_env | {"OUTBOXKIT_SINK_KAFKA__BOOTSTRAP_SERVERS": CLOSED}
-    stderr = run_for(8, "sink", "run", env=env)
+    sink = Running("sink", "run", env=env, stderr=tmp_path / "stderr")
+    sink.wait_for(f"Kafka is unreachable at {CLOSED}")
+    time.sleep(8)  # librdkafka retries the whole time: what it logs meanwhile is bounded
+    stderr = sink.stop()
 
     said = [line for line in stderr.splitlines() if f"Kafka is unreachable at {CLOSED}" in line]
     assert len(said) == 1, stderr
@@ -172,26 +188,20 @@ def test_sink_status_without_kafka_answers_in_one_line(sink_env: dict[str, str])
     assert "Kafka is unreachable" in line
 
 
-def test_a_sink_says_once_that_kafka_answers_again(sink_env: dict[str, str], kafka: KafkaSettings) -> None:
+def test_a_sink_says_once_that_kafka_answers_again(
+    sink_env: dict[str, str], kafka: KafkaSettings, tmp_path: Path
+) -> None:
     host, port = kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)
     kafka_later = Forwarder((host, int(port)))
     bootstrap = f"127.0.0.1:{kafka_later.port}"
     env = os.environ | sink_env | {"OUTBOXKIT_SINK_KAFKA__BOOTSTRAP_SERVERS": bootstrap}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "outboxkit.cli", "sink", "run"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    sink = Running("sink", "run", env=env, stderr=tmp_path / "stderr")
     try:
-        time.sleep(3)
+        sink.wait_for(f"Kafka is unreachable at {bootstrap}")
         kafka_later.open()
-        time.sleep(8)
+        sink.wait_for(f"Kafka at {bootstrap} answers again")
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
+        stderr = sink.stop()
         kafka_later.close()
 
     assert sum(f"Kafka is unreachable at {bootstrap}" in line for line in stderr.splitlines()) == 1, stderr
@@ -199,7 +209,7 @@ def test_a_sink_says_once_that_kafka_answers_again(sink_env: dict[str, str], kaf
 
 
 def test_the_metrics_and_health_endpoints_listen_only_on_the_address_they_are_given(
-    sink_env: dict[str, str],
+    sink_env: dict[str, str], tmp_path: Path
 ) -> None:
     port = free_port()
     env = (
@@ -207,23 +217,16 @@ def test_the_metrics_and_health_endpoints_listen_only_on_the_address_they_are_gi
         | sink_env
         | {"OUTBOXKIT_SINK_HTTP_PORT": str(port), "OUTBOXKIT_SINK_HTTP_HOST": "127.0.0.1"}
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "outboxkit.cli", "sink", "run"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    sink = Running("sink", "run", env=env, stderr=tmp_path / "stderr")
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not listening(port):
             assert time.monotonic() < deadline, "the sink never served its endpoints"
             time.sleep(0.2)
         assert listening(port) == {"127.0.0.1"}
         assert get(port, "/healthz") == (200, "ok\n")
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+        sink.stop()
 
 
 @pytest.mark.parametrize(

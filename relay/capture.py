@@ -411,7 +411,7 @@ def _backlog(engine: Engine, unpublished: list[ColumnElement[bool]]) -> Backlog:
             rows, oldest = conn.execute(query).one()
     except SQLAlchemyError as exc:
         raise CaptureError(f"cannot read the outbox table: {exc}") from exc
-    return Backlog(int(rows), oldest)
+    return Backlog(int(rows), None if oldest is None else _utc(oldest))
 
 
 def _records(rows: Sequence[Row[Any]]) -> list[OutboxRecord]:

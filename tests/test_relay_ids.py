@@ -165,6 +165,27 @@ def test_a_row_at_or_below_the_checkpoint_never_published_stops_the_relay_is_kep
     assert "outbox row 1 is at or below the relay's checkpoint" in status
 
 
+def test_status_of_an_sqlite_outbox_with_waiting_rows_says_how_old_the_oldest_is(
+    tmp_path: Path, new_topic: Callable[..., str], unique_name: Names, kafka: KafkaSettings
+) -> None:
+    """SQLite hands `created_at` back without its UTC offset: status and the age metric must still
+    read it as UTC (they failed with "can't subtract offset-naive and offset-aware datetimes")."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    settings = RelaySettings(
+        database_url=url, source_id=unique_name("src"), checkpoint_topic=unique_name("ckpt"), kafka=kafka
+    )
+    app = create_engine(url)
+    schema.upgrade(app)
+    Base.metadata.create_all(app)
+    emit(app, new_topic(), 2)
+
+    status = relay_status(settings)
+    (shard,) = status.shards
+    assert shard.oldest_unpublished is not None
+    assert shard.oldest_unpublished.tzinfo is not None
+    assert "2 waiting, oldest " in status.render()
+
+
 def test_a_postgresql_database_behind_the_checkpoint_stops_capture_and_keeps_its_rows(
     pg_engine: Engine, new_topic: Callable[..., str]
 ) -> None:

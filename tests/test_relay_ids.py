@@ -99,6 +99,29 @@ def test_a_pre_fix_sqlite_outbox_emptied_by_cleanup_is_migrated_and_no_published
     assert committed_event_ids(kafka, topic) == published + later
 
 
+def test_a_pre_fix_outbox_made_by_create_all_is_recreated_and_published_under_a_new_source_id(
+    kafka: KafkaSettings, pre_fix_app: Engine, new_topic: Callable[..., str], unique_name: Names
+) -> None:
+    """The README's way for an outbox `migrate` cannot upgrade: the recreated table's ids start at
+    1 again, so the old source refuses them and a new source publishes them, once."""
+    topic, source_id, checkpoints = new_topic(), unique_name("src"), unique_name("ckpt")
+    published = emit(pre_fix_app, topic, 3)
+    publish_as_the_old_relay(pre_fix_app, kafka, source_id, checkpoints)
+    outbox_table.drop(pre_fix_app)
+    outbox_table.create(pre_fix_app)
+    later = emit(pre_fix_app, topic, 1)
+
+    old_source = make_relay(pre_fix_app, kafka, source_id, checkpoints)
+    old_source.start()
+    with pytest.raises(UnsafeOutboxError, match="id counter is at 1, behind it"):
+        old_source.step()
+    old_source.close()
+    new_source = make_relay(pre_fix_app, kafka, unique_name("src"), checkpoints)
+    new_source.start()
+    assert drain(new_source) == 1
+    assert committed_event_ids(kafka, topic) == published + later
+
+
 def test_migrating_a_pre_fix_sqlite_outbox_keeps_its_waiting_rows_as_they_were(
     kafka: KafkaSettings, pre_fix_app: Engine, new_topic: Callable[..., str], unique_name: Names
 ) -> None:

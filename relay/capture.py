@@ -250,8 +250,9 @@ class SqliteCapture:
             raise UnsafeOutboxError(
                 "the outbox table was created without AUTOINCREMENT (by an older outboxkit): once cleanup "
                 "has emptied it, SQLite hands its ids out again and the relay would skip those events. "
-                "Run `outboxkit migrate --url URL`; tables made by outbox.metadata.create_all() are "
-                "dropped and created again instead, once the relay has drained them"
+                "Run `outboxkit migrate --url URL`; a table made by outbox.metadata.create_all() is drained "
+                "by the relay run before, dropped and created again instead, and published under a new "
+                "OUTBOXKIT_RELAY_SOURCE_ID (its ids start at 1 again, below the old checkpoint)"
             )
         self._table_checked = True
 
@@ -411,7 +412,7 @@ def _backlog(engine: Engine, unpublished: list[ColumnElement[bool]]) -> Backlog:
             rows, oldest = conn.execute(query).one()
     except SQLAlchemyError as exc:
         raise CaptureError(f"cannot read the outbox table: {exc}") from exc
-    return Backlog(int(rows), oldest)
+    return Backlog(int(rows), None if oldest is None else _utc(oldest))
 
 
 def _records(rows: Sequence[Row[Any]]) -> list[OutboxRecord]:

@@ -129,9 +129,25 @@ def kind_of(value: Any) -> Kind | None:
 
 
 def fits(value: Any, kind: Kind) -> bool:
-    """Whether a decoded JSON value can be stored in a column of `kind` without guessing (a
-    lookup by type: it runs for every field of every event)."""
-    return value is None or (type(value), kind) in _FITS
+    """Whether a decoded JSON value can be stored in a column of `kind` without guessing or
+    rounding (a lookup by type: it runs for every field of every event; only an integer meeting a
+    float column is looked at further, as a double holds integers exactly only up to 2^53)."""
+    if value is None:
+        return True
+    if type(value) is int and kind is Kind.FLOAT:
+        return float(value) == value
+    return (type(value), kind) in _FITS
+
+
+def misfit(name: str, value: Any, kind: Kind) -> str:
+    """Why `value` of field `name` does not fit its column of `kind` (see `fits`)."""
+    if type(value) is int and kind is Kind.FLOAT:
+        return (
+            f"field {name!r} holds {value}, an integer its float column would round to "
+            f"{float(value):.0f}, and outboxkit never rounds: map the topic through a model typing "
+            "it int or Decimal"
+        )
+    return f"field {name!r} holds {kind_of(value)}, its column is {kind}"
 
 
 def widened(value: Any, kind: Kind) -> Kind | None:

@@ -168,7 +168,7 @@ def _widen(schema: TableSchema, fields: dict[str, Any]) -> str | None:
         elif not columns.fits(value, kind):
             wider = columns.widened(value, kind)
             if wider is None:
-                return f"field {name!r} holds {columns.kind_of(value)}, its column is {kind}"
+                return columns.misfit(name, value, kind)
             changes[name] = wider
     known.update(changes)
     return None

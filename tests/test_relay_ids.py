@@ -99,6 +99,29 @@ def test_a_pre_fix_sqlite_outbox_emptied_by_cleanup_is_migrated_and_no_published
     assert committed_event_ids(kafka, topic) == published + later
 
 
+def test_a_pre_fix_outbox_made_by_create_all_is_recreated_and_published_under_a_new_source_id(
+    kafka: KafkaSettings, pre_fix_app: Engine, new_topic: Callable[..., str], unique_name: Names
+) -> None:
+    """The README's way for an outbox `migrate` cannot upgrade: the recreated table's ids start at
+    1 again, so the old source refuses them and a new source publishes them, once."""
+    topic, source_id, checkpoints = new_topic(), unique_name("src"), unique_name("ckpt")
+    published = emit(pre_fix_app, topic, 3)
+    publish_as_the_old_relay(pre_fix_app, kafka, source_id, checkpoints)
+    outbox_table.drop(pre_fix_app)
+    outbox_table.create(pre_fix_app)
+    later = emit(pre_fix_app, topic, 1)
+
+    old_source = make_relay(pre_fix_app, kafka, source_id, checkpoints)
+    old_source.start()
+    with pytest.raises(UnsafeOutboxError, match="id counter is at 1, behind it"):
+        old_source.step()
+    old_source.close()
+    new_source = make_relay(pre_fix_app, kafka, unique_name("src"), checkpoints)
+    new_source.start()
+    assert drain(new_source) == 1
+    assert committed_event_ids(kafka, topic) == published + later
+
+
 def test_migrating_a_pre_fix_sqlite_outbox_keeps_its_waiting_rows_as_they_were(
     kafka: KafkaSettings, pre_fix_app: Engine, new_topic: Callable[..., str], unique_name: Names
 ) -> None:
@@ -163,6 +186,27 @@ def test_a_row_at_or_below_the_checkpoint_never_published_stops_the_relay_is_kep
     status = relay_status(settings).render()
     assert "STOPPED" in status
     assert "outbox row 1 is at or below the relay's checkpoint" in status
+
+
+def test_status_of_an_sqlite_outbox_with_waiting_rows_says_how_old_the_oldest_is(
+    tmp_path: Path, new_topic: Callable[..., str], unique_name: Names, kafka: KafkaSettings
+) -> None:
+    """SQLite hands `created_at` back without its UTC offset: status and the age metric must still
+    read it as UTC (they failed with "can't subtract offset-naive and offset-aware datetimes")."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    settings = RelaySettings(
+        database_url=url, source_id=unique_name("src"), checkpoint_topic=unique_name("ckpt"), kafka=kafka
+    )
+    app = create_engine(url)
+    schema.upgrade(app)
+    Base.metadata.create_all(app)
+    emit(app, new_topic(), 2)
+
+    status = relay_status(settings)
+    (shard,) = status.shards
+    assert shard.oldest_unpublished is not None
+    assert shard.oldest_unpublished.tzinfo is not None
+    assert "2 waiting, oldest " in status.render()
 
 
 def test_a_postgresql_database_behind_the_checkpoint_stops_capture_and_keeps_its_rows(

@@ -493,6 +493,23 @@ def test_a_models_decimals_keep_every_digit_or_are_refused_with_the_reason(wareh
         assert amounts == [kafka_holds(as_number)["amount"], decimal.Decimal("0.1234567890123456789"), 12.5]
 
 
+def test_an_integer_a_float_column_would_round_is_refused_with_the_reason(warehouse: Engine) -> None:
+    """A float column takes integers, but a double holds them exactly only up to 2^53."""
+    settle = Settle(warehouse, [UPSERT])
+    unheld = 2**53 + 1
+    outcome = settle(
+        message("things", 0, key="a", payload={"ratio": 0.5}),  # the first value makes it a float column
+        message("things", 1, key="b", payload={"ratio": unheld}),
+        message("things", 2, key="c", payload={"ratio": 2**53}),  # a double holds this one
+    )
+
+    assert [letter.reason for letter in outcome.dead_letters] == [
+        f"field 'ratio' holds {unheld}, an integer its float column would round to {2**53}, and "
+        "outboxkit never rounds: map the topic through a model typing it int or Decimal"
+    ]
+    assert [(row["_key"], row["ratio"]) for row in settle.rows("things")] == [("a", 0.5), ("c", 2**53)]
+
+
 def test_a_value_beyond_a_numeric_columns_range_is_refused_with_the_reason(warehouse: Engine) -> None:
     settle = Settle(warehouse, [UPSERT])
     huge = 10**30 + 1  # 31 digits; a double would hold 1e30

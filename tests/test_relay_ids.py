@@ -99,6 +99,27 @@ def test_a_pre_fix_sqlite_outbox_emptied_by_cleanup_is_migrated_and_no_published
     assert committed_event_ids(kafka, topic) == published + later
 
 
+def test_rows_the_pre_fix_table_gave_reused_ids_are_renumbered_by_the_migration_and_published(
+    kafka: KafkaSettings, pre_fix_app: Engine, new_topic: Callable[..., str], unique_name: Names
+) -> None:
+    """Still in the outbox when `migrate` runs, events whose ids came back (at or below the old
+    relay's checkpoint) would be skipped and then deleted as published: they move above every id
+    ever handed out instead, in their order, and reach Kafka."""
+    topic, source_id, checkpoints = new_topic(), unique_name("src"), unique_name("ckpt")
+    published = emit(pre_fix_app, topic, 3)
+    publish_as_the_old_relay(pre_fix_app, kafka, source_id, checkpoints)  # checkpoint: id 3
+    reused = emit(pre_fix_app, topic, 2)
+    assert outbox_ids(pre_fix_app) == [1, 2]  # the old bug: below the checkpoint
+
+    schema.upgrade(pre_fix_app)  # `outboxkit migrate`
+    assert outbox_ids(pre_fix_app) == [6, 7]  # above the 5 rows ever written, in the same order
+
+    relay = make_relay(pre_fix_app, kafka, source_id, checkpoints)
+    relay.start()
+    assert drain(relay) == 2
+    assert committed_event_ids(kafka, topic) == published + reused
+
+
 def test_a_pre_fix_outbox_made_by_create_all_is_recreated_and_published_under_a_new_source_id(
     kafka: KafkaSettings, pre_fix_app: Engine, new_topic: Callable[..., str], unique_name: Names
 ) -> None:

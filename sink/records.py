@@ -10,7 +10,7 @@ from __future__ import annotations
 import decimal
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from confluent_kafka import Message
@@ -183,12 +183,25 @@ def _payload(content_type: str, value: bytes) -> dict[str, Any] | str:
         if isinstance(payload, dict) and _imprecise(value):
             payload = json.loads(value, parse_int=_integer, parse_float=_fraction)
     except orjson.JSONDecodeError as exc:
-        return f"the payload is not valid JSON: {exc}"
+        return _invalid(value, exc)
     except (ValueError, RecursionError) as exc:  # bad data must become a dead letter, never a crash
         return f"the payload cannot be decoded: {exc}"
     if not isinstance(payload, dict):
         return f"the payload is a JSON {type(payload).__name__}, not an object"
     return payload
+
+
+def _invalid(value: bytes, exc: orjson.JSONDecodeError) -> str:
+    """Why orjson refused the payload: a number beyond a double (`1e400`) is valid JSON all the same."""
+    try:
+        json.loads(value, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return f"the payload is not valid JSON: {exc}"
+    return f"the payload holds a number beyond a double's range, which the sink cannot hold exactly: {exc}"
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _integer(text: str) -> int | decimal.Decimal:

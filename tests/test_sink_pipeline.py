@@ -131,7 +131,8 @@ def bad_and_good_records(topic: str) -> list[Message]:
         message(topic, 4, key=b"\xff\xfe"),
         message(topic, 5, key="oversized", payload={"n": 1, "blob": "x" * 3000}),
         tombstone(topic, 6, "never-seen"),
-        message(topic, 7, key="good", payload={"n": 7}),
+        message(topic, 7, key="infinite", payload=b'{"n": 1e400}'),
+        message(topic, 8, key="good", payload={"n": 7}),
     ]
 
 
@@ -143,6 +144,8 @@ REASONS = [
     "the key is not UTF-8 text (b'\\xff\\xfe')",
     "the value is 3020 bytes, above max_record_bytes=2000",
     "tombstone for key 'never-seen', which table orders does not hold",
+    "the payload holds a number beyond a double's range, which the sink cannot hold exactly: number is "
+    "infinity when parsed as double: line 1 column 7 (char 6)",
 ]
 
 
@@ -155,7 +158,7 @@ def test_each_kind_of_bad_record_is_a_dead_letter_with_its_reason_and_good_ones_
 
     stats = drain(settings(kafka, warehouse_url, unique_name("g"), [orders], max_record_bytes=2000))
 
-    assert (stats.applied, stats.dead_letters) == (1, 7)
+    assert (stats.applied, stats.dead_letters) == (1, 8)
     assert rows(warehouse_url, "SELECT _key, n FROM orders") == [("good", 7)]
     letters = rows(
         warehouse_url, 'SELECT "offset", action, reason, key, value FROM outboxkit_dead_letters ORDER BY 1'
@@ -164,7 +167,7 @@ def test_each_kind_of_bad_record_is_a_dead_letter_with_its_reason_and_good_ones_
     assert {action for _, action, _, _, _ in letters} == {"dead-letter"}
     for (offset, _, _, key, value), record in zip(letters, records, strict=False):  # kept whole, to replay
         assert (as_bytes(key), as_bytes(value)) == (record.key(), record.value()), offset
-    assert rows(warehouse_url, 'SELECT "partition", next_offset FROM outboxkit_offsets') == [(0, 8)]
+    assert rows(warehouse_url, 'SELECT "partition", next_offset FROM outboxkit_offsets') == [(0, 9)]
 
 
 def as_bytes(value: bytes | memoryview | None) -> bytes | None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from outbox.backoff import Backoff
 from outbox.observe import EVERY_INTERFACE, Health, Metrics, serve
 from outbox.startup import StartWindow
-from relay.capture import Backlog, Position
+from relay.capture.source import Backlog, Position
 from relay.errors import (
     CaptureError,
     FencedError,

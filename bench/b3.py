@@ -54,8 +54,7 @@ from bench.report import BenchmarkError, Goal, Options, Report, Table, percentil
 from outbox.envelope import HEADER_EVENT_ID
 from outbox.kafka_settings import KafkaSettings
 from outbox.settings import OutboxSettings
-from relay import Checkpoints, PostgresCapture, Relay, RelayService, SoleLease, TransactionalPublisher
-from relay.quarantine import Quarantine
+from relay import Relay, RelayService, SoleLease
 from relay.wakeup import Listener
 from sink import Sink, TableMapping
 from sink.consumer import WarehouseConsumer
@@ -314,13 +313,7 @@ class _RelayThread:
 
     def __init__(self, engine: Engine, topics: Topics, variant: Variant) -> None:
         source = f"bench-b3-{uuid.uuid4().hex[:8]}"
-        self._relay = Relay(
-            PostgresCapture(engine),
-            TransactionalPublisher(topics.kafka, f"outboxkit-relay.{source}"),
-            Checkpoints(topics.kafka, topics.checkpoints, source),
-            Quarantine(engine),
-            poll_interval=variant.poll_interval,
-        )
+        self._relay = Relay.for_shard(engine, topics.kafka, source, topics.checkpoints)
         self._engine, self._variant = engine, variant
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -351,7 +344,7 @@ class _RelayThread:
                     listener=Listener(self._engine, channel),
                 ).run(self._stop.is_set)
             else:
-                self._relay.run(self._stop.is_set)
+                self._relay.run(self._stop.is_set, poll_interval=self._variant.poll_interval)
         except Exception as exc:  # noqa: BLE001 - handed to the benchmark's thread, which raises it
             self._error = exc
 

@@ -31,9 +31,8 @@ from bench.report import BenchmarkError, Options
 from outbox import outbox_table
 from outbox.envelope import Envelope
 from outbox.kafka_settings import KafkaSettings
-from relay import Checkpoints, Position, PostgresCapture, Relay, TransactionalPublisher
+from relay import Position, PostgresCapture, Relay
 from relay.capture import envelope_of
-from relay.quarantine import Quarantine
 
 TIMEOUT = 1800.0  # seconds a drain may take before the run is declared broken
 # The relay's own producer settings (relay.publisher), so the ceiling is that producer's.
@@ -122,14 +121,7 @@ def _result(clock: _Clock) -> Drained:
 def outboxkit(engine: Engine, kafka: KafkaSettings, checkpoint_topic: str, batch_size: int) -> Drained:
     """Drain the whole outbox with outboxkit's relay, `batch_size` events per Kafka transaction."""
     source = f"bench-b2-{uuid.uuid4().hex[:8]}"
-    relay = Relay(
-        PostgresCapture(engine),
-        TransactionalPublisher(kafka, f"outboxkit-relay.{source}"),
-        Checkpoints(kafka, checkpoint_topic, source),
-        Quarantine(engine),
-        batch_size=batch_size,
-        poll_interval=0.05,
-    )
+    relay = Relay.for_shard(engine, kafka, source, checkpoint_topic, batch_size=batch_size)
     relay.start()
     deadline = time.monotonic() + TIMEOUT
     with _timed() as clock:

@@ -1,5 +1,6 @@
 """A relay for one shard — capture -> publish, the checkpoint in the same Kafka transaction —
-and the composition of the relay service from settings.
+the one factory that assembles it (`Relay.for_shard`), and the composition of the relay service
+from settings.
 
 The guarantees live in the parts it holds: the capture source's commit order and the publisher's
 transaction that carries the checkpoint. `relay.service` runs one relay per shard this process
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 
 from opentelemetry import trace
@@ -19,19 +21,18 @@ from sqlalchemy import Engine, create_engine
 
 from outbox.backoff import Backoff
 from outbox.envelope import Envelope
+from outbox.kafka_settings import KafkaSettings
+from outbox.signing import Signer
 from outbox.tracing import span_contexts
 from relay.capture import Backlog, CaptureSource, Position, capture_for
 from relay.checkpoint import Checkpoints
-from relay.errors import (
-    RelayError,
-    UnpublishableRecordError,
-)
+from relay.errors import PublishAbortedError, RelayError, UnpublishableRecordError
 from relay.leases import AdvisoryLeases, Leases, SoleLease
 from relay.publisher import TransactionalPublisher
 from relay.quarantine import Quarantine
 from relay.service import Cleanup, RelayService
 from relay.settings import RelaySettings
-from relay.shards import Shard
+from relay.shards import ONLY, Shard
 from relay.stats import RelayStats
 from relay.wakeup import Listener
 
@@ -49,9 +50,6 @@ class Relay:
         quarantine: Quarantine,
         *,
         batch_size: int = 500,
-        poll_interval: float = 0.5,
-        backoff: Backoff | None = None,
-        sleep: Callable[[float], None] = time.sleep,
         tracer: Tracer | None = None,
     ) -> None:
         self._capture = capture
@@ -59,19 +57,62 @@ class Relay:
         self._checkpoints = checkpoints
         self._quarantine = quarantine
         self._batch_size = batch_size
-        self._poll_interval = poll_interval
-        self._backoff = backoff or Backoff(sleep=sleep)
-        self._sleep = sleep
         self._isolating = 0  # records left to publish one per transaction, to find a refused one
         self._tracer = tracer or trace.get_tracer("outboxkit.relay")
-        self.stats = RelayStats()
+        self._stats = RelayStats()
+
+    @classmethod
+    def for_shard(
+        cls,
+        engine: Engine,
+        kafka: KafkaSettings,
+        source_id: str,
+        checkpoint_topic: str,
+        shard: Shard = ONLY,
+        *,
+        batch_size: int = 500,
+        kafka_timeout: float = 30.0,
+        stopping: Callable[[], bool] = lambda: False,
+        signer: Signer | None = None,
+        tracer: Tracer | None = None,
+    ) -> Relay:
+        """The relay of `shard` of source `source_id` (not started): the one place its parts are picked.
+
+        Fencing depends on the transactional id (see `transactional_id`): the relay that starts
+        for a shard must register the id every earlier relay of that shard used, so that its
+        `init_transactions()` fences a zombie still running somewhere and aborts its open
+        transaction before the checkpoint is read back. So the id derives from the source id and
+        the shard, is never random (a new id fences nobody: two relays would publish the shard
+        side by side) and never shared with another source or shard (relays of different shards
+        would fence each other in turn).
+        """
+        publisher = TransactionalPublisher(
+            kafka,
+            transactional_id(source_id, shard),
+            timeout=kafka_timeout,
+            stopping=stopping,
+            signer=signer,
+        )
+        return cls(
+            capture_for(engine, shard),
+            publisher,
+            Checkpoints(kafka, checkpoint_topic, source_id, shard),
+            Quarantine(engine),
+            batch_size=batch_size,
+            tracer=tracer,
+        )
+
+    @property
+    def stats(self) -> RelayStats:
+        """What this relay has done so far: a copy, because only the relay counts."""
+        return replace(self._stats)
 
     def start(self) -> None:
         """Fence older instances, then resume from the committed checkpoint (in that order)."""
         self._checkpoints.ensure_topic()
         self._publisher.start()
-        self.stats.position = self._checkpoints.read()
-        log.info("relay of %s resuming after %s", self._checkpoints.key, self.stats.position)
+        self._stats.position = self._checkpoints.read()
+        log.info("relay of %s resuming after %s", self._checkpoints.key, self._stats.position)
 
     def step(self) -> int:
         """Publish the next batch, if any, in one transaction; return how many events it held.
@@ -82,7 +123,7 @@ class Relay:
         """
         while True:
             limit = 1 if self._isolating else self._batch_size
-            batch = self._capture.fetch(self.stats.position, limit)
+            batch = self._capture.fetch(self._stats.position, limit)
             envelopes = [record.envelope for record in batch.records]
             try:
                 if envelopes:
@@ -93,19 +134,22 @@ class Relay:
                     log.warning("%s; finding the refused record one transaction at a time", exc)
                 else:
                     self._quarantine.move(batch.records[exc.index].id, exc.reason)
-                    self.stats.quarantined += 1
+                    self._stats.quarantined += 1
                 continue
+            except PublishAbortedError:
+                self._stats.aborted += 1  # the service retries it from the position this relay holds
+                raise
             break
         self._isolating = max(0, self._isolating - len(envelopes))
         if envelopes:
-            self.stats.published += len(envelopes)
-            self.stats.transactions += 1
+            self._stats.published += len(envelopes)
+            self._stats.transactions += 1
             log.debug(
                 "committed Kafka transaction with %d events, checkpoint after %s",
                 len(envelopes),
                 batch.position,
             )
-        self.stats.position = batch.position
+        self._stats.position = batch.position
         return len(batch.records)
 
     def _publish(self, envelopes: list[Envelope], position: Position) -> None:
@@ -120,30 +164,26 @@ class Relay:
         ):
             started = time.monotonic()
             self._publisher.publish(envelopes, self._checkpoints.record(position))
-            self.stats.commit_seconds += time.monotonic() - started
+            self._stats.commit_seconds += time.monotonic() - started
 
     def backlog(self) -> Backlog:
-        return self._capture.backlog(self.stats.position)
+        return self._capture.backlog(self._stats.position)
 
     def delete_published(self, limit: int, created_before: datetime | None) -> int:
         """Delete up to `limit` outbox rows this relay has published (and committed to Kafka)."""
-        deleted = self._capture.delete_published(self.stats.position, limit, created_before)
-        self.stats.deleted += deleted
+        deleted = self._capture.delete_published(self._stats.position, limit, created_before)
+        self._stats.deleted += deleted
         return deleted
 
     def close(self) -> None:
         self._publisher.close()
 
-    def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> RelayStats:
-        """Run this (started) relay alone until `should_stop()`, or with `drain` until caught up."""
-        service = RelayService(
-            SoleLease(),
-            lambda _: self,
-            poll_interval=self._poll_interval,
-            backoff=self._backoff,
-            sleep=self._sleep,
-        )
-        service.run(should_stop, drain=drain)
+    def run(
+        self, should_stop: Callable[[], bool], *, drain: bool = False, poll_interval: float = 0.5
+    ) -> RelayStats:
+        """Run this (started) relay alone until `should_stop()`, or with `drain` until caught up:
+        the service's loop over this one shard, waiting `poll_interval` seconds when idle."""
+        RelayService(SoleLease(), lambda _: self, poll_interval=poll_interval).run(should_stop, drain=drain)
         return self.stats
 
 
@@ -190,19 +230,16 @@ def relay_from_settings(
 def _started_relay(
     settings: RelaySettings, engine: Engine, shard: Shard, stopping: Callable[[], bool]
 ) -> Relay:
-    publisher = TransactionalPublisher(
+    relay = Relay.for_shard(
+        engine,
         settings.kafka,
-        settings.transactional_id + shard.suffix,
-        timeout=settings.kafka_timeout,
+        settings.source_id,
+        settings.checkpoint_topic,
+        shard,
+        batch_size=settings.batch_size,
+        kafka_timeout=settings.kafka_timeout,
         stopping=stopping,
         signer=settings.signer,
-    )
-    relay = Relay(
-        capture_for(engine, shard),
-        publisher,
-        Checkpoints(settings.kafka, settings.checkpoint_topic, settings.source_id, shard),
-        Quarantine(engine),
-        batch_size=settings.batch_size,
     )
     try:
         relay.start()
@@ -210,3 +247,9 @@ def _started_relay(
         relay.close()
         raise
     return relay
+
+
+def transactional_id(source_id: str, shard: Shard = ONLY) -> str:
+    """The Kafka transactional id of a shard's relay: derived, never random, never shared — the
+    fencing of a zombie depends on it (see `Relay.for_shard`)."""
+    return f"outboxkit-relay.{source_id}{shard.suffix}"

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from outbox.backoff import Backoff
 from outbox.observe import EVERY_INTERFACE, Health, Metrics, serve
 from outbox.startup import StartWindow
-from relay.capture import Backlog, Position
+from relay.capture.source import Backlog, Position
 from relay.errors import (
     CaptureError,
     FencedError,
@@ -36,10 +36,27 @@ from relay.shards import Shard
 from relay.stats import RelayStats
 from relay.wakeup import Listener
 
-if TYPE_CHECKING:
-    from relay.run import Relay
-
 log = logging.getLogger("outboxkit.relay")
+
+
+class ShardRelay(Protocol):
+    """What the loop needs of one shard's relay (`relay.run.Relay`): started, it is stepped,
+    asked for its backlog, cleaned up after, and closed; it counts what it does itself."""
+
+    def step(self) -> int:
+        """Publish the next batch, if any; return how many events it held."""
+        ...
+
+    def backlog(self) -> Backlog: ...
+
+    def delete_published(self, limit: int, created_before: datetime | None) -> int: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def stats(self) -> RelayStats:
+        """What the relay has done so far: a copy, read-only to the loop."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -59,7 +76,7 @@ class RelayService:
     def __init__(
         self,
         leases: Leases,
-        relay_for: Callable[[Shard], Relay],
+        relay_for: Callable[[Shard], ShardRelay],
         *,
         poll_interval: float = 0.5,
         lease_interval: float = 1.0,
@@ -88,7 +105,7 @@ class RelayService:
         self._backoff = backoff or Backoff(sleep=sleep)
         self._sleep = sleep
         self._clock = clock
-        self._active: dict[Shard, Relay] = {}
+        self._active: dict[Shard, ShardRelay] = {}
         self._held: frozenset[Shard] = frozenset()
         self._next_refresh = 0.0
         self._start_timeout = start_timeout
@@ -146,9 +163,9 @@ class RelayService:
 
     def stats(self) -> RelayStats:
         """Totals since start; the position is the first active shard's."""
-        relays = [self._active[shard] for shard in sorted(self._active)]
-        total = RelayStats(position=relays[0].stats.position if relays else Position())
-        for stats in [self._retired, *(relay.stats for relay in relays)]:
+        active = [self._active[shard].stats for shard in sorted(self._active)]
+        total = RelayStats(position=active[0].position if active else Position())
+        for stats in [self._retired, *active]:
             total.add(stats)
         return total
 
@@ -267,7 +284,6 @@ class RelayService:
                 raise  # retrying cannot help, and cleanup must not delete what it found
             except (CaptureError, PublishAbortedError) as exc:
                 self._failure = exc
-                relay.stats.aborted += isinstance(exc, PublishAbortedError)
                 log.warning("%s; retried after %.1fs", exc, self._backoff.wait())
                 return None
             except KafkaFatalError as exc:

@@ -126,8 +126,3 @@ class RelaySettings(BaseSettings):
         if self.signing_key is None:
             return None
         return Signer(self.signing_key_id, self.signing_key.get_secret_value().encode())
-
-    @property
-    def transactional_id(self) -> str:
-        """Derived from the source, never random: a restarted relay must fence its predecessor."""
-        return f"outboxkit-relay.{self.source_id}"

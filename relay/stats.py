@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from relay.capture import Position
+from relay.capture.source import Position
 
 
 @dataclass

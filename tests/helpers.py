@@ -19,9 +19,7 @@ from outbox import SETTINGS_KEY, OutboxSettings, metadata, outbox_table
 from outbox.envelope import HEADER_EVENT_ID, Envelope
 from outbox.kafka_settings import KafkaSettings
 from outbox.signing import Signer
-from relay import Checkpoints, Relay, TransactionalPublisher
-from relay.capture import capture_for
-from relay.quarantine import Quarantine
+from relay import Relay
 from tests.models import Base, Thing
 
 
@@ -62,14 +60,8 @@ def make_relay(
     tracer: Tracer | None = None,
     signer: Signer | None = None,
 ) -> Relay:
-    return Relay(
-        capture_for(engine),
-        TransactionalPublisher(kafka, f"outboxkit-relay.{source_id}", signer=signer),
-        Checkpoints(kafka, checkpoint_topic, source_id),
-        Quarantine(engine),
-        poll_interval=0.05,
-        batch_size=batch_size,
-        tracer=tracer,
+    return Relay.for_shard(
+        engine, kafka, source_id, checkpoint_topic, batch_size=batch_size, signer=signer, tracer=tracer
     )
 
 

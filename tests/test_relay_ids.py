@@ -21,6 +21,7 @@ from outbox.kafka_settings import KafkaSettings
 from relay import Checkpoints, Position, PostgresCapture, Relay, RelaySettings, TransactionalPublisher
 from relay.capture import envelope_of
 from relay.errors import UnsafeOutboxError
+from relay.run import transactional_id
 from relay.status import relay_status
 from tests.conftest import PgSchema, Source
 from tests.helpers import committed_event_ids, emit, make_relay
@@ -72,7 +73,7 @@ def publish_as_the_old_relay(app: Engine, kafka: KafkaSettings, source_id: str, 
     in one Kafka transaction, and let cleanup delete them (which left the table empty)."""
     with app.connect() as conn:
         rows = conn.execute(select(outbox_table).order_by(outbox_table.c.id)).all()
-    publisher = TransactionalPublisher(kafka, f"outboxkit-relay.{source_id}")
+    publisher = TransactionalPublisher(kafka, transactional_id(source_id))
     publisher.start()
     checkpoint = Checkpoints(kafka, checkpoints, source_id)
     checkpoint.ensure_topic()

@@ -18,6 +18,7 @@ from relay import AdvisoryLeases, Checkpoints, PostgresCapture, RelayService, Re
 from relay.capture import Position, capture_for
 from relay.errors import CaptureError, CheckpointError, LeaseLostError
 from relay.publisher import TransactionalPublisher
+from relay.run import transactional_id
 from tests.conftest import PgSchema
 
 
@@ -99,7 +100,7 @@ def test_a_source_published_with_another_shard_count_is_refused_not_published_ag
     topic, source = unique_name("ckpt"), unique_name("src")
     old = Checkpoints(kafka, topic, source)
     old.ensure_topic()
-    publisher = TransactionalPublisher(kafka, f"outboxkit-relay.{source}")
+    publisher = TransactionalPublisher(kafka, transactional_id(source))
     publisher.start()
     publisher.publish([], old.record(Position(after_id=5)))
     publisher.close()

@@ -1,0 +1,100 @@
+"""What both capture sources share: the outbox columns on the wire, reads and deletes with the
+database's errors translated to `CaptureError`, and the one mapping from an outbox row to an
+envelope. No dialect SQL here: that lives in each source's module."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, Row, Select, delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from outbox.envelope import Envelope
+from outbox.table import outbox_table
+from relay.capture.source import Backlog, OutboxRecord
+from relay.errors import CaptureError
+
+OUTBOX = outbox_table.c
+# The columns that go on the wire, `created_at` among them (history validity); no more is fetched.
+WIRE = [
+    OUTBOX[name]
+    for name in (
+        "id", "event_id", "topic", "key", "payload", "type", "aggregatetype", "aggregateid",
+        "aggregateversion", "schema_version", "headers", "created_at",
+    )
+]  # fmt: skip
+START_OVER = (
+    "Nothing was skipped or deleted. To publish them, run the relay under a new "
+    "OUTBOXKIT_RELAY_SOURCE_ID: it starts from the beginning of this outbox, and the sink skips the "
+    "events it has applied already"
+)
+
+
+def expect_dialect(engine: Engine, dialect: str, why: str) -> None:
+    if engine.dialect.name != dialect:
+        raise CaptureError(
+            f"this capture source reads {dialect} only ({why}), not {engine.dialect.name}; "
+            "outboxkit captures from SQLite and PostgreSQL"
+        )
+
+
+def read(engine: Engine, query: Select[Any]) -> Sequence[Row[Any]]:
+    try:
+        with engine.connect() as conn:
+            return conn.execute(query).all()
+    except SQLAlchemyError as exc:
+        raise CaptureError(f"cannot read the outbox table: {exc}") from exc
+
+
+def delete_oldest(
+    engine: Engine, published: list[ColumnElement[bool]], limit: int, created_before: datetime | None
+) -> int:
+    """One bounded DELETE: short, and on published rows only, so writers never wait for it."""
+    if created_before is not None:
+        published = [*published, OUTBOX.created_at < created_before]
+    oldest = select(OUTBOX.id).where(*published).order_by(OUTBOX.id).limit(limit)
+    try:
+        with engine.begin() as conn:
+            return conn.execute(delete(outbox_table).where(OUTBOX.id.in_(oldest.scalar_subquery()))).rowcount
+    except SQLAlchemyError as exc:
+        raise CaptureError(f"cannot delete published outbox rows: {exc}") from exc
+
+
+def backlog(engine: Engine, unpublished: list[ColumnElement[bool]]) -> Backlog:
+    query = select(func.count(), func.min(OUTBOX.created_at)).where(*unpublished)
+    try:
+        with engine.connect() as conn:
+            rows, oldest = conn.execute(query).one()
+    except SQLAlchemyError as exc:
+        raise CaptureError(f"cannot read the outbox table: {exc}") from exc
+    return Backlog(int(rows), None if oldest is None else _utc(oldest))
+
+
+def records(rows: Sequence[Row[Any]]) -> list[OutboxRecord]:
+    return [OutboxRecord(id=row.id, envelope=envelope_of(row)) for row in rows]
+
+
+def envelope_of(row: Row[Any]) -> Envelope:
+    """An outbox row as the envelope to produce: the one mapping from table to wire."""
+    headers: dict[str, str] = {} if row.headers in (None, "", "{}") else json.loads(row.headers)
+    return Envelope(
+        event_id=row.event_id,
+        topic=row.topic,
+        key=None if row.key is None else row.key.encode(),
+        payload=row.payload.encode(),
+        event_type=row.type,
+        aggregate_type=row.aggregatetype,
+        aggregate_id=row.aggregateid,
+        aggregate_version=row.aggregateversion,
+        schema_version=row.schema_version,
+        extra_headers=tuple((name, value.encode()) for name, value in headers.items()),
+        created_at=_utc(row.created_at),
+    )
+
+
+def _utc(at: datetime) -> datetime:
+    """SQLite hands back its UTC times without an offset; PostgreSQL with one."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

@@ -1,0 +1,115 @@
+"""The capture source contract: where the relay reads committed outbox rows from, and in what order.
+
+A `CaptureSource` hands out committed outbox records batch by batch, each batch with the
+`Position` after it. Two promises make a single checkpoint (the last position) sufficient:
+
+* **gap-free**: every committed row is handed out once a position past it is reached — no row
+  that commits later can turn up behind a position already handed out;
+* **per-aggregate commit order**: the events of one aggregate come out in the order their
+  transactions committed (which is the order of their `aggregateversion`).
+
+How each database keeps them differs, which is why each dialect has its own source:
+`relay.capture.sqlite` polls by id, `relay.capture.postgres` drains snapshot deltas; each
+module's docstring shows how it keeps both promises.
+
+**A database behind its checkpoint.** Both promises assume the checkpoint describes this database.
+One restored from a backup, or an outbox table recreated, hands out ids (SQLite) or transaction
+ids (PostgreSQL) again that the checkpoint counts as published: their rows would be skipped, then
+deleted by cleanup. `check` finds that and raises `UnsafeOutboxError`; capture and cleanup call
+it, so such rows stop the relay and stay. (What each source looks at is in its module.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from outbox.envelope import Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """How far capture has come. `after_id`: the last id handed out (of the current delta, on
+    PostgreSQL); `base` / `target`: the two snapshots bounding that delta (PostgreSQL only);
+    `after_event_id`: the event of row `after_id` (SQLite only), by which capture recognises that
+    id handed out again (None in checkpoints written before it was kept)."""
+
+    after_id: int = 0
+    base: str | None = None
+    target: str | None = None
+    after_event_id: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "after_id": self.after_id,
+            "base": self.base,
+            "target": self.target,
+            "after_event_id": self.after_event_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Position:
+        base, target, event = data.get("base"), data.get("target"), data.get("after_event_id")
+        return cls(
+            after_id=int(str(data.get("after_id", 0))),
+            base=None if base is None else str(base),
+            target=None if target is None else str(target),
+            after_event_id=None if event is None else str(event),
+        )
+
+    def __str__(self) -> str:
+        if self.target is None:
+            return f"id {self.after_id}"
+        return f"id {self.after_id} of the transactions visible in {self.target} but not in {self.base}"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """An outbox row read by the relay: the envelope to produce."""
+
+    id: int
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Records to publish, in order, and the position to checkpoint with them."""
+
+    records: Sequence[OutboxRecord]
+    position: Position
+
+
+class CaptureSource(Protocol):
+    """Reads committed outbox records. Implementations need not be thread-safe."""
+
+    def fetch(self, after: Position, limit: int) -> Batch:
+        """Up to `limit` records after `after`, and the position after them.
+
+        An empty batch may still carry a new position (a source moving to its next snapshot);
+        keeping it in memory without a checkpoint is safe. Raises `CaptureError` if the outbox
+        cannot be read; the relay retries with backoff. Raises `UnsafeOutboxError` (see `check`).
+        """
+        ...
+
+    def delete_published(self, position: Position, limit: int, created_before: datetime | None) -> int:
+        """Delete up to `limit` rows published as of `position` (and older than `created_before`).
+
+        Raises `UnsafeOutboxError`, deleting nothing, where `check` does."""
+        ...
+
+    def check(self, position: Position) -> None:
+        """Raise `UnsafeOutboxError` if rows at or below `position` may never have been published
+        (ids or transaction ids handed out again), naming them and what to do."""
+        ...
+
+    def backlog(self, position: Position) -> Backlog:
+        """The committed rows not yet published as of `position`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    rows: int
+    oldest: datetime | None

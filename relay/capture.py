@@ -74,10 +74,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import UserDefinedType
 
-from outbox.envelope import Envelope
 from outbox.table import outbox_table
 from relay.errors import CaptureError, UnsafeOutboxError
 from relay.shards import ONLY, Shard
+from wire import Envelope
 
 _OUTBOX = outbox_table.c
 # The columns that go on the wire, `created_at` among them (history validity); no more is fetched.

@@ -18,7 +18,6 @@ from opentelemetry.trace import Link, SpanKind, Tracer
 from sqlalchemy import Engine, create_engine
 
 from outbox.backoff import Backoff
-from outbox.envelope import Envelope
 from outbox.tracing import span_contexts
 from relay.capture import Backlog, CaptureSource, Position, capture_for
 from relay.checkpoint import Checkpoints
@@ -34,6 +33,7 @@ from relay.settings import RelaySettings
 from relay.shards import Shard
 from relay.stats import RelayStats
 from relay.wakeup import Listener
+from wire import Envelope
 
 log = logging.getLogger("outboxkit.relay")
 

@@ -9,8 +9,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.kafka_settings import KafkaSettings
 from outbox.observe import EVERY_INTERFACE, HttpHost
-from outbox.signing import MIN_SECRET_BYTES, Signer
 from outbox.urls import usable_url
+from wire import Signer
+from wire.signing import MIN_SECRET_BYTES
 
 
 class RelaySettings(BaseSettings):

@@ -51,11 +51,11 @@ from bench.kafka import (
 )
 from bench.pg import Endpoints, scratch_database, server_facts
 from bench.report import BenchmarkError, Goal, Options, Report, Table, percentile
-from outbox.kafka_settings import KafkaSettings
 from outbox.settings import OutboxSettings
 from relay import Checkpoints, PostgresCapture, Relay, RelayService, SoleLease, TransactionalPublisher
 from relay.quarantine import Quarantine
 from relay.wakeup import Listener
+from runtime.kafka import KafkaSettings
 from sink import Sink, TableMapping
 from sink.consumer import WarehouseConsumer
 from sink.run import by_topic

@@ -29,10 +29,10 @@ from sqlalchemy import Connection, Engine, delete, select
 
 from bench.report import BenchmarkError, Options
 from outbox import outbox_table
-from outbox.kafka_settings import KafkaSettings
 from relay import Checkpoints, Position, PostgresCapture, Relay, TransactionalPublisher
 from relay.capture import envelope_of
 from relay.quarantine import Quarantine
+from runtime.kafka import KafkaSettings
 from wire import Envelope
 
 TIMEOUT = 1800.0  # seconds a drain may take before the run is declared broken

@@ -21,8 +21,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bench.report import BenchmarkError
-from outbox.kafka_settings import KafkaSettings
 from relay.topics import ensure_topic
+from runtime.kafka import KafkaSettings
 from wire.headers import HEADER_EVENT_ID
 
 PARTITIONS = 3

@@ -25,7 +25,6 @@ from typing import TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from outbox.kafka_settings import KafkaSettings
 from relay.checkpoint import CheckpointRecord
 from relay.errors import (
     FencedError,
@@ -34,6 +33,7 @@ from relay.errors import (
     RelayError,
     UnpublishableRecordError,
 )
+from runtime.kafka import KafkaSettings
 from wire import Envelope, Signer
 
 log = logging.getLogger("outboxkit.relay")

@@ -17,14 +17,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Tracer
 from sqlalchemy import Engine, create_engine
 
-from outbox.backoff import Backoff
-from outbox.tracing import span_contexts
 from relay.capture import Backlog, CaptureSource, Position, capture_for
 from relay.checkpoint import Checkpoints
-from relay.errors import (
-    RelayError,
-    UnpublishableRecordError,
-)
+from relay.errors import RelayError, UnpublishableRecordError
 from relay.leases import AdvisoryLeases, Leases, SoleLease
 from relay.publisher import TransactionalPublisher
 from relay.quarantine import Quarantine
@@ -33,6 +28,8 @@ from relay.settings import RelaySettings
 from relay.shards import Shard
 from relay.stats import RelayStats
 from relay.wakeup import Listener
+from runtime.backoff import Backoff
+from runtime.tracing import span_contexts
 from wire import Envelope
 
 log = logging.getLogger("outboxkit.relay")

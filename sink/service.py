@@ -20,9 +20,9 @@ from confluent_kafka import Message
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Tracer
 
-from outbox.backoff import Backoff
-from outbox.observe import EVERY_INTERFACE, Health, Metrics, serve
-from outbox.tracing import span_contexts
+from runtime.backoff import Backoff
+from runtime.observe import EVERY_INTERFACE, Health, Metrics, serve
+from runtime.tracing import span_contexts
 from sink.batch import Policy, Refusals, assemble
 from sink.consumer import WarehouseConsumer
 from sink.errors import PartitionMovedError, RecordsRefusedError, WarehouseError

@@ -16,10 +16,10 @@ from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session
 
 from outbox import SETTINGS_KEY, OutboxSettings, metadata, outbox_table
-from outbox.kafka_settings import KafkaSettings
 from relay import Checkpoints, Relay, TransactionalPublisher
 from relay.capture import capture_for
 from relay.quarantine import Quarantine
+from runtime.kafka import KafkaSettings
 from tests.models import Base, Thing
 from wire import Envelope, Signer
 from wire.headers import HEADER_EVENT_ID

@@ -16,7 +16,7 @@ from typing import Any
 from confluent_kafka import Message, Producer
 from sqlalchemy import Engine, text
 
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 from sink import TableMapping
 from sink.batch import Policy, Refusals, assemble
 from sink.errors import RecordsRefusedError

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -58,3 +61,70 @@ def test_the_wire_contract_names_every_installed_third_party_package() -> None:
         if name.isidentifier() and name not in sys.stdlib_module_names and name != "wire"
     }
     assert installed - set(CONTRACTS[WIRE_CONTRACT]["forbidden_modules"]) == set()
+
+
+@pytest.mark.parametrize("package", ["sink", "verify"])
+def test_the_sink_and_the_checker_load_nothing_of_the_app_side_library(package: str) -> None:
+    loaded = _loaded_by(f"import {package}")
+    assert f"{package}.settings" in loaded
+    assert {name for name in loaded if name.split(".")[0] == "outbox"} == set()
+    assert "sqlalchemy.orm" not in loaded  # the app's ORM mixin and sessions: SQLAlchemy Core suffices
+
+
+# One import each contract forbids, planted in a copy of the code: (module, line).
+PLANTS = {
+    "The app-side library knows nothing of the processes": ("outbox/ids.py", "import runtime.backoff"),
+    "Relay and sink never import each other (they share wire and runtime)": (
+        "sink/merge.py",
+        "import relay.stats",
+    ),
+    "Only the composition root imports everything": ("verify/checks.py", "import outboxkit.writers"),
+    "The sink and the checker never load the app-side library": ("sink/merge.py", "import outbox.ids"),
+    "The checker is independent of what it checks (it shares only wire and runtime)": (
+        "verify/checks.py",
+        "import sink.merge",
+    ),
+    "The relay loads nothing of the sink or DuckDB": ("relay/stats.py", "import duckdb"),
+    "The processes' shared plumbing depends on none of its users": (
+        "runtime/backoff.py",
+        "import relay.stats",
+    ),
+    WIRE_CONTRACT: ("wire/keys.py", "import pydantic"),
+}
+
+
+def test_every_contract_has_a_planted_import() -> None:
+    assert set(PLANTS) == set(CONTRACTS)
+
+
+def _lint_copy(tmp_path: Path, plant: tuple[str, str] | None) -> str:
+    """import-linter's report on a copy of the packages (and of pyproject.toml, whose contracts it
+    checks), with `plant` appended to one module: the checkout itself stays untouched."""
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    for package in PYPROJECT["tool"]["importlinter"]["root_packages"]:
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    if plant is not None:
+        module, line = plant
+        with (tmp_path / module).open("a") as source:
+            source.write(f"\n{line}  # planted by the test\n")
+    done = subprocess.run(
+        [Path(sys.executable).with_name("lint-imports"), "--no-cache", "pyproject.toml"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env=os.environ | {"PYTHONPATH": str(tmp_path)},
+    )
+    return done.stdout + done.stderr
+
+
+def test_the_copy_keeps_every_contract(tmp_path: Path) -> None:
+    assert f"{len(CONTRACTS)} kept, 0 broken" in _lint_copy(tmp_path, None)
+
+
+@pytest.mark.parametrize("contract", sorted(PLANTS))
+def test_a_planted_import_breaks_the_contract(tmp_path: Path, contract: str) -> None:
+    report = _lint_copy(tmp_path, PLANTS[contract])
+    assert f"{contract} BROKEN" in report
+    planted_in = PLANTS[contract][0].removesuffix(".py").replace("/", ".")
+    assert planted_in in report  # the chain import-linter shows starts at the planted import

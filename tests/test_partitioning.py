@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 from tests.conftest import Source
 from tests.helpers import committed_records, emit
 from wire import murmur2, partition_for

@@ -50,7 +50,6 @@ def test_relay_exports() -> None:
         "Batch",
         "CaptureSource",
         "Checkpoints",
-        "ExitCode",
         "FencedError",
         "Leases",
         "OutboxRecord",

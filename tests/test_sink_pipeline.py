@@ -26,7 +26,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from outbox import SETTINGS_KEY, OutboxSettings, outbox_table
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 from sink import (
     Sink,
     SinkConfigError,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 from wire.headers import (
     HEADER_AGGREGATE_ID,
     HEADER_AGGREGATE_TYPE,

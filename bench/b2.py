@@ -31,8 +31,8 @@ from bench.drain import Plan, Sizes
 from bench.kafka import PARTITIONS, Topics, broker_facts, check_exactly, committed_event_ids, run_topics
 from bench.pg import Endpoints, scratch_database, server_facts
 from bench.report import BenchmarkError, Goal, Options, Report, Table, Targets, ThreeWay
-from outbox.kafka_settings import KafkaSettings
 from relay import RelaySettings
+from runtime.kafka import KafkaSettings
 
 TITLE = "relay drain: events/s emptying a PostgreSQL outbox backlog, outboxkit vs naive poller vs producer"
 NAME = "B2 relay drain"

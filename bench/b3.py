@@ -51,15 +51,15 @@ from bench.kafka import (
 )
 from bench.pg import Endpoints, scratch_database, server_facts
 from bench.report import BenchmarkError, Goal, Options, Report, Table, percentile
-from outbox.envelope import HEADER_EVENT_ID
-from outbox.kafka_settings import KafkaSettings
 from outbox.settings import OutboxSettings
 from relay import Relay, RelayService, SoleLease
 from relay.wakeup import Listener
+from runtime.kafka import KafkaSettings
 from sink import Sink, TableMapping
 from sink.consumer import WarehouseConsumer
 from sink.run import by_topic
 from sink.writer import Batch, Outcome, SqlWriter
+from wire.headers import HEADER_EVENT_ID
 
 TITLE = "live latency: commit -> visible to a read_committed consumer, open-loop writers, relay polling"
 NAME = "B3 live latency"

@@ -41,7 +41,7 @@ from bench.pg import Endpoints, server_facts_at
 from bench.report import BenchmarkError, Goal, Options, Report, Table, Targets, ThreeWay
 from bench.sinking import Target
 from bench.stream import COLUMNS, CONFLICTS, Stream, produce
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 from sink import SinkSettings
 from sink.run import tune_gc
 

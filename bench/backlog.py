@@ -3,7 +3,7 @@
 Writing 200,000 rows through the mixin would take minutes per measurement, so the rows are
 generated in SQL, a few big transactions of `CHUNK` rows — but shaped as the mixin writes them:
 a UUID event id, keys spread over `AGGREGATES` aggregates with versions 1, 2, 3 ... in id order,
-the key's `shard_key` (`outbox.envelope.shard_key`, computed here, not guessed in SQL), a JSON
+the key's `shard_key` (`wire.shard_key`, computed here, not guessed in SQL), a JSON
 payload of about 200 bytes, and the writing transaction's `xid`, without which PostgreSQL
 capture would never see a row. `outbox_versions` stays empty: only writers read it.
 
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from sqlalchemy import Engine, select, text
 
 from outbox import outbox_table
-from outbox.envelope import shard_key
+from wire import shard_key
 
 AGGREGATES = 1000
 CHUNK = 50_000  # rows per loading transaction

@@ -29,10 +29,10 @@ from sqlalchemy import Connection, Engine, delete, select
 
 from bench.report import BenchmarkError, Options
 from outbox import outbox_table
-from outbox.envelope import Envelope
-from outbox.kafka_settings import KafkaSettings
 from relay import Position, PostgresCapture, Relay
 from relay.capture import envelope_of
+from runtime.kafka import KafkaSettings
+from wire import Envelope
 
 TIMEOUT = 1800.0  # seconds a drain may take before the run is declared broken
 # The relay's own producer settings (relay.publisher), so the ceiling is that producer's.

@@ -21,9 +21,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bench.report import BenchmarkError
-from outbox.envelope import HEADER_EVENT_ID
-from outbox.kafka_settings import KafkaSettings
 from relay.topics import ensure_topic
+from runtime.kafka import KafkaSettings
+from wire.headers import HEADER_EVENT_ID
 
 PARTITIONS = 3
 log = logging.getLogger("outboxkit.bench")

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 
 
 class Endpoints(BaseSettings):

@@ -44,7 +44,7 @@ from bench.kafka import read_committed_consumer
 from bench.pg import scratch_database
 from bench.report import BenchmarkError
 from bench.stream import COLUMNS, Row, Stream, row_of
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 from sink import SinkSettings, SinkStats, TableMapping, sink_from_settings
 from sink.columns import KEY, SQL_TYPES, VERSION
 

@@ -25,15 +25,10 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from bench.kafka import check_exactly, committed_event_ids
 from bench.report import BenchmarkError
-from outbox.envelope import (
-    HEADER_AGGREGATE_VERSION,
-    HEADER_EVENT_ID,
-    HEADER_EVENT_TYPE,
-    HEADER_SCHEMA_VERSION,
-    Envelope,
-)
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 from sink.columns import Kind, metadata_columns
+from wire import Envelope
+from wire.headers import HEADER_AGGREGATE_VERSION, HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION
 
 CONFLICTS = (0.0, 50.0, 90.0)  # % of events updating a key met before; 90: ~10 versions per key
 EVENT_TYPE = "OrderUpdated"

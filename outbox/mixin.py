@@ -32,11 +32,11 @@ from sqlalchemy import event, inspect
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, UOWTransaction
 
 from outbox import record
-from outbox.envelope import composite_key
 from outbox.errors import BulkOperationError, ConfigurationError
 from outbox.record import Draft
 from outbox.settings import OutboxSettings, settings_for
 from outbox.wakeup import wrote_events
+from wire import composite_key
 
 Operation = Literal["created", "updated", "deleted"]
 _SNAPSHOTS = "outboxkit.deleted-state"

@@ -15,13 +15,14 @@ from typing import Any
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 from sqlalchemy import Connection, String
 
-from outbox.envelope import RESERVED_HEADERS, shard_key
 from outbox.errors import HeaderError, PayloadError, PayloadTooLargeError, TopicError, ValueTooLongError
 from outbox.ids import new_event_id
 from outbox.settings import OutboxSettings
 from outbox.store import store
 from outbox.table import outbox_table
 from outbox.tracing import current_trace_headers
+from wire import shard_key
+from wire.headers import RESERVED_HEADERS
 
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # The outbox's text columns with a length, in characters as PostgreSQL counts them (outbox_versions

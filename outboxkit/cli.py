@@ -1,6 +1,6 @@
 """The `outboxkit` command: `demo`, `migrate`, `relay run|status`, `sink run|status|replay`, `verify`.
 
-Exit codes are named (relay.ExitCode) so a supervisor can tell a fenced zombie from a crash. A
+Exit codes are named (runtime.process.ExitCode) so a supervisor can tell a fenced zombie from a crash. A
 failure is one line naming the setting behind it (`outboxkit.failures`), never a traceback — but
 for a bug.
 """
@@ -9,24 +9,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 
 from alembic.util import CommandError
 from sqlalchemy import make_url
 
 from outbox import schema
-from outbox.urls import parsed_url
 from outboxkit import __version__
 from outboxkit.failures import Failure, Named, explain
-from relay import ExitCode, RelaySettings, relay_from_settings
+from relay import RelaySettings, relay_from_settings
 from relay.status import relay_status
+from runtime.process import ExitCode, StopFlag, configure_logging
+from runtime.urls import parsed_url
 from sink import SinkSettings, sink_from_settings
 from sink.replay import replay, skip
 from sink.run import tune_gc
@@ -34,21 +33,6 @@ from sink.status import sink_status
 from verify import VerifySettings, verify
 
 TOOLS = {"status", "replay", "skip", "verify"}  # commands that answer and end: their output stays clean
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGINT; the loops finish their current transaction and return."""
-
-    def __init__(self) -> None:
-        self.stopped = False
-        signal.signal(signal.SIGTERM, self._set)
-        signal.signal(signal.SIGINT, self._set)
-
-    def _set(self, signum: int, frame: FrameType | None) -> None:
-        self.stopped = True
-
-    def __call__(self) -> bool:
-        return self.stopped
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -162,9 +146,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     named = Named(" ".join(filter(None, (args.command, getattr(args, "action", None)))))
     if {args.command, getattr(args, "action", None)} & TOOLS:
         # What librdkafka retries, and our own "unreachable, retrying", only come before the same

@@ -1,5 +1,5 @@
 """What the `outboxkit` command says when a command fails: one line that names the setting behind
-the failure and what to do, and the exit code the README documents (`relay.ExitCode`).
+the failure and what to do, and the exit code the README documents (`runtime.process.ExitCode`).
 
 Third-party errors are translated here, at the command's boundary, and nowhere else: the
 packages raise their own error trees with the cause chained (or let a driver's error through),
@@ -23,9 +23,10 @@ from pydantic_settings import BaseSettings, SettingsError
 from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from outbox.kafka_settings import KafkaSettings
-from outbox.startup import StartTimeoutError
-from relay import ExitCode, RelayError
+from relay import RelayError
+from runtime.kafka import KafkaSettings
+from runtime.process import ExitCode
+from runtime.startup import StartTimeoutError
 from sink import SinkConfigError, SinkError
 from verify.kafka import VerifyError
 

@@ -2,7 +2,7 @@
 
 from relay.capture import Batch, CaptureSource, OutboxRecord, Position, PostgresCapture, SqliteCapture
 from relay.checkpoint import Checkpoints
-from relay.errors import ExitCode, FencedError, RelayError
+from relay.errors import FencedError, RelayError
 from relay.leases import AdvisoryLeases, Leases, SoleLease
 from relay.publisher import TransactionalPublisher
 from relay.run import Relay, relay_from_settings
@@ -16,7 +16,6 @@ __all__ = [
     "Batch",
     "CaptureSource",
     "Checkpoints",
-    "ExitCode",
     "FencedError",
     "Leases",
     "OutboxRecord",

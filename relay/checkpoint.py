@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from outbox.kafka_settings import KafkaSettings
 from relay.capture.source import Position
 from relay.errors import CheckpointError
 from relay.shards import ONLY, Shard
 from relay.topics import ensure_topic
+from runtime.kafka import KafkaSettings
 
 
 @dataclass(frozen=True, slots=True)

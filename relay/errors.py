@@ -1,19 +1,13 @@
-"""The relay's exception tree and its process exit codes.
+"""The relay's exception tree, each class with the process exit code it ends the relay with.
 
-Each class says what the operator should do; `exit_code` lets a supervisor (Kubernetes) tell a
-fenced zombie, which must not restart in a loop against a live successor, from a crash.
+Each class says what the operator should do; `exit_code` (`runtime.process.ExitCode`) lets a
+supervisor (Kubernetes) tell a fenced zombie, which must not restart in a loop against a live
+successor, from a crash.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
-
-
-class ExitCode(IntEnum):
-    OK = 0
-    ERROR = 1
-    CONFIG = 2
-    FENCED = 3  # another relay owns the transactional id now: this instance is a zombie
+from runtime.process import ExitCode
 
 
 class RelayError(Exception):

@@ -32,9 +32,9 @@ from typing import Protocol
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from outbox.envelope import murmur2
 from relay.errors import CaptureError, LeaseLostError
 from relay.shards import ONLY, Shard
+from wire import murmur2
 
 log = logging.getLogger("outboxkit.relay")
 

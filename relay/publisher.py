@@ -25,9 +25,6 @@ from typing import TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from outbox.envelope import Envelope
-from outbox.kafka_settings import KafkaSettings
-from outbox.signing import Signer
 from relay.checkpoint import CheckpointRecord
 from relay.errors import (
     FencedError,
@@ -36,6 +33,8 @@ from relay.errors import (
     RelayError,
     UnpublishableRecordError,
 )
+from runtime.kafka import KafkaSettings
+from wire import Envelope, Signer
 
 log = logging.getLogger("outboxkit.relay")
 T = TypeVar("T")
@@ -55,7 +54,7 @@ _RECORD_CODES = {
 class TransactionalPublisher:
     """Owns one transactional producer. Not thread-safe: one relay loop drives it.
 
-    With a `signer`, every record carries an `outboxkit-signature` header (see `outbox.signing`),
+    With a `signer`, every record carries an `outboxkit-signature` header (see `wire.signing`),
     so sinks configured with the key refuse records anyone else wrote to the topics.
     """
 

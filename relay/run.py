@@ -19,11 +19,6 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Tracer
 from sqlalchemy import Engine, create_engine
 
-from outbox.backoff import Backoff
-from outbox.envelope import Envelope
-from outbox.kafka_settings import KafkaSettings
-from outbox.signing import Signer
-from outbox.tracing import span_contexts
 from relay.capture import Backlog, CaptureSource, Position, capture_for
 from relay.checkpoint import Checkpoints
 from relay.errors import PublishAbortedError, RelayError, UnpublishableRecordError
@@ -35,6 +30,11 @@ from relay.settings import RelaySettings
 from relay.shards import ONLY, Shard
 from relay.stats import RelayStats
 from relay.wakeup import Listener
+from runtime.backoff import Backoff
+from runtime.kafka import KafkaSettings
+from runtime.tracing import span_contexts
+from wire import Envelope
+from wire.signing import Signer
 
 log = logging.getLogger("outboxkit.relay")
 

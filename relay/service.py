@@ -18,9 +18,6 @@ from functools import partial
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
-from outbox.backoff import Backoff
-from outbox.observe import EVERY_INTERFACE, Health, Metrics, serve
-from outbox.startup import StartWindow
 from relay.capture.source import Backlog, Position
 from relay.errors import (
     CaptureError,
@@ -35,6 +32,9 @@ from relay.leases import Leases
 from relay.shards import Shard
 from relay.stats import RelayStats
 from relay.wakeup import Listener
+from runtime.backoff import Backoff
+from runtime.observe import EVERY_INTERFACE, Health, Metrics, serve
+from runtime.startup import StartWindow
 
 log = logging.getLogger("outboxkit.relay")
 

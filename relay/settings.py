@@ -7,10 +7,11 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from outbox.kafka_settings import KafkaSettings
-from outbox.observe import EVERY_INTERFACE, HttpHost
-from outbox.signing import MIN_SECRET_BYTES, Signer
-from outbox.urls import usable_url
+from runtime.kafka import KafkaSettings
+from runtime.observe import EVERY_INTERFACE, HttpHost
+from runtime.urls import usable_url
+from wire import Signer
+from wire.signing import MIN_SECRET_BYTES
 
 
 class RelaySettings(BaseSettings):

@@ -6,8 +6,8 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from outbox.kafka_settings import KafkaSettings
 from relay.errors import RelayError
+from runtime.kafka import KafkaSettings
 
 
 def ensure_topic(

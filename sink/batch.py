@@ -14,11 +14,11 @@ from typing import Literal
 
 from confluent_kafka import Message
 
-from outbox.signing import Verifier
 from sink.consumer import Where
 from sink.mapping import Row, TableMapping, TableSchema, to_row
 from sink.records import DeadLetter, Record, decode
 from sink.writer import Batch
+from wire import Verifier
 
 Policy = Literal["dlq", "stop"]
 Refusals = Mapping[tuple[str, int, int], str]  # records the warehouse refused, and its words

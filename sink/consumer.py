@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from outbox.backoff import Backoff
-from outbox.kafka_settings import KafkaSettings
+from runtime.backoff import Backoff
+from runtime.kafka import KafkaSettings
 from sink.errors import SinkConfigError, SinkError, WarehouseError
 
 log = logging.getLogger("outboxkit.sink")

@@ -11,7 +11,7 @@ for good: every genuine update after it would look like a duplicate. So a versio
 `max_version_jump` above what the table holds for the key is refused (a dead letter or a stop,
 per policy) instead. Where the table holds no version for the key there is nothing to measure
 against: the first event a table sees of a key may legitimately be any version (retention,
-a new table); signed envelopes (`outbox.signing`) are what guards that case.
+a new table); signed envelopes (`wire.signing`) are what guards that case.
 """
 
 from __future__ import annotations

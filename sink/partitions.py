@@ -13,7 +13,7 @@ from datetime import datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 from sink.errors import SinkError
 
 Where = tuple[str, int]

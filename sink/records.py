@@ -15,9 +15,9 @@ from typing import Any, NoReturn
 import orjson
 from confluent_kafka import Message
 
-from outbox.envelope import JSON, Envelope, EnvelopeError
-from outbox.signing import Verifier
 from sink.columns import INT64
+from wire import Envelope, EnvelopeError, Verifier
+from wire.headers import JSON
 
 # A number orjson may not decode exactly: 16 or more digits in a row (integers beyond 64 bits are
 # floats to orjson, and a double keeps 15 to 17 significant digits) or a three-digit exponent

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, make_url
 
-from outbox.backoff import Backoff
-from outbox.startup import StartWindow
+from runtime.backoff import Backoff
+from runtime.startup import StartWindow
 from sink.consumer import WarehouseConsumer
 from sink.errors import SinkError, WarehouseError
 from sink.mapping import TableMapping

@@ -20,16 +20,16 @@ from confluent_kafka import Message
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Tracer
 
-from outbox.backoff import Backoff
-from outbox.observe import EVERY_INTERFACE, Health, Metrics, serve
-from outbox.signing import Verifier
-from outbox.tracing import span_contexts
+from runtime.backoff import Backoff
+from runtime.observe import EVERY_INTERFACE, Health, Metrics, serve
+from runtime.tracing import span_contexts
 from sink.batch import Policy, Refusals, assemble
 from sink.consumer import WarehouseConsumer
 from sink.errors import PartitionMovedError, RecordsRefusedError, WarehouseError
 from sink.mapping import TableMapping
 from sink.records import DeadLetter, Raw, Source, headers_of, source_of
 from sink.writer import Batch, Outcome, SinkWriter
+from wire import Verifier
 
 log = logging.getLogger("outboxkit.sink")
 SAME_BATCH_FAILURES = 3  # then, if the warehouse answers a ping, the batch itself is the problem

@@ -7,13 +7,14 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from outbox.kafka_settings import KafkaSettings
-from outbox.observe import EVERY_INTERFACE, HttpHost
-from outbox.signing import KEY_ID, MIN_SECRET_BYTES, Verifier
-from outbox.urls import parsed_url
+from runtime.kafka import KafkaSettings
+from runtime.observe import EVERY_INTERFACE, HttpHost
+from runtime.urls import parsed_url
 from sink.loaders import loader_for
 from sink.mapping import TableMapping
 from sink.merge import MAX_VERSION_JUMP
+from wire import Verifier
+from wire.signing import KEY_ID, MIN_SECRET_BYTES
 
 
 def _writable(url: SecretStr) -> SecretStr:

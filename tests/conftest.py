@@ -22,9 +22,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
-from outbox.kafka_settings import KafkaSettings
 from relay import Relay
 from relay.topics import ensure_topic
+from runtime.kafka import KafkaSettings
 from tests.helpers import make_relay, sqlite_app
 
 

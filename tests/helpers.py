@@ -16,11 +16,11 @@ from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session
 
 from outbox import SETTINGS_KEY, OutboxSettings, metadata, outbox_table
-from outbox.envelope import HEADER_EVENT_ID, Envelope
-from outbox.kafka_settings import KafkaSettings
-from outbox.signing import Signer
 from relay import Relay
+from runtime.kafka import KafkaSettings
 from tests.models import Base, Thing
+from wire import Envelope, Signer
+from wire.headers import HEADER_EVENT_ID
 
 
 def sqlite_app(tmp_path: Path) -> Engine:

@@ -16,13 +16,13 @@ from typing import Any
 from confluent_kafka import Message, Producer
 from sqlalchemy import Engine, text
 
-from outbox.envelope import Envelope
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 from sink import TableMapping
 from sink.batch import Policy, Refusals, assemble
 from sink.errors import RecordsRefusedError
 from sink.run import by_topic
 from sink.writer import Batch, Outcome, SqlWriter
+from wire import Envelope
 
 # Record timestamps start an hour ago: older ones would fall to the broker's retention (7 days)
 # within minutes, and a sink would find its stored offsets gone.

@@ -23,12 +23,12 @@ from bench import b1, b2, b3, b4, sinking
 from bench.pg import Endpoints
 from bench.report import BenchmarkError, Options
 from outbox import outbox_table
-from outbox.envelope import Envelope
-from outbox.kafka_settings import KafkaSettings
 from relay import TransactionalPublisher
 from relay.checkpoint import CheckpointRecord
+from runtime.kafka import KafkaSettings
 from sink.columns import Kind
 from sink.loaders import PostgresLoader, Rows
+from wire import Envelope
 
 ROOT = Path(__file__).resolve().parent.parent
 

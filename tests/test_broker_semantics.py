@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaError, Producer
 
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 from tests.broker_checks import abort_then_commit, zombie_commit
 
 

@@ -15,8 +15,8 @@ import os
 
 import pytest
 
-from outbox.kafka_settings import KafkaSettings
 from outboxkit.chaos import ChaosSettings, run_chaos
+from runtime.kafka import KafkaSettings
 from tests.processes import services
 
 CAP = 600.0  # seconds of load at most: ~2.5 min here, 225 s on the busy machine that reached 39,912 in 180 s

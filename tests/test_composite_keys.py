@@ -9,7 +9,7 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session
 
 from outbox import SETTINGS_KEY, OutboxSettings
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 from sink import SinkSettings, TableMapping, sink_from_settings
 from tests.conftest import Source
 from tests.helpers import committed_records, rows

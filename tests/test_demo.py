@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import make_url
 
-from outbox.kafka_settings import KafkaSettings
 from outboxkit.databases import drop_database, server
+from runtime.kafka import KafkaSettings
 from tests.helpers import rows
 from tests.processes import outboxkit
 

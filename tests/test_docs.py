@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import make_url
 
-from outbox.kafka_settings import KafkaSettings
-from outbox.observe import Health, Metrics, serve
 from relay import RelaySettings
+from runtime.kafka import KafkaSettings
+from runtime.observe import Health, Metrics, serve
 from sink import SinkSettings, TableMapping
 from sink.run import warehouse_url
 from verify import VerifySettings

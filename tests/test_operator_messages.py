@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 from tests.processes import ROOT, Forwarder, free_port, get, listening, outboxkit
 
 CLOSED = f"127.0.0.1:{free_port()}"  # nothing listens here: a service that is away

@@ -9,11 +9,11 @@ from dataclasses import replace
 import pytest
 from pydantic import ValidationError
 
-from outbox.backoff import Backoff
-from outbox.envelope import HEADER_CREATED_AT, HEADER_EVENT_ID, HEADER_EVENT_TYPE, Envelope, EnvelopeError
 from outbox.ids import EventIdGenerator, new_event_id
-from outbox.signing import Signer, Verifier
 from relay.settings import RelaySettings
+from runtime.backoff import Backoff
+from wire import Envelope, EnvelopeError, Signer, Verifier
+from wire.headers import HEADER_CREATED_AT, HEADER_EVENT_ID, HEADER_EVENT_TYPE
 
 
 def sample() -> Envelope:

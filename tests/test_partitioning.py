@@ -1,4 +1,4 @@
-"""Kafka's key -> partition rule, as `outbox.envelope.partition_for` states it, is the one Kafka uses.
+"""Kafka's key -> partition rule, as `wire.partition_for` states it, is the one Kafka uses.
 
 Checked against the reference itself — the Java client's `Utils.murmur2` from the kafka-clients jar
 the test broker runs on — and against the partitions the relay's producer actually wrote to.
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from outbox.envelope import murmur2, partition_for
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 from tests.conftest import Source
 from tests.helpers import committed_records, emit
+from wire import murmur2, partition_for
 
 KEYS = [
     b"",

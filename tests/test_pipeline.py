@@ -12,14 +12,15 @@ from functools import partial
 import pytest
 from sqlalchemy import create_engine
 
-from outbox.backoff import Backoff
-from outbox.envelope import Envelope
-from outbox.kafka_settings import KafkaSettings
 from relay import FencedError, Relay, RelayService, SoleLease, SqliteCapture, TransactionalPublisher
-from relay.errors import CaptureError, ExitCode, KafkaFatalError
+from relay.errors import CaptureError, KafkaFatalError
 from relay.shards import Shard
+from runtime.backoff import Backoff
+from runtime.kafka import KafkaSettings
+from runtime.process import ExitCode
 from tests.conftest import Source
 from tests.helpers import committed_event_ids, emit
+from wire import Envelope
 
 Names = Callable[[str], str]
 

@@ -6,6 +6,20 @@ import outbox
 import relay
 import sink
 import verify
+import wire
+
+
+def test_wire_exports() -> None:
+    assert sorted(wire.__all__) == [
+        "Envelope",
+        "EnvelopeError",
+        "Signer",
+        "Verifier",
+        "composite_key",
+        "murmur2",
+        "partition_for",
+        "shard_key",
+    ]
 
 
 def test_outbox_exports() -> None:
@@ -36,7 +50,6 @@ def test_relay_exports() -> None:
         "Batch",
         "CaptureSource",
         "Checkpoints",
-        "ExitCode",
         "FencedError",
         "Leases",
         "OutboxRecord",
@@ -77,6 +90,6 @@ def test_verify_exports() -> None:
 
 
 def test_every_exported_name_exists() -> None:
-    for module in (outbox, relay, sink, verify):
+    for module in (wire, outbox, relay, sink, verify):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"

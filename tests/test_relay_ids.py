@@ -17,12 +17,12 @@ from sqlalchemy import Engine, create_engine, select, text
 
 import outbox
 from outbox import outbox_table, schema
-from outbox.kafka_settings import KafkaSettings
 from relay import Checkpoints, Position, PostgresCapture, Relay, RelaySettings, TransactionalPublisher
 from relay.capture import envelope_of
 from relay.errors import UnsafeOutboxError
 from relay.run import transactional_id
 from relay.status import relay_status
+from runtime.kafka import KafkaSettings
 from tests.conftest import PgSchema, Source
 from tests.helpers import committed_event_ids, emit, make_relay
 from tests.models import Base

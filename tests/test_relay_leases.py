@@ -13,12 +13,12 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, create_engine, insert, text
 
 import outbox
-from outbox.kafka_settings import KafkaSettings
 from relay import AdvisoryLeases, Checkpoints, PostgresCapture, RelayService, RelaySettings, RelayStats, Shard
 from relay.capture import Position, capture_for
 from relay.errors import CaptureError, CheckpointError, LeaseLostError
 from relay.publisher import TransactionalPublisher
 from relay.run import transactional_id
+from runtime.kafka import KafkaSettings
 from tests.conftest import PgSchema
 
 

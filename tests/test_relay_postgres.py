@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 
 import outbox
 from outbox import SETTINGS_KEY, OutboxSettings
-from outbox.kafka_settings import KafkaSettings
 from outbox.table import quarantine_table
 from relay import Relay, RelayService, RelaySettings, SoleLease
 from relay.capture import Position, PostgresCapture
@@ -29,6 +28,7 @@ from relay.errors import CaptureError
 from relay.service import Cleanup
 from relay.status import relay_status
 from relay.topics import ensure_topic
+from runtime.kafka import KafkaSettings
 from tests.conftest import PgSchema
 from tests.helpers import committed_records, make_relay
 from tests.models import Base, Thing

@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session
 
 import outbox
 from outbox import SETTINGS_KEY, OutboxSettings
-from outbox.kafka_settings import KafkaSettings
-from relay import ExitCode
+from runtime.kafka import KafkaSettings
+from runtime.process import ExitCode
 from tests.conftest import PgSchema
 from tests.helpers import Record, committed_records
 from tests.models import Base, Thing

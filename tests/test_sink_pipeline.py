@@ -26,9 +26,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from outbox import SETTINGS_KEY, OutboxSettings, outbox_table
-from outbox.envelope import HEADER_SIGNATURE
-from outbox.kafka_settings import KafkaSettings
-from outbox.signing import Signer
+from runtime.kafka import KafkaSettings
 from sink import (
     Sink,
     SinkConfigError,
@@ -47,6 +45,8 @@ from tests.helpers import committed_records, make_relay, rows
 from tests.models import Thing
 from tests.processes import get, metric, outboxkit
 from tests.sinkkit import Settle, message, publish, tombstone
+from wire import Signer
+from wire.headers import HEADER_SIGNATURE
 
 Names = Callable[[str], str]
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
-from outbox.kafka_settings import KafkaSettings
+from runtime.kafka import KafkaSettings
 from tests.processes import ROOT, Forwarder, stopped
 from tests.sinkkit import T0, message, publish
 

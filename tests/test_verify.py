@@ -16,8 +16,8 @@ from confluent_kafka import Message
 from sqlalchemy import create_engine, insert, text
 
 from outbox import metadata as outbox_metadata
-from outbox.kafka_settings import KafkaSettings
 from outbox.table import outbox_table
+from runtime.kafka import KafkaSettings
 from tests.processes import outboxkit
 from tests.sinkkit import message, publish
 from verify import Findings, VerifySettings, verify

@@ -2,7 +2,7 @@
 Kafka and the warehouse exactly once and in per-key order.
 
 It reads Kafka with its own read_committed consumer and queries the databases directly; the only
-outboxkit code it shares is the wire contract (`outbox.envelope`: header names).
+outboxkit code it shares is the wire contract (`wire`: header names, envelopes).
 """
 
 from verify.checks import Findings

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from outbox.envelope import (
+from runtime.kafka import KafkaSettings
+from wire.headers import (
     HEADER_AGGREGATE_ID,
     HEADER_AGGREGATE_TYPE,
     HEADER_AGGREGATE_VERSION,
     HEADER_EVENT_ID,
     HEADER_EVENT_TYPE,
 )
-from outbox.kafka_settings import KafkaSettings
 
 # What a partition answers while its leader moves (a broker restarting): asked again, not an error.
 _MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TRANSPORT}

@@ -7,8 +7,8 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from outbox.kafka_settings import KafkaSettings
-from outbox.urls import usable_url
+from runtime.kafka import KafkaSettings
+from runtime.urls import usable_url
 
 DatabaseUrl = Annotated[SecretStr, AfterValidator(usable_url())]
 

@@ -24,13 +24,13 @@ from sqlalchemy import create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from outbox import OutboxSettings, schema
-from outbox.kafka_settings import KafkaSettings
 from outboxkit.chaos.faults import Fleet, Injector, Restart
 from outboxkit.chaos.processes import Proc
 from outboxkit.chaos.workload import Account, Base, Mix, Workload
 from outboxkit.databases import committed_events, create_database, drop_database, server
 from outboxkit.writers import FAILED
 from relay.topics import ensure_topic
+from runtime.kafka import KafkaSettings
 from verify import Findings, VerifySettings, verify
 from verify.kafka import VerifyError
 

@@ -18,10 +18,10 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from outbox import OutboxSettings, schema
-from outbox.kafka_settings import KafkaSettings
 from outboxkit.databases import create_database, server
 from outboxkit.demo.shop import Base
 from relay.topics import ensure_topic
+from runtime.kafka import KafkaSettings
 from sink import TableMapping
 
 

@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, Row, Select, delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from outbox.envelope import Envelope
 from outbox.table import outbox_table
 from relay.capture.source import Backlog, OutboxRecord
 from relay.errors import CaptureError
+from wire import Envelope
 
 OUTBOX = outbox_table.c
 # The columns that go on the wire, `created_at` among them (history validity); no more is fetched.

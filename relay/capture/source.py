@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from outbox.envelope import Envelope
+from wire import Envelope
 
 
 @dataclass(frozen=True, slots=True)

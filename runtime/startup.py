@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from outbox.backoff import Backoff
+from runtime.backoff import Backoff
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Envelope signatures: proof that a record on a topic was published by a relay holding the key.
 
-Standard library only, like `outbox.envelope`, so the relay (which signs), the sink (which
+Standard library only, like the rest of `wire`, so the relay (which signs), the sink (which
 verifies) and any other consumer share this one definition.
 
 The signature is HMAC-SHA256 over a canonical encoding of what a consumer acts on: the topic, the
@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Final
 
-from outbox.envelope import Envelope
+from wire.envelope import Envelope
 
 KEY_ID: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MIN_SECRET_BYTES: Final = 32  # as long as the digest: a shorter secret is the weaker part of the MAC

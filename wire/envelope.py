@@ -4,19 +4,17 @@ Standard library only, so the relay, the sink and any third-party consumer can i
 SQLAlchemy or pydantic. Everything that crosses Kafka is named here and nowhere else:
 
 * the record **key** is the aggregate key (UTF-8), so all events of one aggregate share a partition;
-  a composite primary key is encoded by `composite_key`;
+  a composite primary key is encoded by `wire.keys.composite_key`;
 * the record **value** is the payload exactly as serialised at capture time (JSON by default);
 * the **headers** carry the event's identity (`outboxkit-event-id`, a time-ordered UUID), its type,
   aggregate, per-aggregate version and schema version, when it was written (`outboxkit-created-at`,
   ISO 8601 with its UTC offset), optionally a signature (`outboxkit-signature`, see
-  `outbox.signing`), plus user headers such as W3C `traceparent`;
+  `wire.signing`), plus user headers such as W3C `traceparent`;
 * the record **timestamp** is the time the relay produced it, not when the event was written: a
   backlog published late keeps its true times in `outboxkit-created-at`. (Setting the timestamp to
   the write time instead would make Kafka's retention, measured from it, delete an old backlog as
   soon as it arrives, and brokers may refuse timestamps that far in the past.)
-* the **partition** of a key is Kafka's own rule (`partition_for`: murmur2 of the key bytes, as the
-  Java client's default partitioner and librdkafka's `murmur2_random` compute it), so a consumer in
-  any language can tell where an aggregate's events live.
+* the **partition** of a key is Kafka's own rule (`wire.partitioning`).
 
 A consumer that finds a record without the required headers gets an `EnvelopeError` naming what is
 missing, with the raw bytes kept so it can be quarantined rather than lost.
@@ -29,28 +27,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-HEADER_EVENT_ID: Final = "outboxkit-event-id"
-HEADER_EVENT_TYPE: Final = "outboxkit-event-type"
-HEADER_AGGREGATE_TYPE: Final = "outboxkit-aggregate-type"
-HEADER_AGGREGATE_ID: Final = "outboxkit-aggregate-id"
-HEADER_AGGREGATE_VERSION: Final = "outboxkit-aggregate-version"
-HEADER_SCHEMA_VERSION: Final = "outboxkit-schema-version"
-HEADER_CREATED_AT: Final = "outboxkit-created-at"
-HEADER_SIGNATURE: Final = "outboxkit-signature"  # optional, see `outbox.signing`
-HEADER_CONTENT_TYPE: Final = "content-type"
-
-REQUIRED_HEADERS: Final = (HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_AGGREGATE_TYPE, HEADER_AGGREGATE_ID)
-RESERVED_HEADERS: Final = frozenset(
-    (
-        *REQUIRED_HEADERS,
-        HEADER_AGGREGATE_VERSION,
-        HEADER_SCHEMA_VERSION,
-        HEADER_CREATED_AT,
-        HEADER_CONTENT_TYPE,
-        HEADER_SIGNATURE,
-    )
+from wire.headers import (
+    HEADER_AGGREGATE_ID,
+    HEADER_AGGREGATE_TYPE,
+    HEADER_AGGREGATE_VERSION,
+    HEADER_CONTENT_TYPE,
+    HEADER_CREATED_AT,
+    HEADER_EVENT_ID,
+    HEADER_EVENT_TYPE,
+    HEADER_SCHEMA_VERSION,
+    HEADER_SIGNATURE,
+    JSON,
+    REQUIRED_HEADERS,
+    RESERVED_HEADERS,
 )
-JSON: Final = "application/json"
+
 MAX_DIGITS: Final = 18  # versions are 64-bit signed integers in the outbox and the warehouse
 
 KafkaHeaders = Sequence[tuple[str, str | bytes | None]]
@@ -74,7 +65,7 @@ class Envelope:
     for records from producers that do not number their events. `created_at` is when the event
     was written to the outbox (timezone-aware); None for records of producers that do not say
     (outboxkit before it carried the header, or others). `signature` is set by relays that sign
-    (`outbox.signing`).
+    (`wire.signing`).
     """
 
     event_id: str
@@ -182,54 +173,3 @@ def _created_at(found: dict[str, str], *, key: bytes | None, value: bytes) -> da
         reason = f"{HEADER_CREATED_AT} is {text[:40]!r}, not an ISO 8601 time with its UTC offset"
         raise EnvelopeError(reason, key=key, value=value)
     return at
-
-
-_M: Final = 0x5BD1E995
-_MASK: Final = 0xFFFFFFFF
-
-
-def murmur2(data: bytes) -> int:
-    """32-bit MurmurHash2 with Kafka's seed, as the signed int Java's `Utils.murmur2` returns."""
-    h = (0x9747B28C ^ len(data)) & _MASK
-    whole = len(data) - len(data) % 4
-    for i in range(0, whole, 4):
-        k = (int.from_bytes(data[i : i + 4], "little") * _M) & _MASK
-        k ^= k >> 24
-        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
-    tail = data[whole:]
-    if tail:
-        h ^= int.from_bytes(tail, "little")
-        h = (h * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    h ^= h >> 15
-    return h - (1 << 32) if h & 0x80000000 else h
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives `key` among `partitions`."""
-    if partitions < 1:
-        raise ValueError(f"a topic has at least one partition, not {partitions}")
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def composite_key(parts: Sequence[str]) -> str:
-    r"""The aggregate key of a primary key made of `parts`: one part as it is, several joined by `:`
-    with `\` and `:` inside a part escaped as `\\` and `\:`.
-
-    Unambiguous for a given number of parts (read left to right: `\` takes the next character as
-    it is, any other `:` ends a part), so `('x:y', 'z')` -> `x\:y:z` and `('x', 'y:z')` -> `x:y\:z`
-    stay two aggregates; joined plainly, both were `x:y:z`: one Kafka key, one version counter, one
-    warehouse row. The escape is escaped too, or the parts `a\`, `b:c` and the parts `a:b\`, `c`
-    would both be `a\:b\:c`. Escaping rather than, say, a JSON array, because every key without
-    `:` or `\` in its parts stays exactly as it was on the wire (same counter, partition and
-    warehouse row): only the keys that could collide change.
-    """
-    if len(parts) == 1:
-        return parts[0]
-    return ":".join(part.replace("\\", "\\\\").replace(":", "\\:") for part in parts)
-
-
-def shard_key(key: str) -> int:
-    """The non-negative hash relays shard the outbox by (`shard_key % shards`): one key, one shard."""
-    return murmur2(key.encode()) & 0x7FFFFFFF

@@ -1,0 +1,38 @@
+"""What the long-running commands (relay, sink, demo) share: the stop flag, and the `run` and
+`status` actions the relay and the sink both have."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+from outboxkit.commands import Commands, Handler
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; the loops finish their current transaction and return."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        signal.signal(signal.SIGTERM, self._set)
+        signal.signal(signal.SIGINT, self._set)
+
+    def _set(self, signum: int, frame: FrameType | None) -> None:
+        self.stopped = True
+
+    def __call__(self) -> bool:
+        return self.stopped
+
+
+def run_and_status(
+    commands: Commands, name: str, what: str, *, run: Handler, status: Handler, status_help: str
+) -> Commands:
+    """`outboxkit NAME run|status`; returns NAME's actions, for the ones only it has."""
+    actions = commands.add_parser(name, help=what).add_subparsers(dest="action", required=True)
+    running = actions.add_parser("run", help=f"{what} (settings from OUTBOXKIT_{name.upper()}_* and .env)")
+    running.add_argument("--drain", action="store_true", help="exit once there is nothing left to do")
+    running.set_defaults(handler=run)
+    reporting = actions.add_parser("status", help=status_help)
+    reporting.add_argument("--json", action="store_true", help="machine-readable output")
+    reporting.set_defaults(handler=status)
+    return actions

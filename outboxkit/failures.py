@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_origin
 
+from alembic.util import CommandError
 from confluent_kafka import KafkaError, KafkaException
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_core import ErrorDetails
@@ -112,7 +113,7 @@ class Named:
 
 def explain(exc: BaseException, named: Named) -> Failure | None:
     """The one line and exit code for `exc`; None for an error nobody foresaw (a bug)."""
-    for translate in (_settings, _kafka_config, _own_code, _started, _database, _broker, _own):
+    for translate in (_settings, _kafka_config, _own_code, _started, _database, _broker, _own, _migration):
         failure = translate(exc, named)
         if failure is not None:
             return failure
@@ -209,6 +210,11 @@ def _own(exc: BaseException, named: Named) -> Failure | None:
     if isinstance(exc, RelayError | SinkError | VerifyError | SQLAlchemyError):
         return Failure(_first_line(exc), ExitCode.ERROR)
     return None
+
+
+def _migration(exc: BaseException, named: Named) -> Failure | None:
+    """Alembic's own refusal (an unknown revision, say) says it all."""
+    return Failure(str(exc), ExitCode.ERROR) if isinstance(exc, CommandError) else None
 
 
 def _kafka_error(exc: BaseException, codes: set[int]) -> KafkaError | None:

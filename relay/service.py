@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from http.server import ThreadingHTTPServer
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
@@ -138,10 +139,7 @@ class RelayService:
                         raise
                     log.warning("stopping with Kafka unreachable: %s", exc)
                     break
-                if starting is not None and self._started(published):
-                    starting = None
-                elif starting is not None and self._failure is not None:
-                    starting.check("starting the relay", self._failure)
+                starting = self._still_starting(starting, published)
                 self._clean_up()
                 self.health.beat(ok=published is not None)
                 if published is None:
@@ -152,14 +150,27 @@ class RelayService:
                         break
                     self._idle(self._poll_interval)
         finally:
-            for relay in self._active.values():
-                relay.close()
-            self._leases.close()
-            if self._listener is not None:
-                self._listener.close()
-            if server is not None:
-                server.shutdown()
+            self._close(server)
         return self.stats()
+
+    def _still_starting(self, starting: StartWindow | None, published: int | None) -> StartWindow | None:
+        """The start-up window after this round: gone once a round went through whole; while it is
+        open, a failure that has lasted `start_timeout` raises StartTimeoutError."""
+        if starting is None or self._started(published):
+            return None
+        if self._failure is not None:
+            starting.check("starting the relay", self._failure)
+        return starting
+
+    def _close(self, server: ThreadingHTTPServer | None) -> None:
+        """Let go of what `run` holds, however it ends: producers, leases, listener, HTTP server."""
+        for relay in self._active.values():
+            relay.close()
+        self._leases.close()
+        if self._listener is not None:
+            self._listener.close()
+        if server is not None:
+            server.shutdown()
 
     def stats(self) -> RelayStats:
         """Totals since start; the position is the first active shard's."""

@@ -96,32 +96,46 @@ class WarehouseConsumer:
         return self._accept(consumed)
 
     def _accept(self, consumed: list[Message]) -> list[Message]:
+        """The records to return of what was consumed; each error or end reported among them noted."""
         records = []
         for message in consumed:
             where = (message.topic() or "", message.partition() or 0)
             error = message.error()
-            if error is None:
-                if where in self.positions:
-                    self._ends.pop(where, None)
-                    self._unsettled[where].append(message.offset() or 0)
-                    if where in self.stopped:  # waits behind the stop: counted, not returned
-                        self._consumer.pause([TopicPartition(*where)])
-                    else:
-                        records.append(message)
-            elif error.code() == KafkaError._PARTITION_EOF:
-                if where in self.positions:  # an end reported for a partition no longer ours: ignore
-                    log.debug("%s[%d] read to its end, offset %s", *where, message.offset())
-                    self._ends[where] = message.offset() or 0
-                    if where in self.stopped:
-                        self._consumer.pause([TopicPartition(*where)])
-            elif error.code() == KafkaError._AUTO_OFFSET_RESET:
-                if where in self.positions and where not in self.stopped:
-                    self.gaps[where] = (message.offset() or 0, self._gap(where, message.offset() or 0))
-            elif error.fatal():
-                raise SinkError(f"fatal Kafka consumer error: {error.str()}")
-            else:
-                log.warning("Kafka consumer error (librdkafka retries it): %s", error.str())
+            if error is not None:
+                self._reported(where, error, message.offset())
+            elif self._counted(where, message.offset() or 0):
+                records.append(message)
         return records
+
+    def _counted(self, where: Where, offset: int) -> bool:
+        """Count a record as unsettled; True if it is to be returned (its partition ours and running)."""
+        if where not in self.positions:
+            return False
+        self._ends.pop(where, None)
+        self._unsettled[where].append(offset)
+        if where in self.stopped:  # waits behind the stop: counted, not returned
+            self._consumer.pause([TopicPartition(*where)])
+            return False
+        return True
+
+    def _reported(self, where: Where, error: KafkaError, offset: int | None) -> None:
+        """What librdkafka reports instead of a record: an end, a gap, a fatal or a passing error."""
+        if error.code() == KafkaError._PARTITION_EOF:
+            self._reached_end(where, offset)
+        elif error.code() == KafkaError._AUTO_OFFSET_RESET:
+            if where in self.positions and where not in self.stopped:
+                self.gaps[where] = (offset or 0, self._gap(where, offset or 0))
+        elif error.fatal():
+            raise SinkError(f"fatal Kafka consumer error: {error.str()}")
+        else:
+            log.warning("Kafka consumer error (librdkafka retries it): %s", error.str())
+
+    def _reached_end(self, where: Where, offset: int | None) -> None:
+        if where in self.positions:  # an end reported for a partition no longer ours: ignore
+            log.debug("%s[%d] read to its end, offset %s", *where, offset)
+            self._ends[where] = offset or 0
+            if where in self.stopped:
+                self._consumer.pause([TopicPartition(*where)])
 
     def _gap(self, where: Where, offset: int) -> str:
         """Why Kafka has no record at the stored offset, and what the operator can do."""

@@ -166,13 +166,7 @@ def check_state(
 ) -> None:
     """The warehouse's current state (a sink table in upsert mode): per key, the newest event."""
     patterns = tuple(delete_types)
-    newest: dict[str, Seen] = {}
-    for record in seen:
-        if record.key is None or record.version is None:
-            continue
-        held = newest.get(record.key)
-        if held is None or (held.version is not None and record.version > held.version):
-            newest[record.key] = record
+    newest = _newest(seen)
     for key, record in sorted(newest.items()):
         deleted = any(fnmatchcase(record.event_type or "", p) for p in patterns)
         version, flagged = rows.get(key, (None, False))
@@ -182,6 +176,18 @@ def check_state(
             findings.add("stale", f"key {key} holds v{version}, its newest event is v{record.version}")
     for key in sorted(rows.keys() - newest.keys()):
         findings.add("phantom", f"key {key} has a warehouse row but no committed event")
+
+
+def _newest(seen: Iterable[Seen]) -> dict[str, Seen]:
+    """Per key, the committed event with the highest version (events without one say nothing)."""
+    newest: dict[str, Seen] = {}
+    for record in seen:
+        if record.key is None or record.version is None:
+            continue
+        held = newest.get(record.key)
+        if held is None or (held.version is not None and record.version > held.version):
+            newest[record.key] = record
+    return newest
 
 
 def check_source(

@@ -1,0 +1,96 @@
+"""`outboxkit sink run|status|replay|skip`: write Kafka topics to the warehouse, report, rewind the
+stored offsets, or accept a gap."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+
+from outboxkit.commands import Commands
+from outboxkit.commands.processes import run_and_status
+from outboxkit.failures import Named
+from runtime.process import ExitCode, StopFlag
+from sink import SinkSettings, sink_from_settings
+from sink.replay import replay, skip
+from sink.run import tune_gc
+from sink.status import sink_status
+
+
+def register(commands: Commands) -> None:
+    actions = run_and_status(
+        commands,
+        "sink",
+        "write Kafka topics to the warehouse",
+        run=_run,
+        status=_status,
+        status_help="stored offset, lag and stop reason per partition, tables, dead letters",
+    )
+    _register_replay(actions)
+    _register_skip(actions)
+
+
+def _register_replay(actions: Commands) -> None:
+    rewind = actions.add_parser(
+        "replay", help="rewind the stored offsets so a sink reprocesses a range (idempotently)"
+    )
+    start = rewind.add_mutually_exclusive_group(required=True)
+    start.add_argument("--from-offset", type=int, help="offset to start again from (every partition)")
+    start.add_argument(
+        "--from-timestamp",
+        type=datetime.fromisoformat,
+        help="ISO time, e.g. 2026-11-26T08:00:00+00:00: the first record at or after it",
+    )
+    rewind.add_argument("--topic", action="append", help="only this topic (repeatable; default: all)")
+    rewind.add_argument("--partition", type=int, help="only this partition")
+    rewind.set_defaults(handler=_replay)
+
+
+def _register_skip(actions: Commands) -> None:
+    forward = actions.add_parser(
+        "skip",
+        help="accept a gap: move a stopped partition's stored offset forward (gives up what is before)",
+    )
+    forward.add_argument("--topic", required=True)
+    forward.add_argument("--partition", type=int, required=True)
+    forward.add_argument("--to-offset", type=int, required=True, help="the first offset to read again")
+    forward.set_defaults(handler=_skip)
+
+
+def _run(args: argparse.Namespace, named: Named) -> int:
+    sink = sink_from_settings(named.load(SinkSettings))
+    tune_gc()
+    stats = sink.run(StopFlag(), drain=args.drain)
+    print(
+        f"outboxkit sink: {stats.applied} applied, {stats.skipped} skipped as duplicates, "
+        f"{stats.dead_letters} dead letter(s) in {stats.batches} batch(es)",
+        file=sys.stderr,
+    )
+    return ExitCode.OK
+
+
+def _status(args: argparse.Namespace, named: Named) -> int:
+    report = sink_status(named.load(SinkSettings))
+    print(report.to_json() if args.json else report.render())
+    return ExitCode.OK
+
+
+def _replay(args: argparse.Namespace, named: Named) -> int:
+    moved = replay(
+        named.load(SinkSettings),
+        from_offset=args.from_offset,
+        from_timestamp=args.from_timestamp,
+        topics=args.topic,
+        partition=args.partition,
+    )
+    for (topic, partition), offset in sorted(moved.items()):
+        print(f"{topic}[{partition}]: stored offset rewound to {offset}")
+    print(f"{len(moved)} partition(s) rewound; a running sink re-reads them at its next batch")
+    return ExitCode.OK
+
+
+def _skip(args: argparse.Namespace, named: Named) -> int:
+    now = skip(named.load(SinkSettings), args.topic, args.partition, args.to_offset)
+    stored = "none (nothing to skip)" if now is None else now
+    print(f"{args.topic}[{args.partition}]: stored offset {stored}; restart the sink to read on from it")
+    return ExitCode.OK

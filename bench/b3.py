@@ -60,7 +60,8 @@ from relay.wakeup import Listener
 from sink import Sink, TableMapping
 from sink.consumer import WarehouseConsumer
 from sink.run import by_topic
-from sink.writer import Batch, Outcome, SqlWriter
+from sink.warehouse import Batch, Outcome
+from sink.writer import SqlWriter
 
 TITLE = "live latency: commit -> visible to a read_committed consumer, open-loop writers, relay polling"
 NAME = "B3 live latency"

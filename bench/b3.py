@@ -58,7 +58,8 @@ from runtime.kafka import KafkaSettings
 from sink import Sink, TableMapping
 from sink.consumer import WarehouseConsumer
 from sink.run import by_topic
-from sink.writer import Batch, Outcome, SqlWriter
+from sink.warehouse import Batch, Outcome
+from sink.writer import SqlWriter
 from wire.headers import HEADER_EVENT_ID
 
 TITLE = "live latency: commit -> visible to a read_committed consumer, open-loop writers, relay polling"

@@ -5,9 +5,11 @@ from sink.consumer import WarehouseConsumer
 from sink.errors import PartitionMovedError, SinkConfigError, SinkError, WarehouseError
 from sink.mapping import TableMapping
 from sink.run import sink_from_settings
-from sink.service import Sink, SinkStats
+from sink.service import Sink
 from sink.settings import SinkSettings
-from sink.writer import SinkWriter, SqlWriter
+from sink.settle import SinkStats
+from sink.warehouse import Warehouse as SinkWriter  # the public name; `Warehouse` inside the sink
+from sink.writer import SqlWriter
 
 __all__ = [
     "PartitionMovedError",

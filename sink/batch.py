@@ -12,12 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Literal
 
-from confluent_kafka import Message
-
-from sink.consumer import Where
 from sink.mapping import Row, TableMapping, TableSchema, to_row
-from sink.records import DeadLetter, Record, decode
-from sink.writer import Batch
+from sink.records import Consumed, DeadLetter, Record, Where, decode
+from sink.warehouse import Batch
 from wire import Verifier
 
 Policy = Literal["dlq", "stop"]
@@ -25,7 +22,7 @@ Refusals = Mapping[tuple[str, int, int], str]  # records the warehouse refused, 
 
 
 def assemble(
-    messages: Iterable[Message],
+    records: Iterable[Consumed],
     mappings: Mapping[str, Sequence[TableMapping]],
     schemas: Mapping[str, TableSchema],
     positions: Mapping[Where, int | None],
@@ -35,13 +32,13 @@ def assemble(
     refused: Refusals,
     verifier: Verifier | None = None,
 ) -> tuple[Batch, set[Where]]:
-    """The batch for `messages` and the partitions that must stop. Records in `refused` (by
+    """The batch for `records` and the partitions that must stop. Records in `refused` (by
     topic, partition, offset) become dead letters with the reason given there; with a `verifier`,
     so do records not signed by a key it knows."""
     batch = Batch()
     stopping: set[Where] = set()
-    for message in messages:
-        record = decode(message, max_bytes=max_bytes, verifier=verifier)
+    for consumed in records:
+        record = decode(consumed, max_bytes=max_bytes, verifier=verifier)
         reason = refused.get((record.source.topic, record.source.partition, record.source.offset))
         if reason is not None:
             record = DeadLetter(record.source, record.raw, reason, getattr(record, "event_id", None))

@@ -9,23 +9,25 @@
   stays, until the sink restarts; nothing of it is returned any more.
 * A stored offset Kafka no longer holds (deleted by retention before the sink read it, or a
   topic re-created) is never jumped over: it is reported as a gap, and the partition stops there.
+* Kafka's messages end here: `poll` returns `Consumed` records, so nothing past this module (and
+  the tools' `partitions`) depends on the client library.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from runtime.backoff import Backoff
 from runtime.kafka import KafkaSettings
 from sink.errors import SinkConfigError, SinkError, WarehouseError
+from sink.records import Consumed, Source, Where
 
 log = logging.getLogger("outboxkit.sink")
-OffsetLoader = Callable[[Iterable[str]], dict[tuple[str, int], int]]
-Where = tuple[str, int]
+OffsetLoader = Callable[[Iterable[str]], dict[Where, int]]
 SLICE = 0.02  # seconds: how long a poll waits for more once records are flowing
 ASSIGN_RETRIES = 15  # about a minute of a warehouse away before the sink gives up and exits
 
@@ -58,9 +60,9 @@ class WarehouseConsumer:
         self._ends: dict[Where, int] = {}  # partitions read to their end: the offset Kafka reported
         self._unsettled: dict[Where, list[int]] = {}  # offsets returned by `poll`, not yet stored past
         self._client_log = kafka.client_log
-        self.positions: dict[Where, int | None] = {}  # next offset as stored; None: no row yet
-        self.stopped: set[Where] = set()
-        self.gaps: dict[Where, tuple[int, str]] = {}  # found, not yet recorded: offset, reason
+        self._positions: dict[Where, int | None] = {}  # next offset as stored; None: no row yet
+        self._stopped: set[Where] = set()
+        self._gaps: dict[Where, tuple[int, str]] = {}  # found, not yet recorded: offset, reason
         self._consumer = Consumer(
             kafka.client_config(
                 {
@@ -76,7 +78,7 @@ class WarehouseConsumer:
         )
         self._consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
 
-    def poll(self, max_records: int, timeout: float) -> list[Message]:
+    def poll(self, max_records: int, timeout: float) -> list[Consumed]:
         """Up to `max_records` records of assigned, running partitions, in offset order per partition.
 
         Waits up to `timeout` for the first records, then takes what keeps arriving in short
@@ -95,25 +97,25 @@ class WarehouseConsumer:
             self._client_log.reached()
         return self._accept(consumed)
 
-    def _accept(self, consumed: list[Message]) -> list[Message]:
+    def _accept(self, consumed: list[Message]) -> list[Consumed]:
         """The records to return of what was consumed; each error or end reported among them noted."""
-        records = []
+        records: list[Consumed] = []
         for message in consumed:
             where = (message.topic() or "", message.partition() or 0)
             error = message.error()
             if error is not None:
                 self._reported(where, error, message.offset())
             elif self._counted(where, message.offset() or 0):
-                records.append(message)
+                records.append(consumed_record(message))
         return records
 
     def _counted(self, where: Where, offset: int) -> bool:
         """Count a record as unsettled; True if it is to be returned (its partition ours and running)."""
-        if where not in self.positions:
+        if where not in self._positions:
             return False
         self._ends.pop(where, None)
         self._unsettled[where].append(offset)
-        if where in self.stopped:  # waits behind the stop: counted, not returned
+        if where in self._stopped:  # waits behind the stop: counted, not returned
             self._consumer.pause([TopicPartition(*where)])
             return False
         return True
@@ -123,18 +125,18 @@ class WarehouseConsumer:
         if error.code() == KafkaError._PARTITION_EOF:
             self._reached_end(where, offset)
         elif error.code() == KafkaError._AUTO_OFFSET_RESET:
-            if where in self.positions and where not in self.stopped:
-                self.gaps[where] = (offset or 0, self._gap(where, offset or 0))
+            if where in self._positions and where not in self._stopped:
+                self._gaps[where] = (offset or 0, self._gap(where, offset or 0))
         elif error.fatal():
             raise SinkError(f"fatal Kafka consumer error: {error.str()}")
         else:
             log.warning("Kafka consumer error (librdkafka retries it): %s", error.str())
 
     def _reached_end(self, where: Where, offset: int | None) -> None:
-        if where in self.positions:  # an end reported for a partition no longer ours: ignore
+        if where in self._positions:  # an end reported for a partition no longer ours: ignore
             log.debug("%s[%d] read to its end, offset %s", *where, offset)
             self._ends[where] = offset or 0
-            if where in self.stopped:
+            if where in self._stopped:
                 self._consumer.pause([TopicPartition(*where)])
 
     def _gap(self, where: Where, offset: int) -> str:
@@ -154,11 +156,32 @@ class WarehouseConsumer:
             f"{topic} --partition {partition} --from-offset 0` and restart the sink"
         )
 
-    def advanced(self, moves: dict[Where, tuple[int | None, int]]) -> None:
+    def positions(self) -> Mapping[Where, int | None]:
+        """The next offset per assigned partition as the warehouse stores it (None: no row yet):
+        what a batch's offsets must move from."""
+        return self._positions
+
+    def running(self, records: Iterable[Consumed]) -> list[Consumed]:
+        """`records` without those of stopped partitions: nothing of a stopped one is settled."""
+        return [record for record in records if record.source.where not in self._stopped]
+
+    def halted(self) -> int:
+        """How many assigned partitions are stopped (they wait for an operator)."""
+        return len(self._stopped)
+
+    def next_gap(self) -> tuple[Where, int, str] | None:
+        """A partition whose stored offset Kafka no longer holds, with that offset and why; each
+        one is handed out once (the caller records it and stops the partition)."""
+        if not self._gaps:
+            return None
+        where, (offset, reason) = self._gaps.popitem()
+        return where, offset, reason
+
+    def advanced(self, moves: Mapping[Where, tuple[int | None, int]]) -> None:
         """The warehouse committed `moves`: remember the new stored offsets."""
         for where, (_, next_offset) in moves.items():
-            if where in self.positions:
-                self.positions[where] = next_offset
+            if where in self._positions:
+                self._positions[where] = next_offset
                 waiting = self._unsettled[where]
                 self._unsettled[where] = [offset for offset in waiting if offset >= next_offset]
 
@@ -168,15 +191,15 @@ class WarehouseConsumer:
         Its fetching is paused at its end or at its next record, whichever Kafka reports first:
         so `lag` knows whether only transaction markers follow the records that wait.
         """
-        self.stopped.add(where)
+        self._stopped.add(where)
         if where in self._ends:
             self._consumer.pause([TopicPartition(*where)])
 
     def reseek(self) -> None:
         """Re-read every assigned partition from the warehouse's offsets (another writer moved them)."""
         stored = self._stored_offsets()
-        for where in list(self.positions):
-            self.positions[where] = stored.get(where)
+        for where in list(self._positions):
+            self._positions[where] = stored.get(where)
             self._restart(where)
             try:
                 self._consumer.seek(TopicPartition(*where, stored.get(where, OFFSET_BEGINNING)))
@@ -185,8 +208,8 @@ class WarehouseConsumer:
 
     def caught_up(self) -> bool:
         """True once every running assigned partition was read to its last committed record."""
-        running = [where for where in self.positions if where not in self.stopped]
-        return bool(self.positions) and all(where in self._ends for where in running)
+        running = [where for where in self._positions if where not in self._stopped]
+        return bool(self._positions) and all(where in self._ends for where in running)
 
     def lag(self) -> int:
         """Records not yet applied, summed over the assigned partitions (from the last fetch).
@@ -197,7 +220,7 @@ class WarehouseConsumer:
         partition counts the offsets up to its end, markers included: it is still being read.
         """
         total = 0
-        for where, stored in list(self.positions.items()):
+        for where, stored in list(self._positions.items()):
             _, high = self._consumer.get_watermark_offsets(TopicPartition(*where), cached=True)
             if where in self._ends and high <= self._ends[where]:
                 total += len(self._unsettled[where])
@@ -213,7 +236,7 @@ class WarehouseConsumer:
         stored = self._stored_offsets()
         for tp in partitions:
             where = (tp.topic, tp.partition)
-            self.positions[where] = stored.get(where)
+            self._positions[where] = stored.get(where)
             self._restart(where)
             tp.offset = stored.get(where, OFFSET_BEGINNING)
         log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
@@ -240,6 +263,20 @@ class WarehouseConsumer:
             where = (tp.topic, tp.partition)
             self._ends.pop(where, None)
             self._unsettled.pop(where, None)
-            self.positions.pop(where, None)
-            self.stopped.discard(where)
+            self._positions.pop(where, None)
+            self._stopped.discard(where)
         consumer.unassign()
+
+
+def consumed_record(message: Message) -> Consumed:
+    """Our copy of a record the client returned without error: the one place a `Message` becomes
+    sink data (a record's partition and offset are always set; only errors lack them)."""
+    headers = message.headers() or ()
+    return Consumed(
+        Source(
+            message.topic() or "", message.partition() or 0, message.offset() or 0, message.timestamp()[1]
+        ),
+        message.key(),
+        message.value(),
+        list(headers.items()) if isinstance(headers, dict) else headers,
+    )

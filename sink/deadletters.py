@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, insert, select, text
 
-from sink.records import DeadLetter
+from sink.records import DeadLetter, Where
 from sink.tables import dead_letters
 
 DEAD = "dead-letter"
@@ -24,7 +24,7 @@ def store(conn: Connection, group_id: str, letters: Sequence[DeadLetter]) -> Non
     """Record `letters`, replacing earlier verdicts on the same records (a replay, a new policy)."""
     if not letters:
         return
-    offsets_by_partition: dict[tuple[str, int], list[int]] = {}
+    offsets_by_partition: dict[Where, list[int]] = {}
     for letter in letters:
         offsets_by_partition.setdefault(letter.source.where, []).append(letter.source.offset)
     for (topic, partition), offsets in offsets_by_partition.items():

@@ -15,18 +15,17 @@ from sqlalchemy import ColumnElement, Connection, and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sink.errors import PartitionMovedError
+from sink.records import Where
 from sink.tables import offsets
 
-TopicPartition = tuple[str, int]
 
-
-def load(conn: Connection, group_id: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+def load(conn: Connection, group_id: str, topics: Iterable[str]) -> dict[Where, int]:
     """Next offset to consume per (topic, partition) for this group; absent means 'from the start'."""
     query = select(offsets).where(and_(offsets.c.group_id == group_id, offsets.c.topic.in_(list(topics))))
     return {(row.topic, row.partition): row.next_offset for row in conn.execute(query)}
 
 
-def advance(conn: Connection, group_id: str, moves: Mapping[TopicPartition, tuple[int | None, int]]) -> None:
+def advance(conn: Connection, group_id: str, moves: Mapping[Where, tuple[int | None, int]]) -> None:
     """Set each partition's offset from `expected` (None: no row yet) to `next`, or raise
     `PartitionMovedError` if any stored value is not what this sink expected."""
     for (topic, partition), (expected, next_offset) in moves.items():
@@ -50,9 +49,7 @@ def advance(conn: Connection, group_id: str, moves: Mapping[TopicPartition, tupl
             raise PartitionMovedError(topic, partition)
 
 
-def rewind(
-    conn: Connection, group_id: str, targets: Mapping[TopicPartition, int]
-) -> dict[TopicPartition, int]:
+def rewind(conn: Connection, group_id: str, targets: Mapping[Where, int]) -> dict[Where, int]:
     """Move stored offsets back to `targets` (never forward); returns the offsets now stored."""
     stored = load(conn, group_id, {topic for topic, _ in targets})
     result = {}
@@ -65,7 +62,7 @@ def rewind(
     return result
 
 
-def skip(conn: Connection, group_id: str, where: TopicPartition, to: int) -> int | None:
+def skip(conn: Connection, group_id: str, where: Where, to: int) -> int | None:
     """Move one stored offset forward to `to` (never back): the operator gives up the records
     before it. Returns the offset now stored, None if the group has none for that partition."""
     stored = load(conn, group_id, {where[0]}).get(where)
@@ -75,6 +72,6 @@ def skip(conn: Connection, group_id: str, where: TopicPartition, to: int) -> int
     return to
 
 
-def _row(group_id: str, where: TopicPartition) -> ColumnElement[bool]:
+def _row(group_id: str, where: Where) -> ColumnElement[bool]:
     """The stored offset of one group's partition."""
     return and_(offsets.c.group_id == group_id, offsets.c.topic == where[0], offsets.c.partition == where[1])

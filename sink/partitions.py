@@ -15,8 +15,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from runtime.kafka import KafkaSettings
 from sink.errors import SinkError
+from sink.records import Where
 
-Where = tuple[str, int]
 COUNTED = 1000  # offsets behind up to which status reads and counts the records (a quick read)
 
 

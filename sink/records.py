@@ -3,6 +3,9 @@
 Decoding never raises for bad data: every failure becomes a `DeadLetter` carrying the record's
 coordinates, raw key, value and headers, so it can be stored, shown and replayed instead of
 blocking the partition or vanishing.
+
+Nothing here knows confluent-kafka: the consumer (`sink.consumer.consumed`) hands over each
+record as a `Consumed`, so batching, mapping and merging run (and are tested) without a client.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import orjson
-from confluent_kafka import Message
 
 from sink.columns import INT64
 from wire import Envelope, EnvelopeError, Verifier
+from wire.envelope import KafkaHeaders
 from wire.headers import JSON
 
 # A number orjson may not decode exactly: 16 or more digits in a row (integers beyond 64 bits are
@@ -40,6 +43,10 @@ def _imprecise(value: bytes) -> bool:
 # jump): counted apart (`outboxkit_sink_untrusted_total`) and easy to find among the dead letters.
 UNTRUSTED = "untrusted record: "
 
+# A partition's address, (topic, partition): the one the whole sink uses. Not confluent's
+# `TopicPartition`, which is a mutable client object that also carries an offset.
+Where = tuple[str, int]
+
 
 @dataclass(slots=True)  # built per event: a frozen one costs ~5x to make; never mutated
 class Source:
@@ -51,8 +58,18 @@ class Source:
     timestamp_ms: int
 
     @property
-    def where(self) -> tuple[str, int]:
+    def where(self) -> Where:
         return self.topic, self.partition
+
+
+@dataclass(slots=True)  # built per event: a frozen one costs ~5x to make; never mutated
+class Consumed:
+    """A record as Kafka delivered it: where it sat, and its key, value and headers untouched."""
+
+    source: Source
+    key: bytes | None
+    value: bytes | None
+    headers: KafkaHeaders
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +81,8 @@ class Raw:
     headers: tuple[tuple[str, bytes], ...]
 
     @classmethod
-    def of(cls, message: Message) -> Raw:
-        return cls(key=message.key(), value=message.value(), headers=headers_of(message))
+    def of(cls, consumed: Consumed) -> Raw:
+        return cls(key=consumed.key, value=consumed.value, headers=headers_of(consumed))
 
 
 @dataclass(slots=True)  # built per event: a frozen one costs ~5x to make; never mutated
@@ -73,7 +90,7 @@ class Record:
     """A decoded record: an outboxkit event, or a Kafka tombstone (`envelope` is None)."""
 
     source: Source
-    message: Message
+    consumed: Consumed
     key: str
     envelope: Envelope | None
     payload: dict[str, Any]
@@ -81,7 +98,7 @@ class Record:
     @property
     def raw(self) -> Raw:
         """Built only when the record becomes a dead letter: most never do."""
-        return Raw.of(self.message)
+        return Raw.of(self.consumed)
 
     @property
     def event_id(self) -> str:
@@ -107,69 +124,53 @@ class DeadLetter:
         return self.reason.startswith(UNTRUSTED)
 
 
-def source_of(message: Message) -> Source:
-    topic, partition, offset = message.topic(), message.partition(), message.offset()
-    return Source(
-        topic=topic or "",
-        partition=-1 if partition is None else partition,
-        offset=-1 if offset is None else offset,
-        timestamp_ms=message.timestamp()[1],
+def headers_of(consumed: Consumed) -> tuple[tuple[str, bytes], ...]:
+    """A record's headers as (name, bytes) pairs; a null header value becomes b''."""
+    return tuple(
+        (name, value.encode() if isinstance(value, str) else value or b"") for name, value in consumed.headers
     )
 
 
-def headers_of(message: Message) -> tuple[tuple[str, bytes], ...]:
-    """A record's headers as (name, bytes) pairs; a null header value becomes b''."""
-    headers = message.headers() or []
-    pairs = headers.items() if isinstance(headers, dict) else headers
-    return tuple((name, value.encode() if isinstance(value, str) else value or b"") for name, value in pairs)
-
-
-def decode(message: Message, *, max_bytes: int, verifier: Verifier | None = None) -> Record | DeadLetter:
+def decode(consumed: Consumed, *, max_bytes: int, verifier: Verifier | None = None) -> Record | DeadLetter:
     """Decode one consumed record; bad ones come back as dead letters with a readable reason.
     With a `verifier`, so does every record not signed by a key it knows, tombstones included."""
-    source = source_of(message)
-    key_bytes, value = message.key(), message.value()
+    source = consumed.source
+    key_bytes, value = consumed.key, consumed.value
     if key_bytes is None:
         return DeadLetter(
-            source, Raw.of(message), "the record has no key; outboxkit orders and dedupes by key"
+            source, Raw.of(consumed), "the record has no key; outboxkit orders and dedupes by key"
         )
     try:
         key = key_bytes.decode()
     except UnicodeDecodeError:
-        return DeadLetter(source, Raw.of(message), f"the key is not UTF-8 text ({key_bytes[:40]!r})")
+        return DeadLetter(source, Raw.of(consumed), f"the key is not UTF-8 text ({key_bytes[:40]!r})")
     if value is None and verifier is not None:
         reason = (
             f"{UNTRUSTED}a Kafka tombstone carries no signature, and this sink accepts signed records only"
         )
-        return DeadLetter(source, Raw.of(message), reason)
+        return DeadLetter(source, Raw.of(consumed), reason)
     if value is None:
-        return Record(source, message, key, None, {})
+        return Record(source, consumed, key, None, {})
     if len(value) > max_bytes:
         reason = f"the value is {len(value)} bytes, above max_record_bytes={max_bytes}"
-        return DeadLetter(source, Raw.of(message), reason)
-    return _event(source, message, key, value, verifier)
+        return DeadLetter(source, Raw.of(consumed), reason)
+    return _event(source, consumed, key, value, verifier)
 
 
 def _event(
-    source: Source, message: Message, key: str, value: bytes, verifier: Verifier | None
+    source: Source, consumed: Consumed, key: str, value: bytes, verifier: Verifier | None
 ) -> Record | DeadLetter:
-    headers = message.headers()
     try:
-        envelope = Envelope.from_kafka(
-            source.topic,
-            message.key(),
-            value,
-            list(headers.items()) if isinstance(headers, dict) else headers,
-        )
+        envelope = Envelope.from_kafka(source.topic, consumed.key, value, consumed.headers)
     except EnvelopeError as exc:
-        return DeadLetter(source, Raw.of(message), exc.reason)
+        return DeadLetter(source, Raw.of(consumed), exc.reason)
     problem = None if verifier is None else verifier.problem(envelope)
     if problem is not None:
-        return DeadLetter(source, Raw.of(message), UNTRUSTED + problem, envelope.event_id)
+        return DeadLetter(source, Raw.of(consumed), UNTRUSTED + problem, envelope.event_id)
     payload = _payload(envelope.content_type, value)
     if isinstance(payload, str):
-        return DeadLetter(source, Raw.of(message), payload, envelope.event_id)
-    return Record(source, message, key, envelope, payload)
+        return DeadLetter(source, Raw.of(consumed), payload, envelope.event_id)
+    return Record(source, consumed, key, envelope, payload)
 
 
 def _payload(content_type: str, value: bytes) -> dict[str, Any] | str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from sink import offsets
-from sink.partitions import Where, inspector, offsets_at, partitions
+from sink.partitions import inspector, offsets_at, partitions
+from sink.records import Where
 from sink.run import warehouse
 from sink.settings import SinkSettings
 

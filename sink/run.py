@@ -11,13 +11,14 @@ from sqlalchemy import Engine, create_engine, make_url
 
 from runtime.backoff import Backoff
 from runtime.startup import StartWindow
+from sink.catalogue import create_bookkeeping
 from sink.consumer import WarehouseConsumer
 from sink.errors import SinkError, WarehouseError
 from sink.mapping import TableMapping
 from sink.partitions import reach
 from sink.service import Sink
 from sink.settings import SinkSettings
-from sink.writer import SqlWriter, create_bookkeeping
+from sink.writer import SqlWriter
 
 log = logging.getLogger("outboxkit.sink")
 REACH_SECONDS = 5.0  # per attempt to reach Kafka at start-up; then its failure is said, and retried

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, select
 from sink import deadletters, offsets
 from sink.deadletters import STOPPED, Letter
 from sink.partitions import ends, inspector, partitions, records_behind
+from sink.records import Where
 from sink.run import warehouse
 from sink.settings import SinkSettings
 from sink.tables import catalog, dead_letters
@@ -90,9 +91,7 @@ def sink_status(settings: SinkSettings) -> SinkStatus:
         )
 
 
-def _partition(
-    consumer: Consumer, where: tuple[str, int], stored: int | None, stopped: str | None
-) -> PartitionStatus:
+def _partition(consumer: Consumer, where: Where, stored: int | None, stopped: str | None) -> PartitionStatus:
     """A partition's lag counts records from the stored offset (or the oldest Kafka still holds,
     when none is stored) to the end: a sink that applied everything is 0 behind."""
     [(start, end)] = ends(consumer, [where]).values()
@@ -100,7 +99,7 @@ def _partition(
     return PartitionStatus(where[0], where[1], stored, end, lag, stopped)
 
 
-def _stops(conn: Connection, group_id: str, stored: dict[tuple[str, int], int]) -> dict[tuple[str, int], str]:
+def _stops(conn: Connection, group_id: str, stored: dict[Where, int]) -> dict[Where, str]:
     """Partitions whose stored offset still sits on a record that stopped them."""
     query = select(
         dead_letters.c.topic, dead_letters.c.partition, dead_letters.c.offset, dead_letters.c.reason

@@ -1,30 +1,31 @@
-"""Sink writers: apply a batch and its offsets to a warehouse in ONE transaction.
+"""The SQL `Warehouse`: DuckDB or PostgreSQL through SQLAlchemy, one transaction per batch.
 
-That single transaction is the exactly-once argument on this side: the rows, the offsets after
-them (moved by compare-and-set, see `offsets`), the dead letters, the delete markers and the
-column catalogue all commit together or not at all, and a restarted sink resumes from the stored
-offsets. Within it, `merge` decides which events are new, so replays and duplicates change nothing.
+That single transaction is the exactly-once argument on this side (the contract is in
+`sink.warehouse`): the rows, the offsets after them (moved by compare-and-set, see `offsets`),
+the dead letters, the delete markers and the column catalogue (`catalogue`) all commit together
+or not at all, and a restarted sink resumes from the stored offsets. Within it, `merge` decides
+which events are new, so replays and duplicates change nothing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from sink import columns, deadletters, merge, offsets
-from sink.columns import SQL_TYPES, Kind
+from sink.catalogue import Catalogue, create_bookkeeping
+from sink.columns import Kind
 from sink.errors import RecordsRefusedError, WarehouseError
 from sink.loaders import Loader, loader_for, quote
 from sink.mapping import Row, TableMapping, TableSchema
 from sink.merge import Held, Plan, Stamp
-from sink.records import DeadLetter, Raw
-from sink.tables import bookkeeping, catalog, deleted
+from sink.records import DeadLetter, Raw, Where
+from sink.tables import deleted
+from sink.warehouse import Batch, Outcome
 
 log = logging.getLogger("outboxkit.sink")
 MARKER_COLUMNS = {
@@ -34,50 +35,6 @@ MARKER_COLUMNS = {
     "partition": Kind.INTEGER,
     "offset": Kind.INTEGER,
 }
-
-
-@dataclass
-class Batch:
-    """What the sink hands a writer: rows per table, dead letters, offset moves, draft schemas."""
-
-    rows: dict[str, list[Row]] = field(default_factory=dict)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    moves: dict[offsets.TopicPartition, tuple[int | None, int]] = field(default_factory=dict)
-    schemas: dict[str, TableSchema] = field(default_factory=dict)
-
-
-@dataclass
-class Outcome:
-    applied: int = 0
-    skipped: int = 0
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-
-
-class SinkWriter(Protocol):
-    """A warehouse target. Implementations need not be thread-safe."""
-
-    schemas: dict[str, TableSchema]  # committed columns per table
-
-    def stored_offsets(self, group_id: str, topics: Iterable[str]) -> dict[offsets.TopicPartition, int]:
-        """Next offset per (topic, partition) as committed with the data; missing = from the start."""
-        ...
-
-    def write(self, group_id: str, batch: Batch) -> Outcome:
-        """Apply `batch` and move the offsets, atomically. Raises `WarehouseError` (nothing was
-        applied; retry) or `PartitionMovedError` (another instance owns a partition now)."""
-        ...
-
-    def close(self) -> None:
-        """Release the warehouse connections (DuckDB: the file lock)."""
-        ...
-
-    def ping(self) -> bool:
-        """Whether the warehouse answers at all (tells an outage from a batch it keeps refusing)."""
-        ...
-
-    def refresh(self) -> None:
-        """Re-read the table catalogue: another instance may have widened a table."""
-        ...
 
 
 class SqlWriter:
@@ -94,18 +51,22 @@ class SqlWriter:
         self._max_jump = max_version_jump
         self._loader: Loader = loader_for(engine.dialect.name, engine.driver)
         self._mappings = {mapping.table: mapping for mapping in mappings}
-        self._types = SQL_TYPES[self._loader.dialect]
+        self._catalogue = Catalogue(self._loader, self._mappings)
         try:
             create_bookkeeping(engine, self._loader)
             with engine.begin() as conn:
-                self.schemas = self._with_mapping_versions(_load_catalog(conn))
+                self._catalogue.load(conn)
                 for mapping in mappings:
                     if mapping.model is not None:
-                        self._evolve_to_model(conn, mapping)
+                        self._catalogue.evolve_to_model(conn, mapping)
         except SQLAlchemyError as exc:
             raise WarehouseError(f"cannot prepare the warehouse tables: {exc}") from exc
 
-    def stored_offsets(self, group_id: str, topics: Iterable[str]) -> dict[offsets.TopicPartition, int]:
+    @property
+    def schemas(self) -> Mapping[str, TableSchema]:
+        return self._catalogue.schemas
+
+    def stored_offsets(self, group_id: str, topics: Iterable[str]) -> dict[Where, int]:
         try:
             with self._engine.connect() as conn:
                 return offsets.load(conn, group_id, topics)
@@ -118,7 +79,7 @@ class SqlWriter:
             with self._engine.begin() as conn:
                 offsets.advance(conn, group_id, batch.moves)
                 for table, draft in batch.schemas.items():
-                    self._ensure(conn, self._mappings[table], draft)
+                    self._catalogue.ensure(conn, self._mappings[table], draft)
                 refused: dict[tuple[str, int, int], str] = {}
                 for table, rows in batch.rows.items():
                     plan = self._apply(conn, self._mappings[table], batch.schemas[table], rows)
@@ -136,7 +97,7 @@ class SqlWriter:
                 f"the warehouse rejected a batch ({type(exc).__name__}): {exc}",
                 data=self._loader.refused_data(getattr(exc, "orig", exc)),
             ) from exc
-        self.schemas.update(batch.schemas)
+        self._catalogue.committed(batch.schemas)
         return outcome
 
     def close(self) -> None:
@@ -153,25 +114,9 @@ class SqlWriter:
     def refresh(self) -> None:
         try:
             with self._engine.connect() as conn:
-                self.schemas = self._with_mapping_versions(_load_catalog(conn))
+                self._catalogue.load(conn)
         except SQLAlchemyError as exc:
             log.warning("catalogue not re-read (%s); the next batch tries again", exc)
-
-    def _with_mapping_versions(self, schemas: dict[str, TableSchema]) -> dict[str, TableSchema]:
-        """A mapping's `schema_version` is the version its table takes (records of a higher one
-        that do not fit stop their partition): raising it is how an operator accepts a change."""
-        for table, mapping in self._mappings.items():
-            schema = schemas.setdefault(table, TableSchema())
-            schema.schema_version = max(schema.schema_version, mapping.schema_version)
-        return schemas
-
-    def _evolve_to_model(self, conn: Connection, mapping: TableMapping) -> None:
-        assert mapping.model is not None
-        draft = self.schemas.get(mapping.table, TableSchema()).copy()
-        draft.columns = {**draft.columns, **columns.model_columns(mapping.model)}
-        draft.schema_version = max(draft.schema_version, mapping.schema_version)
-        self._ensure(conn, mapping, draft)
-        self.schemas[mapping.table] = draft
 
     def _apply(self, conn: Connection, mapping: TableMapping, draft: TableSchema, rows: list[Row]) -> Plan:
         table = mapping.table
@@ -213,54 +158,6 @@ class SqlWriter:
             )
             if reason is not None:
                 yield DeadLetter(row.source, Raw(row.key.encode(), None, ()), reason, row.event_id)
-
-    def _ensure(self, conn: Connection, mapping: TableMapping, draft: TableSchema) -> None:
-        """Create the table, or add the draft's new columns (always nullable); then the catalogue.
-
-        Several sinks may widen one table: the DDL is serialised per table (`Loader.lock`), the
-        catalogue row is re-read under that lock and merged, never overwritten, and columns are
-        added only if missing — so a column another instance added, or a commit whose
-        acknowledgement was lost, is no conflict.
-        """
-        committed = self.schemas.get(mapping.table)
-        if committed is not None and committed == draft and committed.columns:
-            return
-        self._loader.lock(conn, mapping.table)
-        stored = _load_catalog(conn, mapping.table).get(mapping.table)
-        if stored is not None:
-            draft.columns = columns.merged(stored.columns, draft.columns)
-            draft.schema_version = max(stored.schema_version, draft.schema_version)
-            if stored == draft:
-                return
-        name = quote(conn, mapping.table)
-        wanted = columns.metadata_columns(mapping.mode) | draft.columns
-        key = columns.KEY if mapping.mode == "upsert" else columns.EVENT_ID
-        definitions = ", ".join(
-            f"{quote(conn, column)} {self._types[kind]}" for column, kind in wanted.items()
-        )
-        conn.exec_driver_sql(
-            f"CREATE TABLE IF NOT EXISTS {name} ({definitions}, PRIMARY KEY ({quote(conn, key)}))"
-        )
-        for column, kind in draft.columns.items():
-            before = None if stored is None else stored.columns.get(column)
-            if before is None:
-                conn.exec_driver_sql(
-                    f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {quote(conn, column)} {self._types[kind]}"
-                )
-            elif (before, kind) in columns.WIDENINGS:  # lossless; PostgreSQL rewrites the table once
-                conn.exec_driver_sql(
-                    f"ALTER TABLE {name} ALTER COLUMN {quote(conn, column)} SET DATA TYPE {self._types[kind]}"
-                )
-        conn.execute(delete(catalog).where(catalog.c.table_name == mapping.table))
-        conn.execute(
-            insert(catalog).values(
-                table_name=mapping.table,
-                topic=mapping.topic,
-                mode=mapping.mode,
-                columns=json.dumps(draft.columns),
-                schema_version=draft.schema_version,
-            )
-        )
 
     def _stored_ids(self, conn: Connection, table: str, rows: list[Row]) -> set[str]:
         found = conn.execute(
@@ -368,23 +265,3 @@ def _tuples(mode: str, payload: Sequence[str], rows: list[Row], plan: Plan) -> l
         values = row.values
         made.append((*meta, *(cell(values.get(name)) for name in payload)))
     return made
-
-
-def create_bookkeeping(engine: Engine, loader: Loader | None = None) -> None:
-    """Create the sink's own tables if missing. Serialised among sinks: several starting at once
-    on a new warehouse would otherwise race on CREATE TABLE (and lose with a unique violation)."""
-    loader = loader or loader_for(engine.dialect.name, engine.driver)
-    with engine.begin() as conn:
-        loader.lock(conn, "bookkeeping")
-        bookkeeping.create_all(conn)
-
-
-def _load_catalog(conn: Connection, table: str | None = None) -> dict[str, TableSchema]:
-    schemas = {}
-    query = select(catalog.c.table_name, catalog.c.columns, catalog.c.schema_version)
-    if table is not None:
-        query = query.where(catalog.c.table_name == table)
-    for row in conn.execute(query):
-        kinds = {name: Kind(kind) for name, kind in json.loads(row.columns).items()}
-        schemas[row.table_name] = TableSchema(kinds, row.schema_version)
-    return schemas

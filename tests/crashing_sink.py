@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event
 
+import sink.warehouse
 import sink.writer
 from outboxkit.cli import main
 
@@ -29,7 +30,7 @@ def die_at(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def write(self: sink.writer.SqlWriter, group_id: str, batch: sink.writer.Batch) -> Any:
+def write(self: sink.writer.SqlWriter, group_id: str, batch: sink.warehouse.Batch) -> Any:
     global batches  # noqa: PLW0603 - a counter across calls of the patched method
     batches += 1
     die_at("before-write")

@@ -1,8 +1,10 @@
 """Test kit for the sink: Kafka records built in memory, and a driver that settles them into a
-warehouse exactly as the running sink does (assemble -> one write -> remember the offsets).
+warehouse exactly as the running sink does (`sink.settle`: assemble -> one write -> remember the
+offsets, refusals settled per policy, a refused value isolated).
 
-Only the consumer is left out, so the writer contract runs against each real warehouse without a
-broker; everything that involves Kafka itself is tested end to end elsewhere.
+Only the consumer is left out (an in-memory stand-in keeps the stored offsets and the stops), so
+the warehouse contract runs against each real warehouse without a broker; everything that
+involves Kafka itself is tested end to end elsewhere.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Message, Producer
@@ -18,10 +20,13 @@ from sqlalchemy import Engine, text
 
 from runtime.kafka import KafkaSettings
 from sink import TableMapping
-from sink.batch import Policy, Refusals, assemble
-from sink.errors import RecordsRefusedError
+from sink.batch import Policy, assemble
+from sink.consumer import consumed_record
+from sink.records import Consumed, Where
 from sink.run import by_topic
-from sink.writer import Batch, Outcome, SqlWriter
+from sink.settle import Settler
+from sink.warehouse import Outcome, Warehouse
+from sink.writer import SqlWriter
 from wire import Envelope
 
 # Record timestamps start an hour ago: older ones would fall to the broker's retention (7 days)
@@ -83,8 +88,42 @@ def tombstone(topic: str, offset: int, key: str, *, partition: int = 0) -> Messa
     )
 
 
+class Assigned:
+    """The consumer's part in settling, in memory: every partition a record comes from is
+    assigned, starting at the offset the warehouse stores for it."""
+
+    def __init__(self, warehouse: Warehouse, group: str, topics: Iterable[str]) -> None:
+        self._warehouse, self._group, self._topics = warehouse, group, set(topics)
+        self.stored: dict[Where, int | None] = {}
+        self.stopped: set[Where] = set()
+        self.reseek()
+
+    def positions(self) -> Mapping[Where, int | None]:
+        return self.stored
+
+    def running(self, records: Sequence[Consumed]) -> list[Consumed]:
+        for record in records:
+            self.stored.setdefault(record.source.where, None)
+        return [record for record in records if record.source.where not in self.stopped]
+
+    def halted(self) -> int:
+        return len(self.stopped)
+
+    def advanced(self, moves: Mapping[Where, tuple[int | None, int]]) -> None:
+        for where, (_, next_offset) in moves.items():
+            self.stored[where] = next_offset
+
+    def stop(self, where: Where) -> None:
+        self.stopped.add(where)
+
+    def reseek(self) -> None:
+        """Re-read the stored offsets, as a consumer does on assignment."""
+        found = self._warehouse.stored_offsets(self._group, self._topics)
+        self.stored.update({where: found.get(where) for where in {*self.stored, *found}})
+
+
 class Settle:
-    """Settles messages into a warehouse as the sink would, remembering the stored offsets."""
+    """Settles messages into a warehouse as the sink does, remembering the stored offsets."""
 
     def __init__(
         self, engine: Engine, mappings: Sequence[TableMapping], *, group: str = "g", policy: Policy = "dlq"
@@ -92,46 +131,40 @@ class Settle:
         self.engine = engine
         self.mappings = list(mappings)
         self.group = group
-        self.policy = policy
         self.writer = SqlWriter(engine, self.mappings)
-        self.positions: dict[tuple[str, int], int | None] = {}
-        self.stopped: set[tuple[str, int]] = set()
-        self.reload()
+        self.assigned = Assigned(self.writer, group, {mapping.topic for mapping in self.mappings})
+        self.positions = self.assigned.stored  # tests set one, as after `sink replay`
+        self._settler = Settler(
+            self.writer, self.assigned, group, by_topic(self.mappings), max_bytes=10_000, policy=policy
+        )
 
     def reload(self) -> None:
         """Re-read the stored offsets, as a consumer does on assignment."""
-        topics = {mapping.topic for mapping in self.mappings}
-        stored = self.writer.stored_offsets(self.group, topics)
-        self.positions = {where: stored.get(where) for where in {*self.positions, *stored}}
-
-    def batch(
-        self, *messages: Message, refused: Refusals | None = None
-    ) -> tuple[Batch, set[tuple[str, int]]]:
-        """The batch the sink would write for `messages` (stopped partitions left out)."""
-        for m in messages:
-            self.positions.setdefault((m.topic() or "", m.partition() or 0), None)
-        running = [m for m in messages if (m.topic(), m.partition()) not in self.stopped]
-        return assemble(
-            running,
-            by_topic(self.mappings),
-            self.writer.schemas,
-            self.positions,
-            max_bytes=10_000,
-            policy=self.policy,
-            refused=refused or {},
-        )
+        self.assigned.reseek()
 
     def __call__(self, *messages: Message) -> Outcome:
-        batch, stopping = self.batch(*messages)
-        try:
-            outcome = self.writer.write(self.group, batch)
-        except RecordsRefusedError as refused:  # as the sink does: settle them per policy
-            batch, stopping = self.batch(*messages, refused=refused.reasons)
-            outcome = self.writer.write(self.group, batch)
-        for where, (_, next_offset) in batch.moves.items():
-            self.positions[where] = next_offset
-        self.stopped |= stopping
-        return outcome
+        """Settle `messages` as one poll; what the transactions it took did, summed. A warehouse
+        that fails without refusing a value raises at once (the sink would retry it)."""
+        outcomes = self._settler.settle([consumed_record(m) for m in messages], lambda: True)
+        return Outcome(
+            applied=sum(outcome.applied for outcome in outcomes),
+            skipped=sum(outcome.skipped for outcome in outcomes),
+            dead_letters=[letter for outcome in outcomes for letter in outcome.dead_letters],
+        )
+
+    def write(self, *messages: Message) -> Outcome:
+        """Write `messages` as one batch, once: the warehouse's own answer, nothing settled after."""
+        records = self.assigned.running([consumed_record(m) for m in messages])
+        batch, _ = assemble(
+            records,
+            by_topic(self.mappings),
+            self.writer.schemas,
+            self.assigned.positions(),
+            max_bytes=10_000,
+            policy="dlq",
+            refused={},
+        )
+        return self.writer.write(self.group, batch)
 
     def rows(self, table: str, order: str = "_key") -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -278,11 +278,11 @@ def test_a_batch_written_from_a_stale_offset_is_refused_whole(warehouse: Engine)
     first(message("things", 0, key="a"))
 
     with pytest.raises(PartitionMovedError, match=r"things\[0\]: the stored offset moved"):
-        zombie(message("things", 0, key="z"))  # it saw no stored offset, but one exists now
+        zombie.write(message("things", 0, key="z"))  # it saw no stored offset, but one exists now
     zombie.reload()
     first(message("things", 1, key="b"))
     with pytest.raises(PartitionMovedError):
-        zombie(message("things", 1, key="z"))  # it expects 1, the warehouse holds 2
+        zombie.write(message("things", 1, key="z"))  # it expects 1, the warehouse holds 2
 
     assert [row["_key"] for row in first.rows("things")] == ["a", "b"]
     assert first.writer.stored_offsets("g", ["things"]) == {("things", 0): 2}
@@ -295,7 +295,7 @@ def test_a_warehouse_error_mid_batch_leaves_nothing_partial(warehouse: Engine) -
     too_big = 2**63  # a JSON integer, but beyond the model's BIGINT: refused after other rows
 
     with pytest.raises(WarehouseError):
-        settle(message("things", 1, key="b"), message("things", 2, key="c", payload={"n": too_big}))
+        settle.write(message("things", 1, key="b"), message("things", 2, key="c", payload={"n": too_big}))
     assert [row["_key"] for row in settle.rows("things")] == ["a"]
     assert settle.writer.stored_offsets("g", ["things"]) == {("things", 0): 1}
 
@@ -303,7 +303,7 @@ def test_a_warehouse_error_mid_batch_leaves_nothing_partial(warehouse: Engine) -
 def test_a_value_the_warehouse_refuses_is_reported_as_data_not_as_an_outage(warehouse: Engine) -> None:
     settle = Settle(warehouse, [TableMapping(topic="things", table="things", model=Thing)])
     with pytest.raises(WarehouseError) as refused:
-        settle(message("things", 0, key="c", payload={"n": 2**63}))
+        settle.write(message("things", 0, key="c", payload={"n": 2**63}))
     assert refused.value.data
 
 

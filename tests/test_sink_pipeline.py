@@ -39,7 +39,8 @@ from sink import (
 )
 from sink.replay import replay
 from sink.run import by_topic
-from sink.writer import Batch, Outcome, SqlWriter
+from sink.warehouse import Batch, Outcome
+from sink.writer import SqlWriter
 from tests.conftest import Source
 from tests.helpers import committed_records, make_relay, rows
 from tests.models import Thing

@@ -1,0 +1,124 @@
+"""The warehouse's tables as the sink made them: the column catalogue, and the DDL that evolves it.
+
+`outboxkit_sink_tables` records each table's columns (their kinds) and the schema version it
+takes, so a restarted sink, or another instance, maps records exactly as the table was built.
+Tables only widen: a new field adds a nullable column, a kind widens losslessly
+(`columns.WIDENINGS`); nothing is ever dropped or narrowed. The DDL runs inside the batch's own
+transaction, so a table change commits with the rows that needed it, or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from sqlalchemy import Connection, Engine, delete, insert, select
+
+from sink import columns
+from sink.columns import SQL_TYPES, Kind
+from sink.loaders import Loader, loader_for, quote
+from sink.mapping import TableMapping, TableSchema
+from sink.tables import bookkeeping, catalog
+
+
+class Catalogue:
+    """The committed schema per table, and the DDL that brings a table up to a batch's draft."""
+
+    def __init__(self, loader: Loader, mappings: Mapping[str, TableMapping]) -> None:
+        self._loader = loader
+        self._mappings = mappings
+        self._types = SQL_TYPES[loader.dialect]
+        self.schemas: dict[str, TableSchema] = {}
+
+    def load(self, conn: Connection) -> None:
+        """Read the catalogue (at start, and again when another instance may have widened a table)."""
+        self.schemas = self._with_mapping_versions(_load(conn))
+
+    def _with_mapping_versions(self, schemas: dict[str, TableSchema]) -> dict[str, TableSchema]:
+        """A mapping's `schema_version` is the version its table takes (records of a higher one
+        that do not fit stop their partition): raising it is how an operator accepts a change."""
+        for table, mapping in self._mappings.items():
+            schema = schemas.setdefault(table, TableSchema())
+            schema.schema_version = max(schema.schema_version, mapping.schema_version)
+        return schemas
+
+    def evolve_to_model(self, conn: Connection, mapping: TableMapping) -> None:
+        """Give a table every column of its mapping's model up front (typed, not inferred)."""
+        assert mapping.model is not None
+        draft = self.schemas.get(mapping.table, TableSchema()).copy()
+        draft.columns = {**draft.columns, **columns.model_columns(mapping.model)}
+        draft.schema_version = max(draft.schema_version, mapping.schema_version)
+        self.ensure(conn, mapping, draft)
+        self.schemas[mapping.table] = draft
+
+    def committed(self, drafts: Mapping[str, TableSchema]) -> None:
+        """The transaction that ran `ensure` for these drafts committed: they are the tables now."""
+        self.schemas.update(drafts)
+
+    def ensure(self, conn: Connection, mapping: TableMapping, draft: TableSchema) -> None:
+        """Create the table, or add the draft's new columns (always nullable); then the catalogue.
+
+        Several sinks may widen one table: the DDL is serialised per table (`Loader.lock`), the
+        catalogue row is re-read under that lock and merged, never overwritten, and columns are
+        added only if missing — so a column another instance added, or a commit whose
+        acknowledgement was lost, is no conflict.
+        """
+        committed = self.schemas.get(mapping.table)
+        if committed is not None and committed == draft and committed.columns:
+            return
+        self._loader.lock(conn, mapping.table)
+        stored = _load(conn, mapping.table).get(mapping.table)
+        if stored is not None:
+            draft.columns = columns.merged(stored.columns, draft.columns)
+            draft.schema_version = max(stored.schema_version, draft.schema_version)
+            if stored == draft:
+                return
+        name = quote(conn, mapping.table)
+        wanted = columns.metadata_columns(mapping.mode) | draft.columns
+        key = columns.KEY if mapping.mode == "upsert" else columns.EVENT_ID
+        definitions = ", ".join(
+            f"{quote(conn, column)} {self._types[kind]}" for column, kind in wanted.items()
+        )
+        conn.exec_driver_sql(
+            f"CREATE TABLE IF NOT EXISTS {name} ({definitions}, PRIMARY KEY ({quote(conn, key)}))"
+        )
+        for column, kind in draft.columns.items():
+            before = None if stored is None else stored.columns.get(column)
+            if before is None:
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {quote(conn, column)} {self._types[kind]}"
+                )
+            elif (before, kind) in columns.WIDENINGS:  # lossless; PostgreSQL rewrites the table once
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {name} ALTER COLUMN {quote(conn, column)} SET DATA TYPE {self._types[kind]}"
+                )
+        conn.execute(delete(catalog).where(catalog.c.table_name == mapping.table))
+        conn.execute(
+            insert(catalog).values(
+                table_name=mapping.table,
+                topic=mapping.topic,
+                mode=mapping.mode,
+                columns=json.dumps(draft.columns),
+                schema_version=draft.schema_version,
+            )
+        )
+
+
+def create_bookkeeping(engine: Engine, loader: Loader | None = None) -> None:
+    """Create the sink's own tables if missing. Serialised among sinks: several starting at once
+    on a new warehouse would otherwise race on CREATE TABLE (and lose with a unique violation)."""
+    loader = loader or loader_for(engine.dialect.name, engine.driver)
+    with engine.begin() as conn:
+        loader.lock(conn, "bookkeeping")
+        bookkeeping.create_all(conn)
+
+
+def _load(conn: Connection, table: str | None = None) -> dict[str, TableSchema]:
+    schemas = {}
+    query = select(catalog.c.table_name, catalog.c.columns, catalog.c.schema_version)
+    if table is not None:
+        query = query.where(catalog.c.table_name == table)
+    for row in conn.execute(query):
+        kinds = {name: Kind(kind) for name, kind in json.loads(row.columns).items()}
+        schemas[row.table_name] = TableSchema(kinds, row.schema_version)
+    return schemas

@@ -33,10 +33,11 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from outbox.envelope import murmur2
+from relay import names
 from relay.errors import CaptureError, LeaseLostError
 from relay.shards import ONLY, Shard
 
-log = logging.getLogger("outboxkit.relay")
+log = logging.getLogger(names.LOGGER)
 
 
 class Leases(Protocol):

@@ -28,6 +28,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from outbox.envelope import Envelope
 from outbox.kafka_settings import KafkaSettings
 from outbox.signing import Signer
+from relay import names
 from relay.checkpoint import CheckpointRecord
 from relay.errors import (
     FencedError,
@@ -37,7 +38,7 @@ from relay.errors import (
     UnpublishableRecordError,
 )
 
-log = logging.getLogger("outboxkit.relay")
+log = logging.getLogger(names.LOGGER)
 T = TypeVar("T")
 _FENCED_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 # Errors that say "this record, never": the same record fails the same way however often it is sent.

@@ -21,9 +21,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from outbox.backoff import Backoff
 from outbox.kafka_settings import KafkaSettings
+from sink import names
 from sink.errors import SinkConfigError, SinkError, WarehouseError
 
-log = logging.getLogger("outboxkit.sink")
+log = logging.getLogger(names.LOGGER)
 OffsetLoader = Callable[[Iterable[str]], dict[tuple[str, int], int]]
 Where = tuple[str, int]
 SLICE = 0.02  # seconds: how long a poll waits for more once records are flowing

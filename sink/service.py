@@ -21,9 +21,18 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Tracer
 
 from outbox.backoff import Backoff
-from outbox.observe import EVERY_INTERFACE, Health, Metrics, serve
+from outbox.observe import EVERY_INTERFACE, Health, Histogram, Metrics, serve
 from outbox.signing import Verifier
-from outbox.tracing import span_contexts
+from outbox.tracing import (
+    MESSAGING_CONSUMER_GROUP,
+    MESSAGING_KAFKA_KEY,
+    MESSAGING_KAFKA_OFFSET,
+    MESSAGING_PARTITION,
+    Attributes,
+    messaging_attributes,
+    span_contexts,
+)
+from sink import names
 from sink.batch import Policy, Refusals, assemble
 from sink.consumer import WarehouseConsumer
 from sink.errors import PartitionMovedError, RecordsRefusedError, WarehouseError
@@ -31,7 +40,7 @@ from sink.mapping import TableMapping
 from sink.records import DeadLetter, Raw, Source, headers_of, source_of
 from sink.writer import Batch, Outcome, SinkWriter
 
-log = logging.getLogger("outboxkit.sink")
+log = logging.getLogger(names.LOGGER)
 SAME_BATCH_FAILURES = 3  # then, if the warehouse answers a ping, the batch itself is the problem
 
 
@@ -81,10 +90,11 @@ class Sink:
         self._http_port = http_port
         self._verifier = verifier
         self._http_host = http_host
-        self._tracer = tracer or trace.get_tracer("outboxkit.sink")
+        self._tracer = tracer or trace.get_tracer(names.TRACER)
         self.stats = SinkStats()
         self._lag = 0
         self.health = Health()
+        self.latency = Histogram(*names.COMMIT_TO_APPLIED)
         self.metrics = self._metrics()
 
     def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> SinkStats:
@@ -130,10 +140,10 @@ class Sink:
             verifier=self._verifier,
         )
         with self._tracer.start_as_current_span(
-            "outboxkit.sink batch",
+            names.BATCH_SPAN,
             kind=SpanKind.CONSUMER,
             links=[Link(context) for context in span_contexts(headers_of(m) for m in messages)],
-            attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(messages)},
+            attributes=self._attributes(messages, batch),
         ):
             try:
                 outcome = self._write(batch, should_stop)
@@ -150,8 +160,28 @@ class Sink:
             log.error("%s[%d] stopped: %s", *where, _reason(batch, where))
             self._consumer.stop(where)
         self._count(len(messages), outcome)
+        self.latency.observe_ages(
+            row.created_at for rows in batch.rows.values() for row in rows if row.created_at is not None
+        )
         self.health.beat(ok=not self._consumer.stopped)  # a halted partition needs an operator
         return True
+
+    def _attributes(self, messages: list[Message], batch: Batch) -> Attributes:
+        """The batch span's messaging attributes; a partition, offset and key only where the batch
+        has one alone (the partitions are the batch's offset moves: no pass over the records)."""
+        attributes = messaging_attributes(
+            "process", "process", len(messages), {topic for topic, _ in batch.moves}
+        )
+        attributes[MESSAGING_CONSUMER_GROUP] = self._group_id
+        if len(batch.moves) == 1:
+            [(_, partition)] = batch.moves
+            attributes[MESSAGING_PARTITION] = str(partition)
+        if len(messages) == 1:
+            source = source_of(messages[0])
+            attributes[MESSAGING_KAFKA_OFFSET] = source.offset
+            if (key := messages[0].key()) is not None:
+                attributes[MESSAGING_KAFKA_KEY] = key.decode(errors="replace")
+        return attributes
 
     def _stop_at_gaps(self, should_stop: Callable[[], bool]) -> None:
         """Partitions whose stored offset Kafka no longer holds stop there, recorded with the reason
@@ -235,30 +265,14 @@ class Sink:
         self.stats.batches += 1
 
     def _metrics(self) -> Metrics:
+        """The counters read from `stats` and the gauges at scrape time (see `sink.names`), and
+        the commit -> applied histogram `_settle` fills."""
         metrics = Metrics()
-        texts = {
-            "received": "records consumed and settled",
-            "applied": "events applied to warehouse tables",
-            "skipped": "events skipped as duplicates or older than the row (dedupe)",
-            "dead_letters": "records written to outboxkit_dead_letters",
-            "batches": "warehouse transactions committed",
-            "moved": "batches refused because another instance had moved a partition's offset",
-            "retries": "warehouse failures retried with the same batch",
-            "untrusted": "records refused as possibly not the relay's: a missing or bad signature, or a "
-            "version jump above max_version_jump (dead letters and stops)",
-        }
         for stat in fields(SinkStats):
-            metrics.counter(
-                f"outboxkit_sink_{stat.name}_total", texts[stat.name], partial(self._stat, stat.name)
-            )
-        metrics.gauge(
-            "outboxkit_sink_lag_records", "records behind the partitions' ends", lambda: float(self._lag)
-        )
-        metrics.gauge(
-            "outboxkit_sink_stopped_partitions",
-            "partitions halted at an incompatible or poison record",
-            lambda: float(len(self._consumer.stopped)),
-        )
+            metrics.counter(*names.COUNTERS[stat.name], partial(self._stat, stat.name))
+        metrics.gauge(*names.LAG_RECORDS, lambda: float(self._lag))
+        metrics.gauge(*names.STOPPED_PARTITIONS, lambda: float(len(self._consumer.stopped)))
+        metrics.histogram(self.latency)
         return metrics
 
     def _stat(self, name: str) -> float:

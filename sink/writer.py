@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine, delete, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from sink import columns, deadletters, merge, offsets
+from sink import columns, deadletters, merge, names, offsets
 from sink.columns import SQL_TYPES, Kind
 from sink.errors import RecordsRefusedError, WarehouseError
 from sink.loaders import Loader, loader_for, quote
@@ -26,7 +26,7 @@ from sink.merge import Held, Plan, Stamp
 from sink.records import DeadLetter, Raw
 from sink.tables import bookkeeping, catalog, deleted
 
-log = logging.getLogger("outboxkit.sink")
+log = logging.getLogger(names.LOGGER)
 MARKER_COLUMNS = {
     "table_name": Kind.TEXT,
     "key": Kind.TEXT,

@@ -22,12 +22,15 @@ from alembic.util import CommandError
 from sqlalchemy import make_url
 
 from outbox import schema
+from outbox.telemetry import traced
 from outbox.urls import parsed_url
 from outboxkit import __version__
 from outboxkit.failures import Failure, Named, explain
 from relay import ExitCode, RelaySettings, relay_from_settings
+from relay.names import SERVICE as RELAY_SERVICE
 from relay.status import relay_status
-from sink import SinkSettings, sink_from_settings
+from sink import SinkSettings, SinkStats, sink_from_settings
+from sink.names import SERVICE as SINK_SERVICE
 from sink.replay import replay, skip
 from sink.run import tune_gc
 from sink.status import sink_status
@@ -199,7 +202,8 @@ def _relay(args: argparse.Namespace, named: Named) -> int:
         print(report.to_json() if args.json else report.render())
     else:
         stop = StopFlag()
-        relay_from_settings(settings, stop).run(stop, drain=args.drain)
+        with traced(RELAY_SERVICE):
+            relay_from_settings(settings, stop).run(stop, drain=args.drain)
     return ExitCode.OK
 
 
@@ -224,15 +228,20 @@ def _sink(args: argparse.Namespace, named: Named) -> int:
             print(f"{topic}[{partition}]: stored offset rewound to {offset}")
         print(f"{len(moved)} partition(s) rewound; a running sink re-reads them at its next batch")
     else:
-        sink = sink_from_settings(settings)
-        tune_gc()
-        stats = sink.run(StopFlag(), drain=args.drain)
+        with traced(SINK_SERVICE):
+            stats = _run_sink(settings, drain=args.drain)
         print(
             f"outboxkit sink: {stats.applied} applied, {stats.skipped} skipped as duplicates, "
             f"{stats.dead_letters} dead letter(s) in {stats.batches} batch(es)",
             file=sys.stderr,
         )
     return ExitCode.OK
+
+
+def _run_sink(settings: SinkSettings, *, drain: bool) -> SinkStats:
+    sink = sink_from_settings(settings)
+    tune_gc()
+    return sink.run(StopFlag(), drain=drain)
 
 
 def _chaos(args: argparse.Namespace, named: Named) -> int:

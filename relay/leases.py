@@ -32,11 +32,12 @@ from typing import Protocol
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from relay import names
 from relay.errors import CaptureError, LeaseLostError
 from relay.shards import ONLY, Shard
 from wire import murmur2
 
-log = logging.getLogger("outboxkit.relay")
+log = logging.getLogger(names.LOGGER)
 
 
 class Leases(Protocol):

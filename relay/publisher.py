@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from relay import names
 from relay.checkpoint import CheckpointRecord
 from relay.errors import (
     FencedError,
@@ -36,7 +37,7 @@ from relay.errors import (
 from runtime.kafka import KafkaSettings
 from wire import Envelope, Signer
 
-log = logging.getLogger("outboxkit.relay")
+log = logging.getLogger(names.LOGGER)
 T = TypeVar("T")
 _FENCED_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 # Errors that say "this record, never": the same record fails the same way however often it is sent.

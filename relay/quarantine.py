@@ -15,9 +15,10 @@ from sqlalchemy import Engine, delete, func, insert, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from outbox.table import outbox_table, quarantine_table
+from relay import names
 from relay.errors import CaptureError
 
-log = logging.getLogger("outboxkit.relay")
+log = logging.getLogger(names.LOGGER)
 
 
 class Quarantine:

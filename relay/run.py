@@ -19,6 +19,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Tracer
 from sqlalchemy import Engine, create_engine
 
+from relay import names
 from relay.capture import Backlog, CaptureSource, Position, capture_for
 from relay.checkpoint import Checkpoints
 from relay.errors import PublishAbortedError, RelayError, UnpublishableRecordError
@@ -32,11 +33,11 @@ from relay.stats import RelayStats
 from relay.wakeup import Listener
 from runtime.backoff import Backoff
 from runtime.kafka import KafkaSettings
-from runtime.tracing import span_contexts
-from wire import Envelope
-from wire.signing import Signer
+from runtime.observe import Histogram
+from runtime.tracing import MESSAGING_KAFKA_KEY, messaging_attributes, span_contexts
+from wire import Envelope, Signer
 
-log = logging.getLogger("outboxkit.relay")
+log = logging.getLogger(names.LOGGER)
 
 
 class Relay:
@@ -51,6 +52,7 @@ class Relay:
         *,
         batch_size: int = 500,
         tracer: Tracer | None = None,
+        latency: Histogram | None = None,
     ) -> None:
         self._capture = capture
         self._publisher = publisher
@@ -58,7 +60,8 @@ class Relay:
         self._quarantine = quarantine
         self._batch_size = batch_size
         self._isolating = 0  # records left to publish one per transaction, to find a refused one
-        self._tracer = tracer or trace.get_tracer("outboxkit.relay")
+        self._tracer = tracer or trace.get_tracer(names.TRACER)
+        self._latency = latency  # commit -> published, of each event (`names.COMMIT_TO_PUBLISHED`)
         self._stats = RelayStats()
 
     @classmethod
@@ -75,6 +78,7 @@ class Relay:
         stopping: Callable[[], bool] = lambda: False,
         signer: Signer | None = None,
         tracer: Tracer | None = None,
+        latency: Histogram | None = None,
     ) -> Relay:
         """The relay of `shard` of source `source_id` (not started): the one place its parts are picked.
 
@@ -100,6 +104,7 @@ class Relay:
             Quarantine(engine),
             batch_size=batch_size,
             tracer=tracer,
+            latency=latency,
         )
 
     @property
@@ -153,18 +158,20 @@ class Relay:
         return len(batch.records)
 
     def _publish(self, envelopes: list[Envelope], position: Position) -> None:
-        """One Kafka transaction, in a span linked to the spans the events were written in."""
+        """One Kafka transaction, in a span linked to the spans the events were written in; once
+        committed, each event's time since it was written counts in the latency histogram."""
         links = [Link(context) for context in span_contexts(e.extra_headers for e in envelopes)]
-        attributes: dict[str, str | int] = {
-            "messaging.system": "kafka",
-            "messaging.batch.message_count": len(envelopes),
-        }
+        attributes = messaging_attributes("publish", "send", len(envelopes), {e.topic for e in envelopes})
+        if len(envelopes) == 1 and envelopes[0].key is not None:
+            attributes[MESSAGING_KAFKA_KEY] = envelopes[0].key.decode(errors="replace")
         with self._tracer.start_as_current_span(
-            "outboxkit.relay publish", kind=SpanKind.PRODUCER, links=links, attributes=attributes
+            names.PUBLISH_SPAN, kind=SpanKind.PRODUCER, links=links, attributes=attributes
         ):
             started = time.monotonic()
             self._publisher.publish(envelopes, self._checkpoints.record(position))
             self._stats.commit_seconds += time.monotonic() - started
+        if self._latency is not None:
+            self._latency.observe_ages(e.created_at for e in envelopes if e.created_at is not None)
 
     def backlog(self) -> Backlog:
         return self._capture.backlog(self._stats.position)
@@ -194,6 +201,7 @@ def relay_from_settings(
 
     `stopping` is the process's stop request (SIGTERM): Kafka calls that would retry stop waiting.
     """
+    latency = Histogram(*names.COMMIT_TO_PUBLISHED)  # filled by each shard's relay, shown by the service
     # No pool_pre_ping: a connection lost to a database restart fails one fetch, the pool drops
     # it, and the retry gets a new one — cheaper than a ping before every fetch.
     engine = create_engine(settings.database_url.get_secret_value())
@@ -211,7 +219,7 @@ def relay_from_settings(
     )
     return RelayService(
         leases,
-        lambda shard: _started_relay(settings, engine, shard, stopping),
+        lambda shard: _started_relay(settings, engine, shard, stopping, latency),
         poll_interval=settings.poll_interval,
         lease_interval=settings.lease_interval,
         cleanup=Cleanup(retention=settings.retention) if settings.cleanup else None,
@@ -224,11 +232,12 @@ def relay_from_settings(
         http_host=settings.http_host,
         backoff=Backoff(maximum=settings.max_backoff),
         start_timeout=settings.start_timeout,
+        histograms=(latency,),
     )
 
 
 def _started_relay(
-    settings: RelaySettings, engine: Engine, shard: Shard, stopping: Callable[[], bool]
+    settings: RelaySettings, engine: Engine, shard: Shard, stopping: Callable[[], bool], latency: Histogram
 ) -> Relay:
     relay = Relay.for_shard(
         engine,
@@ -240,6 +249,7 @@ def _started_relay(
         kafka_timeout=settings.kafka_timeout,
         stopping=stopping,
         signer=settings.signer,
+        latency=latency,
     )
     try:
         relay.start()

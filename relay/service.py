@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +19,7 @@ from http.server import ThreadingHTTPServer
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
+from relay import names
 from relay.capture.source import Backlog, Position
 from relay.errors import (
     CaptureError,
@@ -34,10 +35,10 @@ from relay.shards import Shard
 from relay.stats import RelayStats
 from relay.wakeup import Listener
 from runtime.backoff import Backoff
-from runtime.observe import EVERY_INTERFACE, Health, Metrics, serve
+from runtime.observe import EVERY_INTERFACE, Health, Histogram, Metrics, serve
 from runtime.startup import StartWindow
 
-log = logging.getLogger("outboxkit.relay")
+log = logging.getLogger(names.LOGGER)
 
 
 class ShardRelay(Protocol):
@@ -87,6 +88,7 @@ class RelayService:
         http_host: IPv4Address | IPv6Address = EVERY_INTERFACE,
         backoff: Backoff | None = None,
         start_timeout: float | None = None,
+        histograms: Sequence[Histogram] = (),
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -101,7 +103,7 @@ class RelayService:
         self._http_port = http_port
         self._http_host = http_host
         self.health = Health()
-        self.metrics = self._metrics()
+        self.metrics = self._metrics(histograms)
         self._retired = RelayStats()  # totals of relays whose shard this process gave up
         self._backoff = backoff or Backoff(sleep=sleep)
         self._sleep = sleep
@@ -180,28 +182,17 @@ class RelayService:
             total.add(stats)
         return total
 
-    def _metrics(self) -> Metrics:
+    def _metrics(self, histograms: Sequence[Histogram]) -> Metrics:
+        """The counters read from the relays' stats and the gauges at scrape time (see
+        `relay.names`), and the histograms the shards' relays fill."""
         metrics = Metrics()
-        for name, text in (
-            ("published", "events published (committed to Kafka)"),
-            ("transactions", "Kafka transactions committed"),
-            ("aborted", "Kafka transactions aborted and retried"),
-            ("quarantined", "outbox rows Kafka refused for good, moved to outbox_quarantine"),
-            ("deleted", "published outbox rows deleted by cleanup"),
-            ("commit_seconds", "seconds spent producing and committing Kafka transactions"),
-        ):
-            metrics.counter(f"outboxkit_relay_{name}_total", text, partial(self._total, name))
-        metrics.gauge(
-            "outboxkit_relay_shards_held", "shards this relay publishes", lambda: float(len(self._active))
-        )
-        metrics.gauge(
-            "outboxkit_relay_backlog_events", "committed events not yet published", self._backlog_rows
-        )
-        metrics.gauge(
-            "outboxkit_relay_oldest_unpublished_seconds",
-            "age of the oldest unpublished event",
-            self._oldest_age,
-        )
+        for stat, (name, text) in names.COUNTERS.items():
+            metrics.counter(name, text, partial(self._total, stat))
+        metrics.gauge(*names.SHARDS_HELD, lambda: float(len(self._active)))
+        metrics.gauge(*names.BACKLOG_EVENTS, self._backlog_rows)
+        metrics.gauge(*names.OLDEST_UNPUBLISHED, self._oldest_age)
+        for histogram in histograms:
+            metrics.histogram(histogram)
         return metrics
 
     def _started(self, published: int | None) -> bool:

@@ -14,7 +14,9 @@ import time
 import psycopg
 from sqlalchemy import Engine
 
-log = logging.getLogger("outboxkit.relay")
+from relay import names
+
+log = logging.getLogger(names.LOGGER)
 
 
 class Listener:

@@ -1,27 +1,44 @@
 """What the relay and the sink show to the outside: Prometheus metrics and Kubernetes probes.
 
-Deliberately small — a registry of named numbers and a standard-library HTTP server — so the
-sidecars need no exporter package and cost nothing when nobody scrapes them:
+Small on purpose, so the sidecars cost nothing when nobody scrapes them:
 
-* `/metrics` — Prometheus text format; gauges that cost a query (backlog, lag) are read at
-  scrape time through callbacks, never on the publishing path;
+* `/metrics` — Prometheus text format, rendered by `prometheus_client`. Counters and gauges are
+  read at scrape time through callbacks (a custom collector), never on the publishing path; the
+  latency histograms are counted once per batch (`Histogram.observe_ages`);
 * `/healthz` — liveness: the main loop went round recently (a hung process gets restarted);
 * `/readyz` — readiness: the process reached its database and Kafka since its last failure. A
   standby relay is ready too: it must not make its application pod unready.
+
+Why `prometheus_client` and not OpenTelemetry metrics with its Prometheus exporter: that exporter
+is itself built on `prometheus_client`, and adds the metrics SDK on top (~30 ms more to import,
+more resident memory) and ~1.3 µs per recorded value under its own locks, where the sink settles
+~30k events/s; it also renames what it exports (unit suffixes, a `target_info` series), which
+would break the names dashboards and alerts use today. `prometheus_client` is the reference
+exposition, has no dependencies, and its families take values we already count (the relay's
+and the sink's stats), so the hot path gains no work but the histograms' one pass per batch.
+Spans stay OpenTelemetry's (`runtime.telemetry`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from itertools import accumulate
 from typing import Annotated
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 from pydantic import Field, IPvAnyAddress
 
 log = logging.getLogger("outboxkit.observe")
@@ -39,51 +56,79 @@ HttpHost = Annotated[
 ]
 EVERY_INTERFACE = IPv4Address("0.0.0.0")  # noqa: S104 - see HttpHost
 
+# Seconds from an event's write to the outbox to a step of its way: tens of milliseconds when the
+# relay is woken by NOTIFY, about a poll interval when it polls, up to hours for a backlog.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 
-@dataclass
-class Metrics:
-    """Counters and gauges by name (`outboxkit_relay_published_total`, ...), safe across threads."""
 
-    help: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (type, help text)
-    values: dict[str, float] = field(default_factory=dict)
-    readers: dict[str, Callable[[], float]] = field(default_factory=dict)
-    _guard: threading.Lock = field(default_factory=threading.Lock)
+class Metrics(Collector):
+    """Counters and gauges by name (`outboxkit_relay_published_total`, ...), each read from a
+    callback at scrape time, and histograms; rendered in the Prometheus text format."""
 
-    def counter(self, name: str, text: str, read: Callable[[], float] | None = None) -> None:
-        self._register(name, "counter", text, read)
+    def __init__(self) -> None:
+        self._families: list[tuple[str, str, str, Callable[[], float]]] = []  # kind, name, help, read
+        self._histograms: list[Histogram] = []
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self)
 
-    def gauge(self, name: str, text: str, read: Callable[[], float] | None = None) -> None:
-        self._register(name, "gauge", text, read)
+    def counter(self, name: str, text: str, read: Callable[[], float]) -> None:
+        self._families.append(("counter", name, text, read))
 
-    def _register(self, name: str, kind: str, text: str, read: Callable[[], float] | None) -> None:
-        self.help[name] = (kind, text)
-        if read is None:
-            self.values.setdefault(name, 0.0)
-        else:
-            self.readers[name] = read
+    def gauge(self, name: str, text: str, read: Callable[[], float]) -> None:
+        self._families.append(("gauge", name, text, read))
 
-    def add(self, name: str, amount: float = 1.0) -> None:
-        with self._guard:
-            self.values[name] = self.values.get(name, 0.0) + amount
+    def histogram(self, histogram: Histogram) -> Histogram:
+        self._histograms.append(histogram)
+        return histogram
 
-    def set(self, name: str, value: float) -> None:
-        with self._guard:
-            self.values[name] = value
+    def collect(self) -> Iterator[Metric]:
+        for kind, name, text, read in self._families:
+            try:
+                value = read()
+            except Exception as exc:  # noqa: BLE001 - a failing gauge must not fail the scrape
+                log.warning("metric %s unavailable: %s", name, exc)
+                continue
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(name, text, value=value)
+        for histogram in self._histograms:
+            yield histogram.family()
 
     def render(self) -> str:
         """The Prometheus text exposition of every metric."""
+        return generate_latest(self._registry).decode()
+
+
+class Histogram:
+    """A latency histogram in seconds, counted a batch at a time: one pass and one lock per batch,
+    where `prometheus_client.Histogram.observe` takes a lock per value (~0.8 µs; ~0.25 µs here)."""
+
+    def __init__(self, name: str, text: str, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.name, self.text = name, text
+        self._bounds = [*buckets, math.inf]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._guard = threading.Lock()
+
+    def observe_ages(self, times: Iterable[datetime], now: datetime | None = None) -> None:
+        """Count how long ago each of `times` was (aware datetimes), as of `now`."""
+        now = now or datetime.now(UTC)
+        counts, total, bounds = [0] * len(self._bounds), 0.0, self._bounds
+        for then in times:
+            age = (now - then).total_seconds()
+            counts[bisect_left(bounds, age)] += 1
+            total += age
         with self._guard:
-            current = dict(self.values)
-        for name, read in self.readers.items():
-            try:
-                current[name] = read()
-            except Exception as exc:  # noqa: BLE001 - a failing gauge must not fail the scrape
-                log.warning("metric %s unavailable: %s", name, exc)
-        lines: list[str] = []
-        for name, (kind, text) in sorted(self.help.items()):
-            if name in current:
-                lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {current[name]:g}"]
-        return "\n".join(lines) + "\n"
+            self._counts = [mine + more for mine, more in zip(self._counts, counts, strict=True)]
+            self._sum += total
+
+    def family(self) -> HistogramMetricFamily:
+        with self._guard:
+            counts, total = self._counts, self._sum
+        buckets = [
+            ("+Inf" if bound == math.inf else str(bound), float(count))
+            for bound, count in zip(self._bounds, accumulate(counts), strict=True)
+        ]
+        return HistogramMetricFamily(self.name, self.text, buckets=buckets, sum_value=total)
 
 
 @dataclass
@@ -121,7 +166,7 @@ def serve(
             status, body = routes.get(self.path, (404, "not found\n"))
             payload = body.encode()
             self.send_response(status)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)  # what generate_latest writes
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)

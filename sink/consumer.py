@@ -23,10 +23,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from runtime.backoff import Backoff
 from runtime.kafka import KafkaSettings
+from sink import names
 from sink.errors import SinkConfigError, SinkError, WarehouseError
 from sink.records import Consumed, Source, Where
 
-log = logging.getLogger("outboxkit.sink")
+log = logging.getLogger(names.LOGGER)
 OffsetLoader = Callable[[Iterable[str]], dict[Where, int]]
 SLICE = 0.02  # seconds: how long a poll waits for more once records are flowing
 ASSIGN_RETRIES = 15  # about a minute of a warehouse away before the sink gives up and exits

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, create_engine, make_url
 
 from runtime.backoff import Backoff
 from runtime.startup import StartWindow
+from sink import names
 from sink.catalogue import create_bookkeeping
 from sink.consumer import WarehouseConsumer
 from sink.errors import SinkError, WarehouseError
@@ -20,7 +21,7 @@ from sink.service import Sink
 from sink.settings import SinkSettings
 from sink.writer import SqlWriter
 
-log = logging.getLogger("outboxkit.sink")
+log = logging.getLogger(names.LOGGER)
 REACH_SECONDS = 5.0  # per attempt to reach Kafka at start-up; then its failure is said, and retried
 
 

@@ -16,7 +16,8 @@ from ipaddress import IPv4Address, IPv6Address
 from opentelemetry.trace import Tracer
 
 from runtime.backoff import Backoff
-from runtime.observe import EVERY_INTERFACE, Metrics, serve
+from runtime.observe import EVERY_INTERFACE, Histogram, Metrics, serve
+from sink import names
 from sink.batch import Policy
 from sink.consumer import WarehouseConsumer
 from sink.mapping import TableMapping
@@ -51,6 +52,7 @@ class Sink:
         self._poll_timeout = poll_timeout
         self._http_port = http_port
         self._http_host = http_host
+        self.latency = Histogram(*names.COMMIT_TO_APPLIED)
         self._settler = Settler(
             writer,
             consumer,
@@ -61,6 +63,7 @@ class Sink:
             verifier=verifier,
             backoff=backoff,
             tracer=tracer,
+            latency=self.latency,
         )
         self.stats: SinkStats = self._settler.stats
         self.health = self._settler.health
@@ -95,30 +98,14 @@ class Sink:
             self._settler.stop_at(*gap, should_stop)
 
     def _metrics(self) -> Metrics:
+        """The counters read from `stats` and the gauges at scrape time (see `sink.names`), and
+        the commit -> applied histogram settling fills."""
         metrics = Metrics()
-        texts = {
-            "received": "records consumed and settled",
-            "applied": "events applied to warehouse tables",
-            "skipped": "events skipped as duplicates or older than the row (dedupe)",
-            "dead_letters": "records written to outboxkit_dead_letters",
-            "batches": "warehouse transactions committed",
-            "moved": "batches refused because another instance had moved a partition's offset",
-            "retries": "warehouse failures retried with the same batch",
-            "untrusted": "records refused as possibly not the relay's: a missing or bad signature, or a "
-            "version jump above max_version_jump (dead letters and stops)",
-        }
         for stat in fields(SinkStats):
-            metrics.counter(
-                f"outboxkit_sink_{stat.name}_total", texts[stat.name], partial(self._stat, stat.name)
-            )
-        metrics.gauge(
-            "outboxkit_sink_lag_records", "records behind the partitions' ends", lambda: float(self._lag)
-        )
-        metrics.gauge(
-            "outboxkit_sink_stopped_partitions",
-            "partitions halted at an incompatible or poison record",
-            lambda: float(self._consumer.halted()),
-        )
+            metrics.counter(*names.COUNTERS[stat.name], partial(self._stat, stat.name))
+        metrics.gauge(*names.LAG_RECORDS, lambda: float(self._lag))
+        metrics.gauge(*names.STOPPED_PARTITIONS, lambda: float(self._consumer.halted()))
+        metrics.histogram(self.latency)
         return metrics
 
     def _stat(self, name: str) -> float:

@@ -26,8 +26,17 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Tracer
 
 from runtime.backoff import Backoff
-from runtime.observe import Health
-from runtime.tracing import span_contexts
+from runtime.observe import Health, Histogram
+from runtime.tracing import (
+    MESSAGING_CONSUMER_GROUP,
+    MESSAGING_KAFKA_KEY,
+    MESSAGING_KAFKA_OFFSET,
+    MESSAGING_PARTITION,
+    Attributes,
+    messaging_attributes,
+    span_contexts,
+)
+from sink import names
 from sink.batch import Policy, Refusals, assemble
 from sink.errors import PartitionMovedError, RecordsRefusedError, WarehouseError
 from sink.mapping import TableMapping
@@ -35,7 +44,7 @@ from sink.records import Consumed, DeadLetter, Raw, Source, Where, headers_of
 from sink.warehouse import Batch, Outcome, Warehouse
 from wire import Verifier
 
-log = logging.getLogger("outboxkit.sink")
+log = logging.getLogger(names.LOGGER)
 SAME_BATCH_FAILURES = 3  # then, if the warehouse answers a ping, the batch itself is the problem
 
 
@@ -96,6 +105,7 @@ class Settler:
         verifier: Verifier | None = None,
         backoff: Backoff | None = None,
         tracer: Tracer | None = None,
+        latency: Histogram | None = None,
     ) -> None:
         self._warehouse = warehouse
         self._partitions = partitions
@@ -105,7 +115,8 @@ class Settler:
         self._policy = policy
         self._verifier = verifier
         self._backoff = backoff or Backoff()
-        self._tracer = tracer or trace.get_tracer("outboxkit.sink")
+        self._tracer = tracer or trace.get_tracer(names.TRACER)
+        self._latency = latency  # commit -> applied, per table row written
         self.stats = SinkStats()
         self.health = Health()
 
@@ -152,10 +163,10 @@ class Settler:
             verifier=self._verifier,
         )
         with self._tracer.start_as_current_span(
-            "outboxkit.sink batch",
+            names.BATCH_SPAN,
             kind=SpanKind.CONSUMER,
             links=[Link(context) for context in span_contexts(headers_of(r) for r in records)],
-            attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
+            attributes=self._attributes(records, batch),
         ):
             try:
                 outcome = self._write(batch, should_stop)
@@ -172,9 +183,25 @@ class Settler:
             log.error("%s[%d] stopped: %s", *where, _reason(batch, where))
             self._partitions.stop(where)
         self._count(len(records), outcome)
+        self._observe(batch)
         outcomes.append(outcome)
         self.health.beat(ok=not self._partitions.halted())  # a halted partition needs an operator
         return True
+
+    def _attributes(self, records: Sequence[Consumed], batch: Batch) -> Attributes:
+        """The batch span's messaging attributes; a partition, offset and key only where the batch
+        has one alone (the partitions are the batch's offset moves: no pass over the records)."""
+        topics = {topic for topic, _ in batch.moves}
+        attributes = messaging_attributes("process", "process", len(records), topics)
+        attributes[MESSAGING_CONSUMER_GROUP] = self._group_id
+        if len(batch.moves) == 1:
+            [(_, partition)] = batch.moves
+            attributes[MESSAGING_PARTITION] = str(partition)
+        if len(records) == 1:
+            attributes[MESSAGING_KAFKA_OFFSET] = records[0].source.offset
+            if (key := records[0].key) is not None:
+                attributes[MESSAGING_KAFKA_KEY] = key.decode(errors="replace")
+        return attributes
 
     def _isolate(
         self,
@@ -231,6 +258,13 @@ class Settler:
                 continue
             self._backoff.reset()
             return outcome
+
+    def _observe(self, batch: Batch) -> None:
+        """Each table row written: its time from the outbox write to this commit."""
+        if self._latency is not None:
+            self._latency.observe_ages(
+                row.created_at for rows in batch.rows.values() for row in rows if row.created_at is not None
+            )
 
     def _count(self, received: int, outcome: Outcome) -> None:
         for letter in outcome.dead_letters:

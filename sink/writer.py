@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from sink import columns, deadletters, merge, offsets
+from sink import columns, deadletters, merge, names, offsets
 from sink.catalogue import Catalogue, create_bookkeeping
 from sink.columns import Kind
 from sink.errors import RecordsRefusedError, WarehouseError
@@ -27,7 +27,7 @@ from sink.records import DeadLetter, Raw, Where
 from sink.tables import deleted
 from sink.warehouse import Batch, Outcome
 
-log = logging.getLogger("outboxkit.sink")
+log = logging.getLogger(names.LOGGER)
 MARKER_COLUMNS = {
     "table_name": Kind.TEXT,
     "key": Kind.TEXT,

@@ -8,8 +8,10 @@ from outboxkit.commands import Commands
 from outboxkit.commands.processes import run_and_status
 from outboxkit.failures import Named
 from relay import RelaySettings, relay_from_settings
+from relay.names import SERVICE as RELAY_SERVICE
 from relay.status import relay_status
 from runtime.process import ExitCode, StopFlag
+from runtime.telemetry import traced
 
 
 def register(commands: Commands) -> None:
@@ -26,7 +28,8 @@ def register(commands: Commands) -> None:
 def _run(args: argparse.Namespace, named: Named) -> int:
     settings = named.load(RelaySettings)
     stop = StopFlag()
-    relay_from_settings(settings, stop).run(stop, drain=args.drain)
+    with traced(RELAY_SERVICE):
+        relay_from_settings(settings, stop).run(stop, drain=args.drain)
     return ExitCode.OK
 
 

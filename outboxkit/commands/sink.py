@@ -11,7 +11,9 @@ from outboxkit.commands import Commands
 from outboxkit.commands.processes import run_and_status
 from outboxkit.failures import Named
 from runtime.process import ExitCode, StopFlag
+from runtime.telemetry import traced
 from sink import SinkSettings, sink_from_settings
+from sink.names import SERVICE as SINK_SERVICE
 from sink.replay import replay, skip
 from sink.run import tune_gc
 from sink.status import sink_status
@@ -58,9 +60,11 @@ def _register_skip(actions: Commands) -> None:
 
 
 def _run(args: argparse.Namespace, named: Named) -> int:
-    sink = sink_from_settings(named.load(SinkSettings))
-    tune_gc()
-    stats = sink.run(StopFlag(), drain=args.drain)
+    settings = named.load(SinkSettings)
+    with traced(SINK_SERVICE):
+        sink = sink_from_settings(settings)
+        tune_gc()
+        stats = sink.run(StopFlag(), drain=args.drain)
     print(
         f"outboxkit sink: {stats.applied} applied, {stats.skipped} skipped as duplicates, "
         f"{stats.dead_letters} dead letter(s) in {stats.batches} batch(es)",

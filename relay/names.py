@@ -1,0 +1,38 @@
+"""The relay's names as the outside sees them — logger, tracer, span, metrics, service — in one
+place: dashboards, alerts and log filters depend on them, so they change here or nowhere."""
+
+from __future__ import annotations
+
+from typing import Final
+
+SERVICE: Final = "outboxkit-relay"  # OTEL_SERVICE_NAME unless set
+LOGGER: Final = "outboxkit.relay"
+TRACER: Final = "outboxkit.relay"
+PUBLISH_SPAN: Final = "outboxkit.relay publish"  # one PRODUCER span per Kafka transaction
+
+# Counters read from the relay's stats (`RelayStats` field -> metric name, help).
+COUNTERS: Final = {
+    "published": ("outboxkit_relay_published_total", "events published (committed to Kafka)"),
+    "transactions": ("outboxkit_relay_transactions_total", "Kafka transactions committed"),
+    "aborted": ("outboxkit_relay_aborted_total", "Kafka transactions aborted and retried"),
+    "quarantined": (
+        "outboxkit_relay_quarantined_total",
+        "outbox rows Kafka refused for good, moved to outbox_quarantine",
+    ),
+    "deleted": ("outboxkit_relay_deleted_total", "published outbox rows deleted by cleanup"),
+    "commit_seconds": (
+        "outboxkit_relay_commit_seconds_total",
+        "seconds spent producing and committing Kafka transactions",
+    ),
+}
+SHARDS_HELD: Final = ("outboxkit_relay_shards_held", "shards this relay publishes")
+BACKLOG_EVENTS: Final = ("outboxkit_relay_backlog_events", "committed events not yet published")
+OLDEST_UNPUBLISHED: Final = (
+    "outboxkit_relay_oldest_unpublished_seconds",
+    "age of the oldest unpublished event",
+)
+COMMIT_TO_PUBLISHED: Final = (
+    "outboxkit_relay_commit_to_published_seconds",
+    "seconds from an event's write to the outbox (its created_at) to the commit of the Kafka "
+    "transaction that published it",
+)

@@ -7,8 +7,6 @@ import argparse
 from outboxkit.commands import Commands
 from outboxkit.commands.processes import run_and_status
 from outboxkit.failures import Named
-from relay import RelaySettings, relay_from_settings
-from relay.status import relay_status
 from runtime.process import ExitCode, StopFlag
 
 
@@ -20,10 +18,13 @@ def register(commands: Commands) -> None:
         run=_run,
         status=_status,
         status_help="backlog, oldest waiting event, checkpoint and lease holder per shard, quarantine",
+        extras="relay",
     )
 
 
 def _run(args: argparse.Namespace, named: Named) -> int:
+    from relay import RelaySettings, relay_from_settings
+
     settings = named.load(RelaySettings)
     stop = StopFlag()
     relay_from_settings(settings, stop).run(stop, drain=args.drain)
@@ -31,6 +32,9 @@ def _run(args: argparse.Namespace, named: Named) -> int:
 
 
 def _status(args: argparse.Namespace, named: Named) -> int:
+    from relay import RelaySettings
+    from relay.status import relay_status
+
     report = relay_status(named.load(RelaySettings))
     print(report.to_json() if args.json else report.render())
     return ExitCode.OK

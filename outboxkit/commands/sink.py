@@ -11,10 +11,6 @@ from outboxkit.commands import Commands
 from outboxkit.commands.processes import run_and_status
 from outboxkit.failures import Named
 from runtime.process import ExitCode, StopFlag
-from sink import SinkSettings, sink_from_settings
-from sink.replay import replay, skip
-from sink.run import tune_gc
-from sink.status import sink_status
 
 
 def register(commands: Commands) -> None:
@@ -25,6 +21,7 @@ def register(commands: Commands) -> None:
         run=_run,
         status=_status,
         status_help="stored offset, lag and stop reason per partition, tables, dead letters",
+        extras="sink,duckdb",  # DuckDB is the default warehouse, and sink.loaders imports its driver
     )
     _register_replay(actions)
     _register_skip(actions)
@@ -58,6 +55,9 @@ def _register_skip(actions: Commands) -> None:
 
 
 def _run(args: argparse.Namespace, named: Named) -> int:
+    from sink import SinkSettings, sink_from_settings
+    from sink.run import tune_gc
+
     sink = sink_from_settings(named.load(SinkSettings))
     tune_gc()
     stats = sink.run(StopFlag(), drain=args.drain)
@@ -70,12 +70,18 @@ def _run(args: argparse.Namespace, named: Named) -> int:
 
 
 def _status(args: argparse.Namespace, named: Named) -> int:
+    from sink import SinkSettings
+    from sink.status import sink_status
+
     report = sink_status(named.load(SinkSettings))
     print(report.to_json() if args.json else report.render())
     return ExitCode.OK
 
 
 def _replay(args: argparse.Namespace, named: Named) -> int:
+    from sink import SinkSettings
+    from sink.replay import replay
+
     moved = replay(
         named.load(SinkSettings),
         from_offset=args.from_offset,
@@ -90,6 +96,9 @@ def _replay(args: argparse.Namespace, named: Named) -> int:
 
 
 def _skip(args: argparse.Namespace, named: Named) -> int:
+    from sink import SinkSettings
+    from sink.replay import skip
+
     now = skip(named.load(SinkSettings), args.topic, args.partition, args.to_offset)
     stored = "none (nothing to skip)" if now is None else now
     print(f"{args.topic}[{args.partition}]: stored offset {stored}; restart the sink to read on from it")

@@ -10,8 +10,8 @@ translated, so its traceback shows.
 
 It imports none of the processes, nor Kafka's client: an error of a package can only have been
 raised once the command imported that package, so its classes are looked up among the modules
-already loaded (`_loaded`). `outboxkit relay run` loads nothing of the sink or DuckDB for its
-failures, and `outboxkit migrate` runs on the app library's base install. An optional dependency
+already loaded (`_loaded`). `outboxkit relay run` loads nothing of the sink, DuckDB or Alembic for
+its failures, and `outboxkit migrate` runs on the app library's base install. An optional dependency
 the command needs but the install lacks is one line naming the extra to install.
 """
 
@@ -23,7 +23,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, get_origin
 
-from alembic.util import CommandError
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsError
@@ -262,7 +261,11 @@ def _own(exc: BaseException, named: Named) -> Failure | None:
 
 def _migration(exc: BaseException, named: Named) -> Failure | None:
     """Alembic's own refusal (an unknown revision, say) says it all."""
-    return Failure(str(exc), ExitCode.ERROR) if isinstance(exc, CommandError) else None
+    return (
+        Failure(str(exc), ExitCode.ERROR)
+        if isinstance(exc, _loaded("alembic.util", "CommandError"))
+        else None
+    )
 
 
 def _kafka_error(exc: BaseException, codes: Iterable[str]) -> KafkaError | None:

@@ -12,78 +12,57 @@ interval — polling stays the fallback, the notification only makes the relay p
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 import weakref
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import psycopg
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
+from outbox.errors import ConfigurationError
 from outbox.settings import settings_for
 
-log = logging.getLogger("outboxkit.outbox")
+if TYPE_CHECKING:
+    from outbox.notifier import Notifier
+
 _WROTE: Final = "outboxkit.wrote-to"
-_PACE: Final = 0.02  # seconds between two notifications from one process
-_notifiers: weakref.WeakKeyDictionary[Engine, _Notifier] = weakref.WeakKeyDictionary()
+_notifiers: weakref.WeakKeyDictionary[Engine, Notifier] = weakref.WeakKeyDictionary()
 _notifiers_guard = threading.Lock()
 
 
 def wrote_events(session: Session, engine: Engine) -> None:
-    """Called when `session` wrote outbox rows on `engine`; the relay is woken once it commits."""
-    if engine.dialect.name == "postgresql" and settings_for(session).notify_channel:
-        session.info[_WROTE] = engine
+    """Called when `session` wrote outbox rows on `engine`; the relay is woken once it commits.
+
+    The notifier is made here, before the commit, so a missing psycopg fails the write that needs
+    it, with what to do, rather than a hook after a commit that already happened."""
+    if engine.dialect.name == "postgresql" and (channel := settings_for(session).notify_channel):
+        session.info[_WROTE] = _notifier(engine, channel)
         if not event.contains(Session, "after_commit", _after_commit):
             event.listen(Session, "after_commit", _after_commit)
             event.listen(Session, "after_rollback", _after_rollback)
 
 
 def _after_commit(session: Session) -> None:
-    engine = session.info.pop(_WROTE, None)
-    if engine is not None:
-        _notifier(engine, settings_for(session).notify_channel).poke()
+    notifier = session.info.pop(_WROTE, None)
+    if notifier is not None:
+        notifier.poke()
 
 
 def _after_rollback(session: Session) -> None:
     session.info.pop(_WROTE, None)
 
 
-def _notifier(engine: Engine, channel: str) -> _Notifier:
+def _notifier(engine: Engine, channel: str) -> Notifier:
     with _notifiers_guard:
         notifier = _notifiers.get(engine)
         if notifier is None:
-            notifier = _notifiers[engine] = _Notifier(engine, channel)
-        return notifier
-
-
-class _Notifier:
-    """One daemon thread per engine: waits for a poke, sends one NOTIFY, repeats.
-
-    It talks to the server with a plain psycopg connection of its own, whatever driver the engine
-    uses (an async engine's connections cannot be used from a thread).
-    """
-
-    def __init__(self, engine: Engine, channel: str) -> None:
-        self._conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self._channel = channel
-        self._conn: psycopg.Connection[object] | None = None
-        self._poked = threading.Event()
-        threading.Thread(target=self._run, name="outboxkit-notify", daemon=True).start()
-
-    def poke(self) -> None:
-        self._poked.set()
-
-    def _run(self) -> None:
-        while True:
-            self._poked.wait()
-            self._poked.clear()  # commits from here on get a NOTIFY of their own
             try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(self._conninfo, autocommit=True)
-                self._conn.execute("select pg_notify(%s, '')", (self._channel,))
-            except psycopg.Error as exc:
-                log.debug("could not wake the relay (%s); it will find the events by polling", exc)
-                self._conn = None
-            time.sleep(_PACE)
+                from outbox.notifier import Notifier  # noqa: PLC0415 - psycopg is the `postgres` extra
+            except ModuleNotFoundError as exc:
+                raise ConfigurationError(
+                    f"waking the relay after commits on PostgreSQL needs psycopg 3 ({exc}): "
+                    "pip install 'outboxkit[postgres]', or set OUTBOXKIT_OUTBOX_NOTIFY_CHANNEL='' "
+                    "and the relay finds the events by polling"
+                ) from exc
+            notifier = _notifiers[engine] = Notifier(engine, channel)
+        return notifier

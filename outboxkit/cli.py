@@ -36,7 +36,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
-    named = Named(" ".join(filter(None, (args.command, getattr(args, "action", None)))))
+    # Alembic announces each of its plugins at INFO as it loads, which a command now does after
+    # logging is set up (it imports its process when it runs): news to no operator.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    named = Named(
+        " ".join(filter(None, (args.command, getattr(args, "action", None)))),
+        extras=getattr(args, "extras", ""),
+    )
     if {args.command, getattr(args, "action", None)} & TOOLS:
         # What librdkafka retries, and our own "unreachable, retrying", only come before the same
         # news in the tool's closing line (or are no news at all when it answers).

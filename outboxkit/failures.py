@@ -7,37 +7,46 @@ and this module walks the chain to the cause an operator can act on — a settin
 a Kafka property librdkafka does not know, a database or a broker that does not answer — and
 names the environment variable that points there. An error it cannot place is a bug: it is not
 translated, so its traceback shows.
+
+It imports none of the processes, nor Kafka's client: an error of a package can only have been
+raised once the command imported that package, so its classes are looked up among the modules
+already loaded (`_loaded`). `outboxkit relay run` loads nothing of the sink, DuckDB or Alembic for
+its failures, and `outboxkit migrate` runs on the app library's base install. An optional dependency
+the command needs but the install lacks is one line naming the extra to install.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, get_origin
+from typing import TYPE_CHECKING, Any, TypeVar, get_origin
 
-from alembic.util import CommandError
-from confluent_kafka import KafkaError, KafkaException
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsError
 from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from relay import RelayError
-from runtime.kafka import KafkaSettings
 from runtime.process import ExitCode
 from runtime.startup import StartTimeoutError
-from sink import SinkConfigError, SinkError
-from verify.kafka import VerifyError
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError
 
 S = TypeVar("S", bound=BaseSettings)
-_UNREACHABLE = {
-    KafkaError._TRANSPORT,
-    KafkaError._ALL_BROKERS_DOWN,
-    KafkaError._RESOLVE,
-    KafkaError._TIMED_OUT,
-}
+_UNREACHABLE = ("_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE", "_TIMED_OUT")  # KafkaError's codes
+# What the extras bring (pyproject.toml): a command that misses one of these misses an extra.
+_OPTIONAL = (
+    "confluent_kafka",
+    "duckdb",
+    "duckdb_engine",
+    "orjson",
+    "psycopg",
+    "psycopg2",
+    "opentelemetry.sdk",
+)
 CHECK = "check that it is running and that the setting is right"
 
 
@@ -61,12 +70,13 @@ class Named:
     bootstrap: tuple[str, str] | None = None  # setting -> the servers
     kafka_config: str = "the Kafka config"  # the setting of librdkafka's properties
     remedy: str = CHECK  # what to do about a service that does not answer
+    extras: str = ""  # the install the command needs beyond the base one: "sink,duckdb"
 
     def load(self, model: type[S], **values: Any) -> S:
         self.model, self.prefix = model, str(model.model_config.get("env_prefix", ""))
         settings = model(**values)
         for name, value in settings:
-            if isinstance(value, KafkaSettings):
+            if isinstance(value, _loaded("runtime.kafka", "KafkaSettings")):
                 self.bootstrap = (self.env(name, "bootstrap_servers"), value.bootstrap_servers)
                 self.kafka_config = self.env(name, "config")
             elif name.endswith("_url") and value is not None:
@@ -113,11 +123,43 @@ class Named:
 
 def explain(exc: BaseException, named: Named) -> Failure | None:
     """The one line and exit code for `exc`; None for an error nobody foresaw (a bug)."""
-    for translate in (_settings, _kafka_config, _own_code, _started, _database, _broker, _own, _migration):
+    for translate in (
+        _missing_extra,
+        _settings,
+        _kafka_config,
+        _own_code,
+        _started,
+        _database,
+        _broker,
+        _own,
+        _migration,
+    ):
         failure = translate(exc, named)
         if failure is not None:
             return failure
     return None
+
+
+def _loaded(module: str, name: str) -> Any:
+    """The class `module.name` if `module` was imported, else one that nothing is an instance of
+    (an error of a package nobody imported was not raised)."""
+    loaded = sys.modules.get(module)
+    return getattr(loaded, name) if loaded is not None else _NotLoadedError
+
+
+class _NotLoadedError(Exception):
+    """The stand-in for the error classes of a package that was not loaded."""
+
+
+def _missing_extra(exc: BaseException, named: Named) -> Failure | None:
+    """An extra the command needs is not installed (`pip install outboxkit` is the app library only)."""
+    missing = exc.name or "" if isinstance(exc, ModuleNotFoundError) else ""
+    if not named.extras or not any(missing == m or missing.startswith(f"{m}.") for m in _OPTIONAL):
+        return None
+    return Failure(
+        f"{missing} is not installed; this command needs pip install 'outboxkit[{named.extras}]'",
+        ExitCode.CONFIG,
+    )
 
 
 def _settings(exc: BaseException, named: Named) -> Failure | None:
@@ -141,7 +183,7 @@ def _reason(error: ErrorDetails) -> str:
 
 
 def _kafka_config(exc: BaseException, named: Named) -> Failure | None:
-    error = _kafka_error(exc, {KafkaError._INVALID_ARG})
+    error = _kafka_error(exc, ("_INVALID_ARG",))
     if error is None:
         return None
     return Failure(
@@ -153,9 +195,9 @@ def _kafka_config(exc: BaseException, named: Named) -> Failure | None:
 
 def _own_code(exc: BaseException, named: Named) -> Failure | None:
     """Our errors with a code of their own (fenced: 3; invalid settings: 2) keep it."""
-    if isinstance(exc, RelayError) and exc.exit_code != ExitCode.ERROR:
+    if isinstance(exc, _loaded("relay", "RelayError")) and exc.exit_code != ExitCode.ERROR:
         return Failure(_first_line(exc), exc.exit_code)
-    if isinstance(exc, SinkConfigError):
+    if isinstance(exc, _loaded("sink", "SinkConfigError")):
         return Failure(f"invalid settings: {_first_line(exc)}", ExitCode.CONFIG)
     return None
 
@@ -207,21 +249,34 @@ def _broker(exc: BaseException, named: Named) -> Failure | None:
 
 
 def _own(exc: BaseException, named: Named) -> Failure | None:
-    if isinstance(exc, RelayError | SinkError | VerifyError | SQLAlchemyError):
+    own = (
+        _loaded("relay", "RelayError"),
+        _loaded("sink", "SinkError"),
+        _loaded("verify.kafka", "VerifyError"),
+    )
+    if isinstance(exc, (*own, SQLAlchemyError)):
         return Failure(_first_line(exc), ExitCode.ERROR)
     return None
 
 
 def _migration(exc: BaseException, named: Named) -> Failure | None:
     """Alembic's own refusal (an unknown revision, say) says it all."""
-    return Failure(str(exc), ExitCode.ERROR) if isinstance(exc, CommandError) else None
+    return (
+        Failure(str(exc), ExitCode.ERROR)
+        if isinstance(exc, _loaded("alembic.util", "CommandError"))
+        else None
+    )
 
 
-def _kafka_error(exc: BaseException, codes: set[int]) -> KafkaError | None:
+def _kafka_error(exc: BaseException, codes: Iterable[str]) -> KafkaError | None:
+    """The KafkaError in `exc`'s chain whose code is one of `codes` (KafkaError's names for them)."""
+    kafka_error = _loaded("confluent_kafka", "KafkaError")
     for cause in _chain(exc):
-        if isinstance(cause, KafkaException) and cause.args and isinstance(cause.args[0], KafkaError):
+        if isinstance(cause, _loaded("confluent_kafka", "KafkaException")) and isinstance(
+            next(iter(cause.args), None), kafka_error
+        ):
             error: KafkaError = cause.args[0]
-            if error.code() in codes:
+            if error.code() in {getattr(kafka_error, code) for code in codes}:
                 return error
     return None
 

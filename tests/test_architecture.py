@@ -86,6 +86,31 @@ def test_the_sink_and_the_checker_load_nothing_of_the_app_side_library(package: 
     assert "sqlalchemy.orm" not in loaded  # the app's ORM mixin and sessions: SQLAlchemy Core suffices
 
 
+def test_the_relay_command_loads_nothing_of_the_sink_or_its_drivers() -> None:
+    """The `outboxkit` command imports a command's process only when it runs (its parser is all
+    the others contribute), so `outboxkit relay run` carries no DuckDB, orjson or sink."""
+    loaded = _loaded_by(
+        "import outboxkit.cli\noutboxkit.cli._parser().parse_args(['relay', 'run'])\nimport relay"
+    )
+    assert "relay.run" in loaded
+    assert {name.split(".")[0] for name in loaded} & {
+        "sink",
+        "verify",
+        "duckdb",
+        "duckdb_engine",
+        "orjson",
+    } == set()
+
+
+def test_the_app_library_loads_none_of_the_processes_dependencies() -> None:
+    """`pip install outboxkit` brings no Kafka client, DuckDB, orjson or psycopg: `import outbox` must
+    not need them (psycopg only once a PostgreSQL app's first write wakes the relay)."""
+    loaded = _loaded_by("import outbox")
+    assert "outbox.mixin" in loaded
+    processes = {"runtime", "confluent_kafka", "duckdb", "orjson", "psycopg", "opentelemetry.sdk"}
+    assert {name for name in loaded if name in processes or name.split(".")[0] in processes} == set()
+
+
 # One import each contract forbids, planted in a copy of the code: (module, line).
 PLANTS = {
     "The app-side library knows nothing of the processes": ("outbox/ids.py", "import runtime.backoff"),

@@ -116,6 +116,57 @@ def test_the_other_commands_fail_in_one_line_naming_the_setting(
     one_line_failure(outboxkit(*command, env=app | env), code, setting)
 
 
+def without(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`outboxkit <args>` in an install that lacks `module` (its import fails as a missing one does)."""
+    run = f"import sys; sys.modules[{module!r}] = None\nfrom outboxkit.cli import main\n"
+    run += f"sys.exit(main({args!r}))"
+    return subprocess.run(
+        [sys.executable, "-c", run],
+        cwd=ROOT,
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "command", "extras"),
+    [
+        ("duckdb", ("sink", "run"), "sink,duckdb"),
+        ("orjson", ("sink", "status"), "sink,duckdb"),
+        ("confluent_kafka", ("relay", "run"), "relay"),
+        ("confluent_kafka", ("verify",), "sink,duckdb"),
+    ],
+)
+def test_a_command_whose_extra_is_not_installed_names_the_extra(
+    module: str, command: tuple[str, ...], extras: str, sink_env: dict[str, str]
+) -> None:
+    line = one_line_failure(without(module, *command, env=sink_env), 2, f"pip install 'outboxkit[{extras}]'")
+    assert line.startswith(f"outboxkit {' '.join(command)}: {module} is not installed"), line
+
+
+def test_an_app_on_postgresql_without_psycopg_is_told_how_to_wake_the_relay() -> None:
+    """The app library's base install has no psycopg: the first write that would wake the relay
+    fails before its commit, saying what to install or how to do without."""
+    write = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from sqlalchemy import create_engine\nfrom sqlalchemy.orm import Session\n"
+        "from outbox.wakeup import wrote_events\n"
+        f"engine = create_engine({PG_AWAY.replace('+psycopg', '+psycopg2')!r})\n"
+        "wrote_events(Session(engine), engine)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", write], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert (
+        "outbox.errors.ConfigurationError: waking the relay after commits on PostgreSQL needs psycopg 3"
+        in (done.stderr)
+    ), done.stderr
+    assert "pip install 'outboxkit[postgres]', or set OUTBOXKIT_OUTBOX_NOTIFY_CHANNEL=''" in done.stderr
+
+
 def test_migrate_names_its_url_flag() -> None:
     one_line_failure(outboxkit("migrate", "--url", PG_AWAY, env={}), 1, "--url", "Connection refused")
     refused = outboxkit("migrate", "--url", "postgresql://app@db:abc/shop", env={})

@@ -39,11 +39,11 @@ def register(commands: Commands) -> None:
         action="store_true",
         help="also stop and start Kafka and PostgreSQL (./scripts/services)",
     )
-    chaos.set_defaults(handler=_chaos)
+    chaos.set_defaults(handler=_chaos, extras="relay,sink,duckdb")
 
 
 def _chaos(args: argparse.Namespace, named: Named) -> int:
-    from outboxkit.chaos import ChaosSettings, run_chaos  # noqa: PLC0415 - models load only when asked for
+    from outboxkit.chaos import ChaosSettings, run_chaos
 
     flags = {"seconds": args.seconds, "events": args.events, "faults": args.faults}
     flags["fault_every"] = args.fault_every

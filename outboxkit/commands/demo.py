@@ -34,11 +34,11 @@ def register(commands: Commands) -> None:
         type=Path,
         help="keep the SQLite and DuckDB files here, replaced at each run (default: a temp dir, removed)",
     )
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=_demo, extras="relay,sink,duckdb")
 
 
 def _demo(args: argparse.Namespace, named: Named) -> int:
-    from outboxkit.demo import DemoSettings, run_demo  # noqa: PLC0415 - models load only when asked for
+    from outboxkit.demo import DemoSettings, run_demo
 
     flags = {name: getattr(args, name) for name in ("seconds", "rate", "writers", "app_db", "warehouse")}
     settings = named.load(DemoSettings, **{name: value for name, value in flags.items() if value is not None})

@@ -6,7 +6,6 @@ import argparse
 
 from sqlalchemy import make_url
 
-from outbox import schema
 from outboxkit.commands import Commands
 from outboxkit.failures import Named
 from runtime.process import ExitCode
@@ -37,6 +36,8 @@ def _database_url(text: str) -> str:
 
 
 def _migrate(args: argparse.Namespace, named: Named) -> int:
+    from outbox import schema
+
     named.database("--url", args.url)
     (schema.downgrade if args.downgrade else schema.upgrade)(args.url, args.revision)
     print(f"outboxkit migrate: the outbox tables are at {args.revision} in {make_url(args.url)!r}")

@@ -7,11 +7,7 @@ import argparse
 from outboxkit.commands import Commands
 from outboxkit.commands.processes import run_and_status
 from outboxkit.failures import Named
-from relay import RelaySettings, relay_from_settings
-from relay.names import SERVICE as RELAY_SERVICE
-from relay.status import relay_status
 from runtime.process import ExitCode, StopFlag
-from runtime.telemetry import traced
 
 
 def register(commands: Commands) -> None:
@@ -22,18 +18,26 @@ def register(commands: Commands) -> None:
         run=_run,
         status=_status,
         status_help="backlog, oldest waiting event, checkpoint and lease holder per shard, quarantine",
+        extras="relay",
     )
 
 
 def _run(args: argparse.Namespace, named: Named) -> int:
+    from relay import RelaySettings, relay_from_settings
+    from relay.names import SERVICE
+    from runtime.telemetry import traced
+
     settings = named.load(RelaySettings)
     stop = StopFlag()
-    with traced(RELAY_SERVICE):
+    with traced(SERVICE):
         relay_from_settings(settings, stop).run(stop, drain=args.drain)
     return ExitCode.OK
 
 
 def _status(args: argparse.Namespace, named: Named) -> int:
+    from relay import RelaySettings
+    from relay.status import relay_status
+
     report = relay_status(named.load(RelaySettings))
     print(report.to_json() if args.json else report.render())
     return ExitCode.OK

@@ -11,12 +11,6 @@ from outboxkit.commands import Commands
 from outboxkit.commands.processes import run_and_status
 from outboxkit.failures import Named
 from runtime.process import ExitCode, StopFlag
-from runtime.telemetry import traced
-from sink import SinkSettings, sink_from_settings
-from sink.names import SERVICE as SINK_SERVICE
-from sink.replay import replay, skip
-from sink.run import tune_gc
-from sink.status import sink_status
 
 
 def register(commands: Commands) -> None:
@@ -27,6 +21,7 @@ def register(commands: Commands) -> None:
         run=_run,
         status=_status,
         status_help="stored offset, lag and stop reason per partition, tables, dead letters",
+        extras="sink,duckdb",  # DuckDB is the default warehouse, and sink.loaders imports its driver
     )
     _register_replay(actions)
     _register_skip(actions)
@@ -60,8 +55,13 @@ def _register_skip(actions: Commands) -> None:
 
 
 def _run(args: argparse.Namespace, named: Named) -> int:
+    from runtime.telemetry import traced
+    from sink import SinkSettings, sink_from_settings
+    from sink.names import SERVICE
+    from sink.run import tune_gc
+
     settings = named.load(SinkSettings)
-    with traced(SINK_SERVICE):
+    with traced(SERVICE):
         sink = sink_from_settings(settings)
         tune_gc()
         stats = sink.run(StopFlag(), drain=args.drain)
@@ -74,12 +74,18 @@ def _run(args: argparse.Namespace, named: Named) -> int:
 
 
 def _status(args: argparse.Namespace, named: Named) -> int:
+    from sink import SinkSettings
+    from sink.status import sink_status
+
     report = sink_status(named.load(SinkSettings))
     print(report.to_json() if args.json else report.render())
     return ExitCode.OK
 
 
 def _replay(args: argparse.Namespace, named: Named) -> int:
+    from sink import SinkSettings
+    from sink.replay import replay
+
     moved = replay(
         named.load(SinkSettings),
         from_offset=args.from_offset,
@@ -94,6 +100,9 @@ def _replay(args: argparse.Namespace, named: Named) -> int:
 
 
 def _skip(args: argparse.Namespace, named: Named) -> int:
+    from sink import SinkSettings
+    from sink.replay import skip
+
     now = skip(named.load(SinkSettings), args.topic, args.partition, args.to_offset)
     stored = "none (nothing to skip)" if now is None else now
     print(f"{args.topic}[{args.partition}]: stored offset {stored}; restart the sink to read on from it")

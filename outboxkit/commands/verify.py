@@ -7,7 +7,6 @@ import argparse
 from outboxkit.commands import Commands
 from outboxkit.failures import Named
 from runtime.process import ExitCode
-from verify import VerifySettings, verify
 
 
 def register(commands: Commands) -> None:
@@ -17,10 +16,12 @@ def register(commands: Commands) -> None:
         "(settings from OUTBOXKIT_VERIFY_*)",
     )
     check.add_argument("--json", action="store_true", help="machine-readable output")
-    check.set_defaults(handler=_verify)
+    check.set_defaults(handler=_verify, extras="sink,duckdb")  # Kafka's consumer, the default warehouse
 
 
 def _verify(args: argparse.Namespace, named: Named) -> int:
+    from verify import VerifySettings, verify
+
     findings = verify(named.load(VerifySettings))
     print(findings.to_json() if args.json else findings.render())
     return ExitCode.OK if findings.ok else ExitCode.ERROR

@@ -25,11 +25,11 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from relay import RelayError
+from runtime.errors import StartTimeoutError
 from runtime.kafka import KafkaSettings
 from runtime.process import ExitCode
-from runtime.startup import StartTimeoutError
-from sink import SinkConfigError, SinkError
-from verify.kafka import VerifyError
+from sink import SinkError
+from verify.errors import VerifyError
 
 S = TypeVar("S", bound=BaseSettings)
 _UNREACHABLE = {
@@ -152,12 +152,12 @@ def _kafka_config(exc: BaseException, named: Named) -> Failure | None:
 
 
 def _own_code(exc: BaseException, named: Named) -> Failure | None:
-    """Our errors with a code of their own (fenced: 3; invalid settings: 2) keep it."""
-    if isinstance(exc, RelayError) and exc.exit_code != ExitCode.ERROR:
-        return Failure(_first_line(exc), exc.exit_code)
-    if isinstance(exc, SinkConfigError):
-        return Failure(f"invalid settings: {_first_line(exc)}", ExitCode.CONFIG)
-    return None
+    """Our errors with a code of their own keep it: each package's configuration error (2, said as
+    invalid settings, like pydantic's refusals) and a fenced relay (3)."""
+    if not isinstance(exc, RelayError | SinkError) or exc.exit_code == ExitCode.ERROR:
+        return None
+    prefix = "invalid settings: " if exc.exit_code == ExitCode.CONFIG else ""
+    return Failure(prefix + _first_line(exc), exc.exit_code)
 
 
 def _started(exc: BaseException, named: Named) -> Failure | None:

@@ -19,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Tracer
 from sqlalchemy import Engine, create_engine
 
-from relay.capture import Backlog, CaptureSource, Position, capture_for
+from relay.capture import Backlog, CaptureSource, Position, capture_for, expect_shards
 from relay.checkpoint import Checkpoints
 from relay.errors import PublishAbortedError, RelayError, UnpublishableRecordError
 from relay.leases import AdvisoryLeases, Leases, SoleLease
@@ -197,6 +197,7 @@ def relay_from_settings(
     # No pool_pre_ping: a connection lost to a database restart fails one fetch, the pool drops
     # it, and the retry gets a new one — cheaper than a ping before every fetch.
     engine = create_engine(settings.database_url.get_secret_value())
+    expect_shards(engine, settings.shards)  # SQLite takes no lease: shards would go unnoticed
     leases: Leases = (
         AdvisoryLeases(
             engine,

@@ -1,6 +1,23 @@
 """The app-side exception tree. Everything here is raised inside the application's transaction
 (at `publish()` or at flush), so its commit fails while the business data is still in its hands —
-never later, in the relay, where the event would have to be dropped or would block a partition."""
+never later, in the relay, where the event would have to be dropped or would block a partition.
+
+    OutboxError                   the root: never raised itself
+    ├── ConfigurationError        a model or event declares outbox settings that cannot work
+    │                             (raised when it is defined), or the database is neither PostgreSQL
+    │                             nor SQLite; the developer fixes the declaration or the database
+    ├── PayloadError              a payload that cannot be serialised; send JSON-able values
+    │   └── PayloadTooLargeError  above OUTBOXKIT_OUTBOX_MAX_PAYLOAD_BYTES; send less, or raise it
+    │                             together with Kafka's message.max.bytes
+    ├── HeaderError               a header that is reserved or not text; rename it or send a string
+    ├── ValueTooLongError         a key, aggregate type or event type longer than its column; shorten it
+    ├── TopicError                a topic name Kafka would reject; the message says why
+    └── BulkOperationError        a bulk ORM statement on an outbox model, which would skip capture;
+                                  change the objects one by one in the session
+
+`ConfigurationError` is this package's configuration error: the app library has no process and
+no exit code, so the name stays as published rather than the processes' `ConfigError`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +27,8 @@ class OutboxError(Exception):
 
 
 class ConfigurationError(OutboxError):
-    """A model or event declares outbox settings that cannot work; raised when it is defined."""
+    """A model or event declares outbox settings that cannot work (raised when it is defined), or
+    the outbox is on a database outboxkit does not write to."""
 
 
 class PayloadError(OutboxError):

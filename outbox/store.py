@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Connection, TextClause, insert, text
 from sqlalchemy.dialects import sqlite
 
-from outbox.errors import OutboxError
+from outbox.errors import ConfigurationError
 from outbox.table import outbox_table, versions_table
 
 Row = dict[str, Any]
@@ -74,7 +74,9 @@ def store(conn: Connection, rows: Sequence[Row]) -> None:
     elif conn.dialect.name == "sqlite":
         _store_sqlite(conn, rows)
     else:
-        raise OutboxError(f"outboxkit writes outbox rows on PostgreSQL and SQLite, not {conn.dialect.name}")
+        raise ConfigurationError(
+            f"outboxkit writes outbox rows on PostgreSQL and SQLite, not {conn.dialect.name}"
+        )
 
 
 def _store_postgresql(conn: Connection, rows: Sequence[Row]) -> None:

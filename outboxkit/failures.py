@@ -29,8 +29,8 @@ from pydantic_settings import BaseSettings, SettingsError
 from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
+from runtime.errors import StartTimeoutError
 from runtime.process import ExitCode
-from runtime.startup import StartTimeoutError
 
 if TYPE_CHECKING:
     from confluent_kafka import KafkaError
@@ -194,12 +194,14 @@ def _kafka_config(exc: BaseException, named: Named) -> Failure | None:
 
 
 def _own_code(exc: BaseException, named: Named) -> Failure | None:
-    """Our errors with a code of their own (fenced: 3; invalid settings: 2) keep it."""
-    if isinstance(exc, _loaded("relay", "RelayError")) and exc.exit_code != ExitCode.ERROR:
-        return Failure(_first_line(exc), exc.exit_code)
-    if isinstance(exc, _loaded("sink", "SinkConfigError")):
-        return Failure(f"invalid settings: {_first_line(exc)}", ExitCode.CONFIG)
-    return None
+    """Our errors with a code of their own keep it: each package's configuration error (2, said as
+    invalid settings, like pydantic's refusals) and a fenced relay (3)."""
+    if not isinstance(exc, _loaded("relay", "RelayError") | _loaded("sink", "SinkError")):
+        return None
+    if exc.exit_code == ExitCode.ERROR:
+        return None
+    prefix = "invalid settings: " if exc.exit_code == ExitCode.CONFIG else ""
+    return Failure(prefix + _first_line(exc), exc.exit_code)
 
 
 def _started(exc: BaseException, named: Named) -> Failure | None:
@@ -252,7 +254,7 @@ def _own(exc: BaseException, named: Named) -> Failure | None:
     own = (
         _loaded("relay", "RelayError"),
         _loaded("sink", "SinkError"),
-        _loaded("verify.kafka", "VerifyError"),
+        _loaded("verify.errors", "VerifyError"),
     )
     if isinstance(exc, (*own, SQLAlchemyError)):
         return Failure(_first_line(exc), ExitCode.ERROR)

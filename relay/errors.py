@@ -1,7 +1,25 @@
 """The relay's exception tree, each class with the process exit code it ends the relay with.
 
-Each class says what the operator should do; `exit_code` (`runtime.process.ExitCode`) lets a
-supervisor (Kubernetes) tell a fenced zombie, which must not restart in a loop against a live
+    RelayError                    the root; exit 1
+    ├── ConfigError               settings that cannot work together, or with this database (shards
+    │                             on SQLite): exit 2, at start; the message names the setting to fix
+    ├── CaptureError              the outbox cannot be read or written (database down, table
+    │   │                         missing): retried with backoff; the operator checks the database
+    │   └── UnsafeOutboxError     rows at or below the checkpoint were never published (ids reused):
+    │                             the relay stops, deletes nothing; the message says how to recover
+    ├── CheckpointError           the last committed position cannot be read back from Kafka:
+    │                             retried; the operator checks the checkpoint topic
+    ├── PublishAbortedError       a Kafka transaction was aborted, nothing of it visible: retried
+    │   └── UnpublishableRecordError  Kafka refuses one record for good: it becomes a dead letter
+    │                             (the `outbox_quarantine` table) and the rest is published
+    ├── FencedError               a newer relay took this transactional id: exit 3; never restart
+    │                             this instance in a loop, its successor is live
+    ├── KafkaFatalError           librdkafka's producer is unusable: exit 1; restart the process
+    └── LeaseLostError            the connection holding the leases broke: the relay stops
+                                  publishing those shards and stands by; nothing to do
+
+`exit_code` (`runtime.process.ExitCode`) lets a supervisor (Kubernetes) tell a settings mistake,
+which no restart fixes, and a fenced zombie, which must not restart in a loop against a live
 successor, from a crash.
 """
 
@@ -17,13 +35,13 @@ class RelayError(Exception):
 
 
 class ConfigError(RelayError):
-    """Settings that cannot work together; the message names the fields."""
+    """Settings that cannot work together, or with the database; the message names the setting."""
 
     exit_code = ExitCode.CONFIG
 
 
 class CaptureError(RelayError):
-    """The outbox cannot be read safely (wrong dialect, missing table, database down)."""
+    """The outbox cannot be read or written (missing table, database down); retried."""
 
 
 class UnsafeOutboxError(CaptureError):
@@ -62,7 +80,7 @@ class LeaseLostError(RelayError):
 
 class UnpublishableRecordError(PublishAbortedError):
     """Kafka refuses one record of the batch for good; the transaction was aborted, nothing is visible.
-    `index` is the record's place in the batch: the relay quarantines it and publishes the rest."""
+    `index` is the record's place in the batch: the relay dead-letters it and publishes the rest."""
 
     def __init__(self, index: int, reason: str) -> None:
         super().__init__(reason)

@@ -1,4 +1,7 @@
-"""Quarantine: where an outbox row goes when Kafka will never take it.
+"""Quarantine: the relay's dead letters, where an outbox row goes when Kafka will never take it.
+
+"Quarantine" is the relay's older name for a dead letter (README, "Words"); it stays in the table,
+the metric and the status lines, which databases and dashboards already use.
 
 The row is moved — inserted into `outbox_quarantine` with the reason and deleted from the outbox —
 in one database transaction, so it is in exactly one of the two at any moment, and capture,

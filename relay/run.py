@@ -20,7 +20,7 @@ from opentelemetry.trace import Link, SpanKind, Tracer
 from sqlalchemy import Engine, create_engine
 
 from relay import names
-from relay.capture import Backlog, CaptureSource, Position, capture_for
+from relay.capture import Backlog, CaptureSource, Position, capture_for, expect_shards
 from relay.checkpoint import Checkpoints
 from relay.errors import PublishAbortedError, RelayError, UnpublishableRecordError
 from relay.leases import AdvisoryLeases, Leases, SoleLease
@@ -205,6 +205,7 @@ def relay_from_settings(
     # No pool_pre_ping: a connection lost to a database restart fails one fetch, the pool drops
     # it, and the retry gets a new one — cheaper than a ping before every fetch.
     engine = create_engine(settings.database_url.get_secret_value())
+    expect_shards(engine, settings.shards)  # SQLite takes no lease: shards would go unnoticed
     leases: Leases = (
         AdvisoryLeases(
             engine,

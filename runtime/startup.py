@@ -15,16 +15,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from runtime.backoff import Backoff
+from runtime.errors import StartTimeoutError
 
 T = TypeVar("T")
-
-
-class StartTimeoutError(Exception):
-    """A start-up step kept failing for the whole start timeout; the cause is its last failure."""
-
-    def __init__(self, what: str, seconds: float) -> None:
-        super().__init__(f"{what}: still failing after {seconds:.0f} s of start-up")
-        self.seconds = seconds
 
 
 class StartWindow:

@@ -1,14 +1,35 @@
-"""The sink's exception tree. Each message says what happened and what to do next."""
+"""The sink's exception tree, each class with the process exit code it ends the sink with.
+
+    SinkError                     the root: Kafka unreachable or fatal, a topic unreadable: exit 1;
+    │                             the operator checks the named service
+    ├── SinkConfigError           settings (or a command's arguments) that would break a guarantee
+    │                             or cannot work: exit 2, at start; the message names what to fix
+    ├── WarehouseError            the warehouse rejected a batch, rolled back whole: retried, or
+    │                             (`data`) narrowed down to the record, which becomes a dead letter
+    ├── PartitionMovedError       another instance moved a partition's stored offset: the batch was
+    │                             rolled back and the partition is re-read; nothing to do
+    └── RecordsRefusedError       the writer will not apply some records (a tombstone for a key never
+                                  seen): rolled back; they become dead letters or stop, per policy
+
+Each message says what happened and what to do next; `exit_code` (`runtime.process.ExitCode`)
+lets a supervisor tell a settings mistake, which no restart fixes, from a crash.
+"""
 
 from __future__ import annotations
+
+from runtime.process import ExitCode
 
 
 class SinkError(Exception):
     """Base of every error the sink raises."""
 
+    exit_code = ExitCode.ERROR
+
 
 class SinkConfigError(SinkError):
     """Settings that would break a guarantee (e.g. read_uncommitted); the message names the field."""
+
+    exit_code = ExitCode.CONFIG
 
 
 class WarehouseError(SinkError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sink import offsets
+from sink.errors import SinkConfigError
 from sink.partitions import inspector, offsets_at, partitions
 from sink.records import Where
 from sink.run import warehouse
@@ -31,7 +32,7 @@ def replay(
         raise ValueError("give exactly one of from_offset and from_timestamp")
     unknown = set(topics or ()) - set(settings.topics)
     if unknown:
-        raise ValueError(f"topic(s) {', '.join(sorted(unknown))} are not in this sink's tables")
+        raise SinkConfigError(f"topic(s) {', '.join(sorted(unknown))} {_not_in(settings)}")
     with inspector(settings.kafka) as consumer:
         wheres = [w for w in partitions(consumer, topics or settings.topics) if partition in (None, w[1])]
         if from_timestamp is not None:
@@ -45,6 +46,10 @@ def replay(
 def skip(settings: SinkSettings, topic: str, partition: int, to_offset: int) -> int | None:
     """Accept a gap: move one partition's stored offset forward (see `offsets.skip`)."""
     if topic not in settings.topics:
-        raise ValueError(f"topic {topic} is not in this sink's tables")
+        raise SinkConfigError(f"topic {topic} {_not_in(settings)}")
     with warehouse(settings) as engine, engine.begin() as conn:
         return offsets.skip(conn, settings.group_id, (topic, partition), to_offset)
+
+
+def _not_in(settings: SinkSettings) -> str:
+    return f"not in this sink's tables (OUTBOXKIT_SINK_TABLES has {', '.join(sorted(set(settings.topics)))})"

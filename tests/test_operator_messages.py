@@ -72,6 +72,8 @@ STATUS = ("sink", "status")
         (STATUS, {SINK + "TABLES": "[{'topic': 'single quotes'}]"}, 2, SINK + "TABLES"),
         (("sink", "run"), {SINK + "TABLES": '[{"topic": "no.table"}]'}, 2, SINK + "TABLES[0]['table']"),
         (STATUS, {SINK + "KAFKA__BOOTSTRAP_SERVERS": CLOSED}, 1, SINK + "KAFKA__BOOTSTRAP_SERVERS"),
+        (("sink", "replay", "--topic", "typo", "--from-offset", "0"), {}, 2, SINK + "TABLES"),
+        (("sink", "skip", "--topic", "typo", "--partition", "0", "--to-offset", "1"), {}, 2, SINK + "TABLES"),
     ],
 )  # fmt: skip
 def test_a_sink_command_that_cannot_work_says_so_in_one_line_naming_the_setting(
@@ -104,6 +106,8 @@ def test_verify_that_cannot_check_says_so_in_one_line_naming_the_setting(
          RELAY + "DATABASE_URL"),
         (("relay", "run"), {RELAY + "LEASE_TIMEOUT": "1"}, 2, RELAY + "LEASE_TIMEOUT"),
         (("relay", "run"), {RELAY + "KAFKA__CONFIG": UNKNOWN_PROPERTY}, 2, RELAY + "KAFKA__CONFIG"),
+        (("relay", "run"), {RELAY + "SHARDS": "2"}, 2, RELAY + "SHARDS=1"),  # SQLite: one relay
+        (("relay", "status"), {RELAY + "SHARDS": "2"}, 2, RELAY + "SHARDS=1"),
         (("chaos", "--seconds", "1"), {"OUTBOXKIT_CHAOS_PG_URL": PG_AWAY}, 1, "OUTBOXKIT_CHAOS_PG_URL"),
         (("demo", "--seconds", "1", "--app-db", "postgres"), {"OUTBOXKIT_DEMO_PG_URL": PG_AWAY}, 1,
          "OUTBOXKIT_DEMO_PG_URL"),

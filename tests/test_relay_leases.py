@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, insert, text
 import outbox
 from relay import AdvisoryLeases, Checkpoints, PostgresCapture, RelayService, RelaySettings, RelayStats, Shard
 from relay.capture import Position, capture_for
-from relay.errors import CaptureError, CheckpointError, LeaseLostError
+from relay.errors import CheckpointError, ConfigError, LeaseLostError
 from relay.publisher import TransactionalPublisher
 from relay.run import transactional_id
 from runtime.kafka import KafkaSettings
@@ -115,7 +115,7 @@ def test_a_source_published_with_another_shard_count_is_refused_not_published_ag
 def test_settings_that_cannot_work_are_refused() -> None:
     with pytest.raises(ValidationError, match="lease_timeout must be more than twice lease_interval"):
         RelaySettings(lease_interval=5, lease_timeout=8)
-    with pytest.raises(CaptureError, match="SHARDS=1"):
+    with pytest.raises(ConfigError, match="SHARDS=1"):
         capture_for(create_engine("sqlite://"), Shard(0, 2))
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from runtime.kafka import KafkaSettings
+from verify.errors import VerifyError
 from wire.headers import (
     HEADER_AGGREGATE_ID,
     HEADER_AGGREGATE_TYPE,
@@ -23,10 +24,6 @@ from wire.headers import (
 
 # What a partition answers while its leader moves (a broker restarting): asked again, not an error.
 _MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TRANSPORT}
-
-
-class VerifyError(Exception):
-    """The check itself could not run (a topic missing, Kafka away); not a finding."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ SQLAlchemy or pydantic. Everything that crosses Kafka is named here and nowhere 
 * the **partition** of a key is Kafka's own rule (`wire.partitioning`).
 
 A consumer that finds a record without the required headers gets an `EnvelopeError` naming what is
-missing, with the raw bytes kept so it can be quarantined rather than lost.
+missing, with the raw bytes kept so it can be dead-lettered rather than lost.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from wire.errors import EnvelopeError
 from wire.headers import (
     HEADER_AGGREGATE_ID,
     HEADER_AGGREGATE_TYPE,
@@ -45,16 +46,6 @@ from wire.headers import (
 MAX_DIGITS: Final = 18  # versions are 64-bit signed integers in the outbox and the warehouse
 
 KafkaHeaders = Sequence[tuple[str, str | bytes | None]]
-
-
-class EnvelopeError(ValueError):
-    """A Kafka record that is not an outboxkit envelope. Carries the raw record for quarantine."""
-
-    def __init__(self, reason: str, *, key: bytes | None, value: bytes | None) -> None:
-        super().__init__(f"not an outboxkit event: {reason}")
-        self.reason = reason
-        self.key = key
-        self.value = value
 
 
 @dataclass(frozen=True, slots=True)

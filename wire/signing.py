@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import Final
 
 from wire.envelope import Envelope
+from wire.errors import SigningKeyError
 
 KEY_ID: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MIN_SECRET_BYTES: Final = 32  # as long as the digest: a shorter secret is the weaker part of the MAC
@@ -62,9 +63,9 @@ def _digest(secret: bytes, envelope: Envelope) -> str:
 
 def _checked_secret(key_id: str, secret: bytes) -> bytes:
     if not KEY_ID.match(key_id):
-        raise ValueError(f"signing key id {key_id!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        raise SigningKeyError(f"signing key id {key_id!r}: use 1-64 letters, digits, '.', '_' or '-'")
     if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(
+        raise SigningKeyError(
             f"signing key {key_id!r} has {len(secret)} bytes; use at least {MIN_SECRET_BYTES} random "
             "bytes (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
         )
@@ -90,7 +91,7 @@ class Verifier:
 
     def __init__(self, keys: Mapping[str, bytes]) -> None:
         if not keys:
-            raise ValueError("a verifier needs at least one signing key")
+            raise SigningKeyError("a verifier needs at least one signing key")
         self._keys = {key_id: _checked_secret(key_id, secret) for key_id, secret in keys.items()}
 
     def __repr__(self) -> str:

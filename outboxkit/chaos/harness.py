@@ -32,7 +32,7 @@ from outboxkit.writers import FAILED
 from relay.topics import ensure_topic
 from runtime.kafka import KafkaSettings
 from verify import Findings, VerifySettings, verify
-from verify.kafka import VerifyError
+from verify.errors import VerifyError
 
 PAUSE = 5.0  # seconds a paused relay sleeps: past its lease timeout (3 s) and its transaction timeout
 

@@ -7,7 +7,7 @@ from relay.capture.postgres import PostgresCapture
 from relay.capture.rows import envelope_of
 from relay.capture.source import Backlog, Batch, CaptureSource, OutboxRecord, Position
 from relay.capture.sqlite import SqliteCapture
-from relay.errors import CaptureError
+from relay.errors import ConfigError
 from relay.shards import ONLY, Shard
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "SqliteCapture",
     "capture_for",
     "envelope_of",
+    "expect_shards",
 ]
 
 
@@ -27,6 +28,12 @@ def capture_for(engine: Engine, shard: Shard = ONLY) -> CaptureSource:
     """The capture source for the engine's database (and one shard of it, on PostgreSQL)."""
     if engine.dialect.name == "postgresql":
         return PostgresCapture(engine, shard)
-    if shard.count > 1:
-        raise CaptureError("an SQLite outbox has one relay and one shard: set OUTBOXKIT_RELAY_SHARDS=1")
+    expect_shards(engine, shard.count)
     return SqliteCapture(engine)
+
+
+def expect_shards(engine: Engine, count: int) -> None:
+    """Refuse `count` shards where relays cannot share the outbox: SQLite has no advisory locks
+    to lease shards with (`SoleLease`), so one relay reads all of it; PostgreSQL's leases split it."""
+    if engine.dialect.name != "postgresql" and count > 1:
+        raise ConfigError("an SQLite outbox has one relay and one shard: set OUTBOXKIT_RELAY_SHARDS=1")

@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from outbox.table import outbox_table
 from relay.capture.source import Backlog, OutboxRecord
-from relay.errors import CaptureError
+from relay.errors import CaptureError, ConfigError
 from wire import Envelope
 
 OUTBOX = outbox_table.c
@@ -35,7 +35,7 @@ START_OVER = (
 
 def expect_dialect(engine: Engine, dialect: str, why: str) -> None:
     if engine.dialect.name != dialect:
-        raise CaptureError(
+        raise ConfigError(
             f"this capture source reads {dialect} only ({why}), not {engine.dialect.name}; "
             "outboxkit captures from SQLite and PostgreSQL"
         )

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from relay import FencedError, Relay, RelayService, SoleLease, SqliteCapture, TransactionalPublisher
-from relay.errors import CaptureError, KafkaFatalError
+from relay.errors import ConfigError, KafkaFatalError
 from relay.shards import Shard
 from runtime.backoff import Backoff
 from runtime.kafka import KafkaSettings
@@ -90,5 +90,5 @@ def dies_before_commit(publisher: TransactionalPublisher, envelopes: Sequence[En
 
 
 def test_sqlite_capture_refuses_a_database_where_id_order_is_not_commit_order() -> None:
-    with pytest.raises(CaptureError, match="skips rows"):
+    with pytest.raises(ConfigError, match="skips rows"):  # a setting to fix, not an outage to retry
         SqliteCapture(create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))

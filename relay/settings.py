@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.kafka import KafkaSettings
 from runtime.observe import EVERY_INTERFACE, HttpHost
 from runtime.urls import usable_url
 from wire import Signer
-from wire.signing import MIN_SECRET_BYTES
+from wire.errors import SigningKeyError
+from wire.signing import checked_secret
 
 
 class RelaySettings(BaseSettings):
@@ -114,12 +115,14 @@ class RelaySettings(BaseSettings):
             )
         return self
 
-    @field_validator("signing_key")
-    @classmethod
-    def _long_enough(cls, key: SecretStr | None) -> SecretStr | None:
-        if key is not None and len(key.get_secret_value().encode()) < MIN_SECRET_BYTES:
-            raise ValueError(f"use at least {MIN_SECRET_BYTES} random bytes (the value is not shown)")
-        return key
+    @model_validator(mode="after")
+    def _usable_key(self) -> RelaySettings:
+        if self.signing_key is not None:
+            try:
+                checked_secret(self.signing_key_id, self.signing_key.get_secret_value().encode())
+            except SigningKeyError as exc:  # named by field: the command spells it as its variable
+                raise ValueError(f"signing_key: {exc}") from None
+        return self
 
     @property
     def signer(self) -> Signer | None:

@@ -14,7 +14,7 @@ from sink.loaders import loader_for
 from sink.mapping import TableMapping
 from sink.merge import MAX_VERSION_JUMP
 from wire import Verifier
-from wire.signing import KEY_ID, MIN_SECRET_BYTES
+from wire.signing import checked_secret
 
 
 def _writable(url: SecretStr) -> SecretStr:
@@ -77,12 +77,7 @@ class SinkSettings(BaseSettings):
     @classmethod
     def _usable_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
         for key_id, secret in keys.items():
-            if not KEY_ID.match(key_id):
-                raise ValueError(f"key id {key_id[:64]!r}: use 1-64 letters, digits, '.', '_' or '-'")
-            if len(secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
-                raise ValueError(
-                    f"key {key_id!r}: use at least {MIN_SECRET_BYTES} random bytes (the value is not shown)"
-                )
+            checked_secret(key_id, secret.get_secret_value().encode())  # a ValueError pydantic reports
         return keys
 
     @model_validator(mode="after")

@@ -61,13 +61,15 @@ def _digest(secret: bytes, envelope: Envelope) -> str:
     return hmac.digest(secret, canonical(envelope), "sha256").hex()  # one-shot: a third of hmac.new's time
 
 
-def _checked_secret(key_id: str, secret: bytes) -> bytes:
+def checked_secret(key_id: str, secret: bytes) -> bytes:
+    """`secret`, if it and its id can sign: the one check the signer, the verifier and both
+    processes' settings share. The message never shows the secret, nor its length."""
     if not KEY_ID.match(key_id):
-        raise SigningKeyError(f"signing key id {key_id!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        raise SigningKeyError(f"signing key id {key_id[:64]!r}: use 1-64 letters, digits, '.', '_' or '-'")
     if len(secret) < MIN_SECRET_BYTES:
         raise SigningKeyError(
-            f"signing key {key_id!r} has {len(secret)} bytes; use at least {MIN_SECRET_BYTES} random "
-            "bytes (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            f"signing key {key_id!r}: use at least {MIN_SECRET_BYTES} random bytes, e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` (the value is not shown)"
         )
     return secret
 
@@ -76,7 +78,7 @@ class Signer:
     """Signs envelopes with one key. Thread-safe (it holds no state but the key)."""
 
     def __init__(self, key_id: str, secret: bytes) -> None:
-        self._key_id, self._secret = key_id, _checked_secret(key_id, secret)
+        self._key_id, self._secret = key_id, checked_secret(key_id, secret)
 
     def __repr__(self) -> str:  # never the secret, whatever logs the object
         return f"Signer(key_id={self._key_id!r})"
@@ -92,7 +94,7 @@ class Verifier:
     def __init__(self, keys: Mapping[str, bytes]) -> None:
         if not keys:
             raise SigningKeyError("a verifier needs at least one signing key")
-        self._keys = {key_id: _checked_secret(key_id, secret) for key_id, secret in keys.items()}
+        self._keys = {key_id: checked_secret(key_id, secret) for key_id, secret in keys.items()}
 
     def __repr__(self) -> str:
         return f"Verifier(key_ids={sorted(self._keys)!r})"

@@ -216,9 +216,9 @@ def _check_landed(url: str, events: int) -> None:
 
 def _postmaster(engine: Engine) -> list[int] | None:
     """The PostgreSQL server's main process, if it runs on this machine (a backend's parent)."""
-    with engine.connect() as conn:
+    with engine.connect() as conn:  # the backend is read while it lives: closed, it exits at once
         backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
-    stat = _stat(backend)
+        stat = _stat(backend)
     return None if stat is None else [int(stat[1])]
 
 

@@ -2,34 +2,25 @@
 
 Row-at-a-time INSERTs cost a round trip (PostgreSQL) or a plan (DuckDB) per row; these load a
 whole batch in one statement: PostgreSQL's `COPY ... FROM STDIN`, DuckDB's `read_json` over a
-newline-delimited file (JSON keeps NULL and '' apart, which CSV does not). A new target needs a
-`Loader`: its SQL type names and one bulk insert.
+newline-delimited file (JSON keeps NULL and '' apart, which CSV does not), in `sink.duckdb_loader`
+so that a PostgreSQL warehouse runs without DuckDB installed. A new target needs a `Loader`: its
+SQL type names and one bulk insert.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-import duckdb
-import orjson
 import psycopg
 from psycopg.sql import SQL, Identifier
 from sqlalchemy import Connection, text
 
-from sink.columns import SQL_TYPES, Kind, to_json
+from sink.columns import Kind
 from sink.errors import WarehouseError
 
 Rows = Sequence[Sequence[Any]]  # in the order of the columns given with them
-DATA_CLASSES = ("22", "23")
-DUCKDB_DATA_ERRORS = (
-    duckdb.ConversionException,
-    duckdb.InvalidInputException,
-    duckdb.ConstraintException,
-    duckdb.OutOfRangeException,
-)  # SQLSTATE classes of values the database refuses: data exception, constraint
+DATA_CLASSES = ("22", "23")  # SQLSTATE classes of refused values: data exception, constraint
 
 
 class Loader(Protocol):
@@ -88,52 +79,13 @@ class PostgresLoader:
         )
 
 
-class DuckDBLoader:
-    """`INSERT ... SELECT FROM read_json(file)`: DuckDB's own bulk path from Python."""
-
-    dialect = "duckdb"
-
-    def load(self, conn: Connection, table: str, columns: Mapping[str, Kind], rows: Rows) -> None:
-        if not rows:
-            return
-        names = list(columns)
-        fd, path = tempfile.mkstemp(prefix="outboxkit-", suffix=".ndjson")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                for row in rows:
-                    file.write(to_json(dict(zip(names, row, strict=True)), LINE))
-            types = ", ".join(
-                f"{_literal(name)}: '{SQL_TYPES['duckdb'][kind]}'" for name, kind in columns.items()
-            )
-            conn.exec_driver_sql(
-                f"INSERT INTO {quote(conn, table)} ({column_list(conn, names)}) "
-                f"SELECT {column_list(conn, names)} FROM read_json(?, format='newline_delimited', "
-                f"columns={{{types}}})",
-                (path,),
-            )
-        finally:
-            os.unlink(path)
-
-    def refused_data(self, error: BaseException) -> bool:
-        return isinstance(error, DUCKDB_DATA_ERRORS)
-
-    def lock(self, conn: Connection, table: str) -> None:
-        """Nothing to do: one process writes a DuckDB file at a time."""
-
-
-LINE = orjson.OPT_APPEND_NEWLINE
-
-
-def _literal(name: str) -> str:
-    """A column name as a SQL string literal (in read_json's column list)."""
-    return "'" + name.replace("'", "''") + "'"
-
-
 def loader_for(dialect: str, driver: str) -> Loader:
     """The loader of a SQLAlchemy dialect, or an error naming the URL schemes that work."""
     if dialect == "postgresql" and driver == "psycopg":
         return PostgresLoader()
     if dialect == "duckdb":
+        from sink.duckdb_loader import DuckDBLoader  # noqa: PLC0415 - only DuckDB needs its driver
+
         return DuckDBLoader()
     raise ValueError(
         f"no sink writer for {dialect}+{driver}: use a duckdb:/// or postgresql+psycopg:// warehouse URL"

@@ -102,6 +102,16 @@ def test_the_relay_command_loads_nothing_of_the_sink_or_its_drivers() -> None:
     } == set()
 
 
+def test_a_sink_writing_to_postgresql_loads_no_duckdb() -> None:
+    """`outboxkit[sink]` alone runs a sink on a PostgreSQL warehouse: only a DuckDB warehouse
+    imports DuckDB's driver."""
+    loaded = _loaded_by(
+        "import sink.run\nimport sink.loaders\nsink.loaders.loader_for('postgresql', 'psycopg')"
+    )
+    assert "sink.run" in loaded
+    assert {name.split(".")[0] for name in loaded} & {"duckdb", "duckdb_engine"} == set()
+
+
 def test_the_app_library_loads_none_of_the_processes_dependencies() -> None:
     """`pip install outboxkit` brings no Kafka client, DuckDB, orjson or psycopg: `import outbox` must
     not need them (psycopg only once a PostgreSQL app's first write wakes the relay)."""

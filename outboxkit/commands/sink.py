@@ -21,7 +21,7 @@ def register(commands: Commands) -> None:
         run=_run,
         status=_status,
         status_help="stored offset, lag and stop reason per partition, tables, dead letters",
-        extras="sink,duckdb",  # DuckDB is the default warehouse, and sink.loaders imports its driver
+        extras="sink,duckdb",  # DuckDB is the default warehouse (a PostgreSQL one needs only [sink])
     )
     _register_replay(actions)
     _register_skip(actions)

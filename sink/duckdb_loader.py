@@ -1,0 +1,61 @@
+"""DuckDB's bulk path, apart from `sink.loaders` because it imports the DuckDB driver: a sink
+writing to PostgreSQL must run with `outboxkit[sink]` alone, without `[duckdb]`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+
+import duckdb
+import orjson
+from sqlalchemy import Connection
+
+from sink.columns import SQL_TYPES, Kind, to_json
+from sink.loaders import Rows, column_list, quote
+
+DATA_ERRORS = (
+    duckdb.ConversionException,
+    duckdb.InvalidInputException,
+    duckdb.ConstraintException,
+    duckdb.OutOfRangeException,
+)  # what DuckDB raises for values it refuses, as opposed to an outage
+LINE = orjson.OPT_APPEND_NEWLINE
+
+
+class DuckDBLoader:
+    """`INSERT ... SELECT FROM read_json(file)`: DuckDB's own bulk path from Python."""
+
+    dialect = "duckdb"
+
+    def load(self, conn: Connection, table: str, columns: Mapping[str, Kind], rows: Rows) -> None:
+        if not rows:
+            return
+        names = list(columns)
+        fd, path = tempfile.mkstemp(prefix="outboxkit-", suffix=".ndjson")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                for row in rows:
+                    file.write(to_json(dict(zip(names, row, strict=True)), LINE))
+            types = ", ".join(
+                f"{_literal(name)}: '{SQL_TYPES['duckdb'][kind]}'" for name, kind in columns.items()
+            )
+            conn.exec_driver_sql(
+                f"INSERT INTO {quote(conn, table)} ({column_list(conn, names)}) "
+                f"SELECT {column_list(conn, names)} FROM read_json(?, format='newline_delimited', "
+                f"columns={{{types}}})",
+                (path,),
+            )
+        finally:
+            os.unlink(path)
+
+    def refused_data(self, error: BaseException) -> bool:
+        return isinstance(error, DATA_ERRORS)
+
+    def lock(self, conn: Connection, table: str) -> None:
+        """Nothing to do: one process writes a DuckDB file at a time."""
+
+
+def _literal(name: str) -> str:
+    """A column name as a SQL string literal (in read_json's column list)."""
+    return "'" + name.replace("'", "''") + "'"

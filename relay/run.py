@@ -129,7 +129,7 @@ class Relay:
         while True:
             limit = 1 if self._isolating else self._batch_size
             batch = self._capture.fetch(self._stats.position, limit)
-            envelopes = [record.envelope for record in batch.records]
+            envelopes = [row.envelope for row in batch.rows]
             try:
                 if envelopes:
                     self._publish(envelopes, batch.position)
@@ -138,7 +138,7 @@ class Relay:
                     self._isolating = len(envelopes)
                     log.warning("%s; finding the refused record one transaction at a time", exc)
                 else:
-                    self._dead_letters.move(batch.records[exc.index].id, exc.reason)
+                    self._dead_letters.move(batch.rows[exc.index].id, exc.reason)
                     self._stats.dead_letters += 1
                 continue
             except PublishAbortedError:
@@ -155,7 +155,7 @@ class Relay:
                 batch.position,
             )
         self._stats.position = batch.position
-        return len(batch.records)
+        return len(batch.rows)
 
     def _publish(self, envelopes: list[Envelope], position: Position) -> None:
         """One Kafka transaction, in a span linked to the spans the events were written in; once

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Literal
 
 from sink.mapping import Row, TableMapping, TableSchema, to_row
-from sink.records import Consumed, DeadLetter, Record, Where, decode
+from sink.records import Consumed, DeadLetter, Decoded, Where, decode
 from sink.warehouse import Batch
 from wire import Verifier
 
@@ -60,7 +60,7 @@ def assemble(
 
 
 def _map(
-    record: Record | DeadLetter,
+    record: Decoded | DeadLetter,
     mappings: Sequence[TableMapping],
     batch: Batch,
     schemas: Mapping[str, TableSchema],

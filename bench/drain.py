@@ -161,7 +161,7 @@ def _relay_oldest(conn: Connection, producer: Producer, on_failure: Callable[[Ka
 def in_memory(engine: Engine, rows: int) -> list[KafkaRecord]:
     """The outbox's records as the relay would produce them, read (untimed) for the ceiling."""
     batch = PostgresCapture(engine).fetch(Position(), rows)
-    return [_record(r.envelope) for r in batch.records]
+    return [_record(r.envelope) for r in batch.rows]
 
 
 def _record(event: Envelope) -> KafkaRecord:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from outbox.errors import ConfigurationError
-from outbox.record import Draft, check_topic
+from outbox.rows import Draft, check_topic
 from outbox.settings import OutboxSettings
 
 

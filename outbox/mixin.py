@@ -31,9 +31,9 @@ from pydantic import BaseModel
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, UOWTransaction
 
-from outbox import record
+from outbox import rows
 from outbox.errors import BulkOperationError, ConfigurationError
-from outbox.record import Draft
+from outbox.rows import Draft
 from outbox.settings import OutboxSettings, settings_for
 from outbox.wakeup import wrote_events
 from wire import composite_key
@@ -73,7 +73,7 @@ class OutboxMixin:
         super().__init_subclass__(**kwargs)
         if cls.__outbox__.topic is not None:
             try:
-                record.check_topic(cls.__outbox__.topic)
+                rows.check_topic(cls.__outbox__.topic)
             except Exception as exc:
                 raise ConfigurationError(f"model {cls.__name__}: {exc}") from exc
         _listen_once()
@@ -127,7 +127,7 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
     written = [d for d in drafts if d is not None]
     if written:
         conn = session.connection()
-        record.write(conn, written, settings)
+        rows.write(conn, written, settings)
         wrote_events(session, conn.engine)
 
 

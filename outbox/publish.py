@@ -13,7 +13,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from outbox import record
+from outbox import rows
 from outbox.event import Event
 from outbox.settings import settings_for
 from outbox.wakeup import wrote_events
@@ -27,7 +27,7 @@ def publish(session: Session, event: Event, *, headers: dict[str, str] | None = 
     session.flush()
     conn = session.connection()
     settings = settings_for(session)
-    [event_id] = record.write(conn, [event.to_draft(settings, headers)], settings)
+    [event_id] = rows.write(conn, [event.to_draft(settings, headers)], settings)
     wrote_events(session, conn.engine)
     return event_id
 

@@ -61,8 +61,8 @@ versions_table = Table(
     Column("version", BigInteger, nullable=False),
 )
 
-quarantine_table = Table(
-    "outbox_quarantine",
+dead_letters_table = Table(
+    "outbox_dead_letters",
     metadata,
     # The outbox row as it was (same id), moved here by the relay when Kafka refuses it for good.
     Column("id", BigInteger, primary_key=True, autoincrement=False),
@@ -78,5 +78,5 @@ quarantine_table = Table(
     Column("schema_version", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("reason", Text, nullable=False),
-    Column("quarantined_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("dead_lettered_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

@@ -1,6 +1,6 @@
 """relay: publishes committed outbox rows to Kafka, exactly once for read_committed consumers."""
 
-from relay.capture import Batch, CaptureSource, OutboxRecord, Position, PostgresCapture, SqliteCapture
+from relay.capture import Batch, CapturedRow, CaptureSource, Position, PostgresCapture, SqliteCapture
 from relay.checkpoint import Checkpoints
 from relay.errors import FencedError, RelayError
 from relay.leases import AdvisoryLeases, Leases, SoleLease
@@ -15,10 +15,10 @@ __all__ = [
     "AdvisoryLeases",
     "Batch",
     "CaptureSource",
+    "CapturedRow",
     "Checkpoints",
     "FencedError",
     "Leases",
-    "OutboxRecord",
     "Position",
     "PostgresCapture",
     "Relay",

@@ -11,7 +11,7 @@
     │                             retried; the operator checks the checkpoint topic
     ├── PublishAbortedError       a Kafka transaction was aborted, nothing of it visible: retried
     │   └── UnpublishableRecordError  Kafka refuses one record for good: it becomes a dead letter
-    │                             (the `outbox_quarantine` table) and the rest is published
+    │                             (the `outbox_dead_letters` table) and the rest is published
     ├── FencedError               a newer relay took this transactional id: exit 3; never restart
     │                             this instance in a loop, its successor is live
     ├── KafkaFatalError           librdkafka's producer is unusable: exit 1; restart the process

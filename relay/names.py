@@ -15,9 +15,9 @@ COUNTERS: Final = {
     "published": ("outboxkit_relay_published_total", "events published (committed to Kafka)"),
     "transactions": ("outboxkit_relay_transactions_total", "Kafka transactions committed"),
     "aborted": ("outboxkit_relay_aborted_total", "Kafka transactions aborted and retried"),
-    "quarantined": (
-        "outboxkit_relay_quarantined_total",
-        "outbox rows Kafka refused for good, moved to outbox_quarantine",
+    "dead_letters": (
+        "outboxkit_relay_dead_letters_total",
+        "outbox rows Kafka refused for good, moved to outbox_dead_letters",
     ),
     "deleted": ("outboxkit_relay_deleted_total", "published outbox rows deleted by cleanup"),
     "commit_seconds": (

@@ -13,7 +13,7 @@ breaks other relays:
 One more case sits across them: a **record Kafka will never take** (larger than the topic or the
 producer allows, a topic the relay may not write, a record the broker calls invalid). Retrying
 the batch would fail for ever and hold back every key behind it, so the transaction is aborted
-and `UnpublishableRecordError` names the record, for the relay to quarantine it.
+and `UnpublishableRecordError` names the record, for the relay to make it a dead letter.
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ from sqlalchemy import Engine, create_engine
 from relay import names
 from relay.capture import Backlog, CaptureSource, Position, capture_for, expect_shards
 from relay.checkpoint import Checkpoints
+from relay.dead_letters import DeadLetters
 from relay.errors import PublishAbortedError, RelayError, UnpublishableRecordError
 from relay.leases import AdvisoryLeases, Leases, SoleLease
 from relay.publisher import TransactionalPublisher
-from relay.quarantine import Quarantine
 from relay.service import Cleanup, RelayService
 from relay.settings import RelaySettings
 from relay.shards import ONLY, Shard
@@ -48,7 +48,7 @@ class Relay:
         capture: CaptureSource,
         publisher: TransactionalPublisher,
         checkpoints: Checkpoints,
-        quarantine: Quarantine,
+        dead_letters: DeadLetters,
         *,
         batch_size: int = 500,
         tracer: Tracer | None = None,
@@ -57,7 +57,7 @@ class Relay:
         self._capture = capture
         self._publisher = publisher
         self._checkpoints = checkpoints
-        self._quarantine = quarantine
+        self._dead_letters = dead_letters
         self._batch_size = batch_size
         self._isolating = 0  # records left to publish one per transaction, to find a refused one
         self._tracer = tracer or trace.get_tracer(names.TRACER)
@@ -101,7 +101,7 @@ class Relay:
             capture_for(engine, shard),
             publisher,
             Checkpoints(kafka, checkpoint_topic, source_id, shard),
-            Quarantine(engine),
+            DeadLetters(engine),
             batch_size=batch_size,
             tracer=tracer,
             latency=latency,
@@ -124,12 +124,12 @@ class Relay:
 
         When Kafka refuses a record for good, the broker may report it for every record that
         shared its request, so the culprit is not known yet: the records of that batch are then
-        published one per transaction, and only one that fails alone is quarantined.
+        published one per transaction, and only one that fails alone becomes a dead letter.
         """
         while True:
             limit = 1 if self._isolating else self._batch_size
             batch = self._capture.fetch(self._stats.position, limit)
-            envelopes = [record.envelope for record in batch.records]
+            envelopes = [row.envelope for row in batch.rows]
             try:
                 if envelopes:
                     self._publish(envelopes, batch.position)
@@ -138,8 +138,8 @@ class Relay:
                     self._isolating = len(envelopes)
                     log.warning("%s; finding the refused record one transaction at a time", exc)
                 else:
-                    self._quarantine.move(batch.records[exc.index].id, exc.reason)
-                    self._stats.quarantined += 1
+                    self._dead_letters.move(batch.rows[exc.index].id, exc.reason)
+                    self._stats.dead_letters += 1
                 continue
             except PublishAbortedError:
                 self._stats.aborted += 1  # the service retries it from the position this relay holds
@@ -155,7 +155,7 @@ class Relay:
                 batch.position,
             )
         self._stats.position = batch.position
-        return len(batch.records)
+        return len(batch.rows)
 
     def _publish(self, envelopes: list[Envelope], position: Position) -> None:
         """One Kafka transaction, in a span linked to the spans the events were written in; once

@@ -12,7 +12,7 @@ class RelayStats:
     published: int = 0
     transactions: int = 0
     aborted: int = 0
-    quarantined: int = 0
+    dead_letters: int = 0
     deleted: int = 0
     commit_seconds: float = 0.0
     position: Position = field(default_factory=Position)

@@ -1,7 +1,7 @@
 """`outboxkit relay status`: what an operator asks first — is anything stuck, lost or waiting?
 
 Everything is read from the sources of truth, not from a running relay: checkpoints from Kafka
-(read_committed, as a restarted relay would), backlog and quarantine from the outbox database,
+(read_committed, as a restarted relay would), backlog and dead letters from the outbox database,
 lease holders from PostgreSQL's lock table. So it works when no relay is running — which is when
 it is needed most.
 """
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, create_engine, func, select
 
-from outbox.table import outbox_table, quarantine_table
+from outbox.table import dead_letters_table, outbox_table
 from relay.capture import Backlog, CaptureSource, Position, capture_for
 from relay.checkpoint import Checkpoints
 from relay.errors import UnsafeOutboxError
@@ -34,20 +34,20 @@ class ShardStatus:
 
 
 @dataclass(frozen=True)
-class Quarantined:
+class DeadLetter:
     id: int
     event_id: str
     type: str
     reason: str
-    quarantined_at: datetime
+    dead_lettered_at: datetime
 
 
 @dataclass(frozen=True)
 class RelayStatus:
     source_id: str
     shards: list[ShardStatus]
-    quarantined: int
-    latest_quarantined: list[Quarantined]
+    dead_letters: int
+    latest_dead_letters: list[DeadLetter]
     without_xid: int  # PostgreSQL rows written around outboxkit: the relay cannot order them
 
     @property
@@ -61,7 +61,7 @@ class RelayStatus:
         now = now or datetime.now(UTC)
         stopped = sum(shard.problem is not None for shard in self.shards)
         lines = [
-            f"source {self.source_id}: {self.backlog} event(s) waiting, {self.quarantined} quarantined"
+            f"source {self.source_id}: {self.backlog} event(s) waiting, {self.dead_letters} dead letter(s)"
             + (f", {stopped} shard(s) STOPPED with events never published" if stopped else "")
         ]
         for shard in self.shards:
@@ -76,8 +76,9 @@ class RelayStatus:
             )
         lines += [f"  STOPPED {shard.shard}: {shard.problem}" for shard in self.shards if shard.problem]
         lines += [
-            f"  quarantined #{q.id} {q.type} ({q.event_id}) at {q.quarantined_at:%Y-%m-%d %H:%M}: {q.reason}"
-            for q in self.latest_quarantined
+            f"  dead letter #{d.id} {d.type} ({d.event_id}) at {d.dead_lettered_at:%Y-%m-%d %H:%M}: "
+            + d.reason
+            for d in self.latest_dead_letters
         ]
         if self.without_xid:
             lines.append(
@@ -87,7 +88,7 @@ class RelayStatus:
         return "\n".join(lines)
 
 
-def relay_status(settings: RelaySettings, *, quarantine_shown: int = 5) -> RelayStatus:
+def relay_status(settings: RelaySettings, *, dead_letters_shown: int = 5) -> RelayStatus:
     engine = create_engine(settings.database_url.get_secret_value())
     try:
         shards = [
@@ -100,10 +101,10 @@ def relay_status(settings: RelaySettings, *, quarantine_shown: int = 5) -> Relay
                 ShardStatus(**(asdict(status) | {"lease_holder": held.get(index)}))
                 for index, status in enumerate(shards)
             ]
-        quarantined, latest, without_xid = _quarantine_and_strays(engine, quarantine_shown)
+        dead_letters, latest, without_xid = _dead_letters_and_strays(engine, dead_letters_shown)
     finally:
         engine.dispose()
-    return RelayStatus(settings.source_id, shards, quarantined, latest, without_xid)
+    return RelayStatus(settings.source_id, shards, dead_letters, latest, without_xid)
 
 
 def _shard_status(settings: RelaySettings, engine: Engine, shard: Shard) -> ShardStatus:
@@ -127,13 +128,13 @@ def _problem(capture: CaptureSource, position: Position) -> str | None:
     return None
 
 
-def _quarantine_and_strays(engine: Engine, shown: int) -> tuple[int, list[Quarantined], int]:
-    q = quarantine_table.c
+def _dead_letters_and_strays(engine: Engine, shown: int) -> tuple[int, list[DeadLetter], int]:
+    d = dead_letters_table.c
     with engine.connect() as conn:
-        count = int(conn.execute(select(func.count()).select_from(quarantine_table)).scalar_one())
+        count = int(conn.execute(select(func.count()).select_from(dead_letters_table)).scalar_one())
         rows = conn.execute(
-            select(q.id, q.event_id, q.type, q.reason, q.quarantined_at)
-            .order_by(q.quarantined_at.desc())
+            select(d.id, d.event_id, d.type, d.reason, d.dead_lettered_at)
+            .order_by(d.dead_lettered_at.desc())
             .limit(shown)
         ).all()
         strays = 0
@@ -143,4 +144,4 @@ def _quarantine_and_strays(engine: Engine, shown: int) -> tuple[int, list[Quaran
                     select(func.count()).select_from(outbox_table).where(outbox_table.c.xid.is_(None))
                 ).scalar_one()
             )
-    return count, [Quarantined(*row) for row in rows], strays
+    return count, [DeadLetter(*row) for row in rows], strays

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Literal
 
 from sink.mapping import Row, TableMapping, TableSchema, to_row
-from sink.records import Consumed, DeadLetter, Record, Where, decode
+from sink.records import Consumed, DeadLetter, Decoded, Where, decode
 from sink.warehouse import Batch
 from wire import Verifier
 
@@ -60,7 +60,7 @@ def assemble(
 
 
 def _map(
-    record: Record | DeadLetter,
+    record: Decoded | DeadLetter,
     mappings: Sequence[TableMapping],
     batch: Batch,
     schemas: Mapping[str, TableSchema],
@@ -78,7 +78,7 @@ def _map(
     rows: list[tuple[str, Row]] = []
     refused: list[tuple[str, DeadLetter]] = []
     for mapping in mappings:
-        mapped = to_row(mapping, _draft(batch, schemas, mapping.table), record)
+        mapped = to_row(mapping, _working(batch, schemas, mapping.table), record)
         if isinstance(mapped, DeadLetter):
             refused.append((mapping.table, mapped))
         else:
@@ -91,8 +91,9 @@ def _map(
     return rows, replace(refused[0][1], reason=reason, stop=any(letter.stop for _, letter in refused))
 
 
-def _draft(batch: Batch, committed: Mapping[str, TableSchema], table: str) -> TableSchema:
-    """The batch's working copy of a table's schema, widened as new fields turn up."""
+def _working(batch: Batch, committed: Mapping[str, TableSchema], table: str) -> TableSchema:
+    """The batch's working schema of a table: a copy of the committed one, widened as new fields
+    turn up."""
     if table not in batch.schemas:
         batch.schemas[table] = committed.get(table, TableSchema()).copy()
     return batch.schemas[table]

@@ -22,7 +22,7 @@ from sink.tables import bookkeeping, catalog
 
 
 class Catalogue:
-    """The committed schema per table, and the DDL that brings a table up to a batch's draft."""
+    """The committed schema per table, and the DDL that brings a table up to a batch's working schema."""
 
     def __init__(self, loader: Loader, mappings: Mapping[str, TableMapping]) -> None:
         self._loader = loader
@@ -45,18 +45,18 @@ class Catalogue:
     def evolve_to_model(self, conn: Connection, mapping: TableMapping) -> None:
         """Give a table every column of its mapping's model up front (typed, not inferred)."""
         assert mapping.model is not None
-        draft = self.schemas.get(mapping.table, TableSchema()).copy()
-        draft.columns = {**draft.columns, **columns.model_columns(mapping.model)}
-        draft.schema_version = max(draft.schema_version, mapping.schema_version)
-        self.ensure(conn, mapping, draft)
-        self.schemas[mapping.table] = draft
+        working = self.schemas.get(mapping.table, TableSchema()).copy()
+        working.columns = {**working.columns, **columns.model_columns(mapping.model)}
+        working.schema_version = max(working.schema_version, mapping.schema_version)
+        self.ensure(conn, mapping, working)
+        self.schemas[mapping.table] = working
 
-    def committed(self, drafts: Mapping[str, TableSchema]) -> None:
-        """The transaction that ran `ensure` for these drafts committed: they are the tables now."""
-        self.schemas.update(drafts)
+    def committed(self, working: Mapping[str, TableSchema]) -> None:
+        """The transaction that ran `ensure` for these working schemas committed: they are the tables now."""
+        self.schemas.update(working)
 
-    def ensure(self, conn: Connection, mapping: TableMapping, draft: TableSchema) -> None:
-        """Create the table, or add the draft's new columns (always nullable); then the catalogue.
+    def ensure(self, conn: Connection, mapping: TableMapping, working: TableSchema) -> None:
+        """Create the table, or add the working schema's new columns (always nullable); then the catalogue.
 
         Several sinks may widen one table: the DDL is serialised per table (`Loader.lock`), the
         catalogue row is re-read under that lock and merged, never overwritten, and columns are
@@ -64,17 +64,17 @@ class Catalogue:
         acknowledgement was lost, is no conflict.
         """
         committed = self.schemas.get(mapping.table)
-        if committed is not None and committed == draft and committed.columns:
+        if committed is not None and committed == working and committed.columns:
             return
         self._loader.lock(conn, mapping.table)
         stored = _load(conn, mapping.table).get(mapping.table)
         if stored is not None:
-            draft.columns = columns.merged(stored.columns, draft.columns)
-            draft.schema_version = max(stored.schema_version, draft.schema_version)
-            if stored == draft:
+            working.columns = columns.merged(stored.columns, working.columns)
+            working.schema_version = max(stored.schema_version, working.schema_version)
+            if stored == working:
                 return
         name = quote(conn, mapping.table)
-        wanted = columns.metadata_columns(mapping.mode) | draft.columns
+        wanted = columns.metadata_columns(mapping.mode) | working.columns
         key = columns.KEY if mapping.mode == "upsert" else columns.EVENT_ID
         definitions = ", ".join(
             f"{quote(conn, column)} {self._types[kind]}" for column, kind in wanted.items()
@@ -82,7 +82,7 @@ class Catalogue:
         conn.exec_driver_sql(
             f"CREATE TABLE IF NOT EXISTS {name} ({definitions}, PRIMARY KEY ({quote(conn, key)}))"
         )
-        for column, kind in draft.columns.items():
+        for column, kind in working.columns.items():
             before = None if stored is None else stored.columns.get(column)
             if before is None:
                 conn.exec_driver_sql(
@@ -98,8 +98,8 @@ class Catalogue:
                 table_name=mapping.table,
                 topic=mapping.topic,
                 mode=mapping.mode,
-                columns=json.dumps(draft.columns),
-                schema_version=draft.schema_version,
+                columns=json.dumps(working.columns),
+                schema_version=working.schema_version,
             )
         )
 

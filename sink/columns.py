@@ -161,11 +161,11 @@ def widened(value: Any, kind: Kind) -> Kind | None:
 WIDENINGS = frozenset({(Kind.INTEGER, Kind.NUMERIC)})  # (from, to): every value of one fits the other
 
 
-def merged(stored: Mapping[str, Kind], draft: Mapping[str, Kind]) -> dict[str, Kind]:
-    """A table's columns as stored and as a draft wants them: the draft's new columns and kinds,
-    except that a column another instance widened stays wide (the draft is older)."""
-    wide = {name: kind for name, kind in stored.items() if (draft.get(name), kind) in WIDENINGS}
-    return {**stored, **draft, **wide}
+def merged(stored: Mapping[str, Kind], working: Mapping[str, Kind]) -> dict[str, Kind]:
+    """A table's columns as stored and as a working schema wants them: its new columns and kinds,
+    except that a column another instance widened stays wide (the working schema is older)."""
+    wide = {name: kind for name, kind in stored.items() if (working.get(name), kind) in WIDENINGS}
+    return {**stored, **working, **wide}
 
 
 def unheld(value: Any, dialect: str) -> str | None:

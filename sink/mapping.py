@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ImportString, ValidationError
 
 from sink import columns
 from sink.columns import Kind
-from sink.records import DeadLetter, Record, Source
+from sink.records import DeadLetter, Decoded, Source
 
 Mode = Literal["upsert", "append", "history"]
 
@@ -97,7 +97,7 @@ class Row:
     created_at: datetime.datetime | None = None  # when the event was written; None: not on the wire
 
 
-def to_row(mapping: TableMapping, schema: TableSchema, record: Record) -> Row | DeadLetter:
+def to_row(mapping: TableMapping, schema: TableSchema, record: Decoded) -> Row | DeadLetter:
     """Map `record` onto the table, widening `schema` with new optional fields as it goes."""
     envelope = record.envelope
     if envelope is None:
@@ -123,7 +123,7 @@ def to_row(mapping: TableMapping, schema: TableSchema, record: Record) -> Row | 
 class _Rejecter:
     """Dead letter or stop: a misfit from a newer schema version than the table knows stops."""
 
-    def __init__(self, record: Record, schema_version: int, schema: TableSchema) -> None:
+    def __init__(self, record: Decoded, schema_version: int, schema: TableSchema) -> None:
         self._record, self._schema_version, self._schema = record, schema_version, schema
 
     def __call__(self, reason: str, *, stop: bool | None = None) -> DeadLetter:
@@ -182,7 +182,7 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def _row(
-    record: Record, event_type: str, schema_version: int, fields: dict[str, Any], *, delete: bool
+    record: Decoded, event_type: str, schema_version: int, fields: dict[str, Any], *, delete: bool
 ) -> Row:
     envelope = record.envelope
     return Row(

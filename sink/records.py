@@ -86,8 +86,9 @@ class Raw:
 
 
 @dataclass(slots=True)  # built per event: a frozen one costs ~5x to make; never mutated
-class Record:
-    """A decoded record: an outboxkit event, or a Kafka tombstone (`envelope` is None)."""
+class Decoded:
+    """A consumed record decoded for applying: an outboxkit event, or a Kafka tombstone (`envelope`
+    is None)."""
 
     source: Source
     consumed: Consumed
@@ -131,7 +132,7 @@ def headers_of(consumed: Consumed) -> tuple[tuple[str, bytes], ...]:
     )
 
 
-def decode(consumed: Consumed, *, max_bytes: int, verifier: Verifier | None = None) -> Record | DeadLetter:
+def decode(consumed: Consumed, *, max_bytes: int, verifier: Verifier | None = None) -> Decoded | DeadLetter:
     """Decode one consumed record; bad ones come back as dead letters with a readable reason.
     With a `verifier`, so does every record not signed by a key it knows, tombstones included."""
     source = consumed.source
@@ -150,7 +151,7 @@ def decode(consumed: Consumed, *, max_bytes: int, verifier: Verifier | None = No
         )
         return DeadLetter(source, Raw.of(consumed), reason)
     if value is None:
-        return Record(source, consumed, key, None, {})
+        return Decoded(source, consumed, key, None, {})
     if len(value) > max_bytes:
         reason = f"the value is {len(value)} bytes, above max_record_bytes={max_bytes}"
         return DeadLetter(source, Raw.of(consumed), reason)
@@ -159,7 +160,7 @@ def decode(consumed: Consumed, *, max_bytes: int, verifier: Verifier | None = No
 
 def _event(
     source: Source, consumed: Consumed, key: str, value: bytes, verifier: Verifier | None
-) -> Record | DeadLetter:
+) -> Decoded | DeadLetter:
     try:
         envelope = Envelope.from_kafka(source.topic, consumed.key, value, consumed.headers)
     except EnvelopeError as exc:
@@ -170,7 +171,7 @@ def _event(
     payload = _payload(envelope.content_type, value)
     if isinstance(payload, str):
         return DeadLetter(source, Raw.of(consumed), payload, envelope.event_id)
-    return Record(source, consumed, key, envelope, payload)
+    return Decoded(source, consumed, key, envelope, payload)
 
 
 def _payload(content_type: str, value: bytes) -> dict[str, Any] | str:

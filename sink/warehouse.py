@@ -17,7 +17,7 @@ from sink.records import DeadLetter, Where
 
 @dataclass
 class Batch:
-    """What the sink hands a warehouse: rows per table, dead letters, offset moves, draft schemas."""
+    """What the sink hands a warehouse: rows per table, dead letters, offset moves, working schemas."""
 
     rows: dict[str, list[Row]] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
@@ -40,7 +40,7 @@ class Warehouse(Protocol):
     `write` is the exactly-once argument on the sink's side. In ONE transaction it commits the
     batch's rows (deduped against what the tables hold: a replayed or duplicated event changes
     nothing), its dead letters and stops, its delete markers, the column catalogue changes its
-    draft schemas need (tables created, columns added or widened, never narrowed), and the new
+    working schemas need (tables created, columns added or widened, never narrowed), and the new
     offsets — all or nothing. Offsets move by compare-and-set: each only from the value in
     `Batch.moves` (None: no offset stored yet), so a partition another instance wrote meanwhile
     refuses the whole batch.
@@ -57,7 +57,7 @@ class Warehouse(Protocol):
 
     @property
     def schemas(self) -> Mapping[str, TableSchema]:
-        """The committed columns per table: what a batch's draft schemas start from."""
+        """The committed columns per table: what a batch's working schemas start from."""
         ...
 
     def stored_offsets(self, group_id: str, topics: Iterable[str]) -> dict[Where, int]:

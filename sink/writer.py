@@ -78,8 +78,8 @@ class SqlWriter:
         try:
             with self._engine.begin() as conn:
                 offsets.advance(conn, group_id, batch.moves)
-                for table, draft in batch.schemas.items():
-                    self._catalogue.ensure(conn, self._mappings[table], draft)
+                for table, working in batch.schemas.items():
+                    self._catalogue.ensure(conn, self._mappings[table], working)
                 refused: dict[tuple[str, int, int], str] = {}
                 for table, rows in batch.rows.items():
                     plan = self._apply(conn, self._mappings[table], batch.schemas[table], rows)
@@ -118,7 +118,7 @@ class SqlWriter:
         except SQLAlchemyError as exc:
             log.warning("catalogue not re-read (%s); the next batch tries again", exc)
 
-    def _apply(self, conn: Connection, mapping: TableMapping, draft: TableSchema, rows: list[Row]) -> Plan:
+    def _apply(self, conn: Connection, mapping: TableMapping, working: TableSchema, rows: list[Row]) -> Plan:
         table = mapping.table
         if mapping.mode == "append":
             plan = merge.plan_append(rows, self._stored_ids(conn, table, rows))
@@ -131,20 +131,20 @@ class SqlWriter:
                 table, rows, held, soft=mapping.deletes == "soft", max_jump=self._max_jump
             )
             self._replace(conn, table, plan)
-        unheld = list(self._unheld(draft, plan.inserts))
+        unheld = list(self._unheld(working, plan.inserts))
         if unheld:  # the batch is rolled back and settled again without them: load nothing now
             plan.dead.extend(unheld)
             return plan
-        all_columns = columns.metadata_columns(mapping.mode) | draft.columns
-        rows_in_order = _tuples(mapping.mode, list(draft.columns), plan.inserts, plan)
+        all_columns = columns.metadata_columns(mapping.mode) | working.columns
+        rows_in_order = _tuples(mapping.mode, list(working.columns), plan.inserts, plan)
         self._loader.load(conn, table, all_columns, rows_in_order)
         self._remember_deleted(conn, table, plan.deleted)
         return plan
 
-    def _unheld(self, draft: TableSchema, rows: list[Row]) -> Iterator[DeadLetter]:
+    def _unheld(self, working: TableSchema, rows: list[Row]) -> Iterator[DeadLetter]:
         """Rows with a value their numeric column would round or refuse, as refusals that say so
         (the batch is rolled back and they are settled as dead letters, per policy)."""
-        numeric = [name for name, kind in draft.columns.items() if kind is Kind.NUMERIC]
+        numeric = [name for name, kind in working.columns.items() if kind is Kind.NUMERIC]
         dialect = self._loader.dialect
         for row in rows if numeric else ():
             values = row.values

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,12 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, MetaData, String, create_engine, inspect, make_url
+from sqlalchemy import Engine, MetaData, String, Table, create_engine, insert, inspect, make_url, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import outbox
 from outbox import schema
+from outbox.table import dead_letters_table
 from tests.conftest import PgSchema
 from tests.models import Order
 
@@ -149,3 +151,48 @@ def test_outboxkit_migrate_upgrades_a_database_and_explains_one_it_cannot_reach(
     assert failed.returncode == 1
     assert "outboxkit migrate: cannot use the database at --url" in failed.stderr
     assert "Connection refused" in failed.stderr
+
+
+def test_0005_renames_the_relays_dead_letters_keeping_their_rows_and_downgrade_renames_them_back(
+    empty_db: Engine,
+) -> None:
+    at = datetime(2026, 11, 26, 5, 2, tzinfo=UTC)
+    row = {
+        "id": 77,
+        "event_id": "01a2",
+        "aggregatetype": "Order",
+        "aggregateid": "1",
+        "aggregateversion": 3,
+        "type": "OrderCreated",
+        "topic": "orders",
+        "key": "1",
+        "payload": "{}",
+        "headers": "{}",
+        "schema_version": 1,
+        "created_at": at,
+        "reason": "Message size too large",
+    }
+    schema.upgrade(empty_db, "0004")
+    old = Table("outbox_quarantine", MetaData(), autoload_with=empty_db)  # as 0003 made it
+    with empty_db.begin() as conn:
+        conn.execute(insert(old), [row | {"quarantined_at": at}])
+
+    schema.upgrade(empty_db)
+    assert "outbox_quarantine" not in inspect(empty_db).get_table_names()
+    assert differences(empty_db, outbox.metadata) == []  # the same as a new database
+    primary_key = inspect(empty_db).get_pk_constraint("outbox_dead_letters")["name"]
+    assert primary_key in {None, "outbox_dead_letters_pkey"}  # SQLite's is unnamed; autogenerate misses it
+    with empty_db.connect() as conn:
+        moved = conn.execute(select(dead_letters_table)).one()._asdict()
+    assert _utc(moved.pop("dead_lettered_at")) == at
+    assert moved | {"created_at": _utc(moved["created_at"])} == row
+
+    schema.downgrade(empty_db, "0004")
+    with empty_db.connect() as conn:
+        back = conn.execute(select(old)).one()._asdict()
+    assert (back["id"], back["reason"], _utc(back["quarantined_at"])) == (77, row["reason"], at)
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands timestamps back naive (in UTC, as written); PostgreSQL with a time zone."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

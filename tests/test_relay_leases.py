@@ -88,7 +88,7 @@ def test_each_shard_captures_only_its_keys_and_together_they_capture_all(app: En
     seen: list[str] = []
     for index in range(3):
         batch = PostgresCapture(app, Shard(index, 3)).fetch(Position(), 100)
-        keys = [r.envelope.aggregate_id for r in batch.records]
+        keys = [r.envelope.aggregate_id for r in batch.rows]
         assert all(((rows[int(k)]["shard_key"] or 0) % 3) == index for k in keys)  # NULL (older rows) is 0
         seen += keys
     assert sorted(seen, key=int) == [str(n) for n in range(40)]

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 import outbox
 from outbox import SETTINGS_KEY, OutboxSettings
-from outbox.table import quarantine_table
+from outbox.table import dead_letters_table
 from relay import Relay, RelayService, RelaySettings, SoleLease
 from relay.capture import Position, PostgresCapture
 from relay.errors import CaptureError
@@ -159,7 +159,7 @@ def test_many_concurrent_writers_lose_nothing_and_duplicate_nothing(
     assert {key: [r.value["state"]["n"] for r in events if r.key == key] for key in in_order} == in_order
 
 
-def test_a_row_kafka_refuses_for_good_is_quarantined_with_its_reason_and_the_rest_flows(
+def test_a_row_kafka_refuses_for_good_becomes_a_dead_letter_with_its_reason_and_the_rest_flows(
     kafka: KafkaSettings, pg_source: PgSource, pg_schema: PgSchema, unique_name: Callable[[str], str]
 ) -> None:
     pg_source.topic = unique_name("small")
@@ -177,13 +177,13 @@ def test_a_row_kafka_refuses_for_good_is_quarantined_with_its_reason_and_the_res
     assert pg_source.publish_all() == 4
 
     assert [r.value["state"]["n"] for r in committed_records(kafka, pg_source.topic)] == [0, 1, 3, 4]
-    assert pg_source.relay.stats.quarantined == 1
+    assert pg_source.relay.stats.dead_letters == 1
     with pg_source.app.connect() as conn:
-        quarantined = conn.execute(select(quarantine_table)).one()
+        dead_letter = conn.execute(select(dead_letters_table)).one()
         left = conn.execute(select(outbox.outbox_table.c.id)).scalars().all()
-    assert json.loads(quarantined.payload)["state"]["n"] == 2  # kept whole, for an operator to act on
-    assert "MSG_SIZE_TOO_LARGE" in quarantined.reason or "too large" in quarantined.reason.lower()
-    assert quarantined.id not in left
+    assert json.loads(dead_letter.payload)["state"]["n"] == 2  # kept whole, for an operator to act on
+    assert "MSG_SIZE_TOO_LARGE" in dead_letter.reason or "too large" in dead_letter.reason.lower()
+    assert dead_letter.id not in left
 
     url = (
         make_url(pg_schema.url)
@@ -193,9 +193,9 @@ def test_a_row_kafka_refuses_for_good_is_quarantined_with_its_reason_and_the_res
     seen = relay_status(
         RelaySettings(database_url=url, source_id=source, checkpoint_topic=checkpoints, kafka=kafka)
     )
-    assert (seen.quarantined, seen.backlog) == (1, 0)
-    assert f"quarantined #{quarantined.id} ThingCreated" in seen.render()
-    assert quarantined.reason in seen.render()
+    assert (seen.dead_letters, seen.backlog) == (1, 0)
+    assert f"dead letter #{dead_letter.id} ThingCreated" in seen.render()
+    assert dead_letter.reason in seen.render()
 
 
 def outbox_ids(app: Engine) -> list[int]:

@@ -4,7 +4,7 @@ Events carry a per-aggregate version, dense from 1 in commit order (the outbox h
 a row lock), so the checker needs no ledger of its own to tell:
 
 * **lost** — a version of an aggregate that was committed (up to `outbox_versions`, or the
-  highest seen) is in none of Kafka, the outbox (not yet published) and the quarantine; or an
+  highest seen) is in none of Kafka, the outbox (not yet published) and the relay's dead letters; or an
   event in Kafka is missing from the warehouse's event log;
 * **duplicated** — an event id more than once in Kafka, or in the warehouse's event log;
 * **reordered** — an aggregate's versions do not rise along its partition, or it is spread over
@@ -39,7 +39,7 @@ class Findings:
 
     events: int = 0
     pending: int = 0  # committed, in the outbox and not in Kafka yet (not a violation)
-    quarantined: int = 0  # refused by Kafka for good, with a reason (not a violation)
+    dead_letters: int = 0  # refused by Kafka for good, with a reason (not a violation)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     examples: dict[str, list[str]] = field(default_factory=lambda: {kind: [] for kind in KINDS})
 
@@ -56,7 +56,7 @@ class Findings:
         verdict = "OK: exactly once, in per-key order" if self.ok else "VIOLATIONS FOUND"
         lines = [
             f"{verdict} — {self.events} event(s) checked, {self.pending} pending, "
-            f"{self.quarantined} quarantined",
+            f"{self.dead_letters} dead letter(s)",
             "  " + ", ".join(f"{kind} {count}" for kind, count in self.counts.items()),
         ]
         for kind in KINDS:
@@ -69,7 +69,7 @@ class Findings:
                 "ok": self.ok,
                 "events": self.events,
                 "pending": self.pending,
-                "quarantined": self.quarantined,
+                "dead_letters": self.dead_letters,
                 "counts": self.counts,
                 "examples": self.examples,
             },
@@ -85,7 +85,7 @@ def check_kafka(
     aggregate_types: Iterable[str] | None = None,
 ) -> None:
     """Kafka against itself and, given `committed` (highest version per aggregate) and `parked`
-    (versions still in the outbox or quarantine), against the source: for the `aggregate_types`
+    (versions still in the outbox or among its dead letters), against the source: for the `aggregate_types`
     the topics carry (by default, those found in them)."""
     by_id: Counter[str] = Counter()
     by_aggregate: dict[Aggregate, list[Seen]] = defaultdict(list)

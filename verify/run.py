@@ -72,18 +72,18 @@ def _parked(
     published: set[tuple[Aggregate | None, int | None]],
     findings: Findings,
 ) -> dict[Aggregate, set[int]]:
-    """Versions committed but not (yet) in Kafka by design: still in the outbox, or quarantined.
+    """Versions committed but not (yet) in Kafka by design: still in the outbox, or a dead letter.
 
     Pending are the outbox's rows not in Kafka yet; published rows wait there for the relay's
     cleanup, and are not pending.
     """
     parked: dict[Aggregate, set[int]] = defaultdict(set)
-    for table in ("outbox", "outbox_quarantine"):
+    for table in ("outbox", "outbox_dead_letters"):
         query = f"SELECT aggregatetype, aggregateid, aggregateversion FROM {table}"
         for kind, key, version in conn.execute(*_of_kinds(query, kinds)):
             parked[(kind, key)].add(int(version))
-            if table == "outbox_quarantine":
-                findings.quarantined += 1
+            if table == "outbox_dead_letters":
+                findings.dead_letters += 1
             elif ((kind, key), int(version)) not in published:
                 findings.pending += 1
     return parked

@@ -28,7 +28,7 @@ class VerifySettings(BaseSettings):
     aggregate_types: list[str] | None = Field(
         None,
         description="The aggregate types the topics carry (default: those found in them); only "
-        "their versions, pending and quarantined events are checked.",
+        "their versions, pending events and dead letters are checked.",
     )
     warehouse_url: DatabaseUrl | None = Field(None, description="The sink's warehouse.")
     log_table: str | None = Field(None, description="A sink table in append mode fed by the topics.")

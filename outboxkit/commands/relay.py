@@ -17,7 +17,7 @@ def register(commands: Commands) -> None:
         "publish the outbox to Kafka",
         run=_run,
         status=_status,
-        status_help="backlog, oldest waiting event, checkpoint and lease holder per shard, quarantine",
+        status_help="backlog, oldest waiting event, checkpoint and lease holder per shard, dead letters",
         extras="relay",
     )
 

@@ -5,7 +5,7 @@ from sqlalchemy import Engine
 
 from relay.capture.postgres import PostgresCapture
 from relay.capture.rows import envelope_of
-from relay.capture.source import Backlog, Batch, CaptureSource, OutboxRecord, Position
+from relay.capture.source import Backlog, Batch, CapturedRow, CaptureSource, Position
 from relay.capture.sqlite import SqliteCapture
 from relay.errors import ConfigError
 from relay.shards import ONLY, Shard
@@ -14,7 +14,7 @@ __all__ = [
     "Backlog",
     "Batch",
     "CaptureSource",
-    "OutboxRecord",
+    "CapturedRow",
     "Position",
     "PostgresCapture",
     "SqliteCapture",

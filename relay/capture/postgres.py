@@ -80,7 +80,7 @@ class PostgresCapture:
         if not found:  # drained: the next delta starts where this one ended
             after = Position(base=after.target, target=self._snapshot(after))
             found = rows.read(self._engine, self._delta(after, limit))
-        return Batch(rows.records(found), replace(after, after_id=found[-1].id) if found else after)
+        return Batch(rows.captured(found), replace(after, after_id=found[-1].id) if found else after)
 
     def delete_published(self, position: Position, limit: int, created_before: datetime | None) -> int:
         if position.base is None:

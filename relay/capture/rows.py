@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, Engine, Row, Select, delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from outbox.table import outbox_table
-from relay.capture.source import Backlog, OutboxRecord
+from relay.capture.source import Backlog, CapturedRow
 from relay.errors import CaptureError, ConfigError
 from wire import Envelope
 
@@ -73,8 +73,8 @@ def backlog(engine: Engine, unpublished: list[ColumnElement[bool]]) -> Backlog:
     return Backlog(int(rows), None if oldest is None else _utc(oldest))
 
 
-def records(rows: Sequence[Row[Any]]) -> list[OutboxRecord]:
-    return [OutboxRecord(id=row.id, envelope=envelope_of(row)) for row in rows]
+def captured(rows: Sequence[Row[Any]]) -> list[CapturedRow]:
+    return [CapturedRow(id=row.id, envelope=envelope_of(row)) for row in rows]
 
 
 def envelope_of(row: Row[Any]) -> Envelope:

@@ -1,6 +1,6 @@
 """The capture source contract: where the relay reads committed outbox rows from, and in what order.
 
-A `CaptureSource` hands out committed outbox records batch by batch, each batch with the
+A `CaptureSource` hands out committed outbox rows batch by batch, each batch with the
 `Position` after it. Two promises make a single checkpoint (the last position) sufficient:
 
 * **gap-free**: every committed row is handed out once a position past it is reached — no row
@@ -66,8 +66,8 @@ class Position:
 
 
 @dataclass(frozen=True, slots=True)
-class OutboxRecord:
-    """An outbox row read by the relay: the envelope to produce."""
+class CapturedRow:
+    """An outbox row as the relay read it for publishing: its id, and the envelope to produce."""
 
     id: int
     envelope: Envelope
@@ -75,17 +75,17 @@ class OutboxRecord:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Records to publish, in order, and the position to checkpoint with them."""
+    """Rows to publish, in order, and the position to checkpoint with them."""
 
-    records: Sequence[OutboxRecord]
+    rows: Sequence[CapturedRow]
     position: Position
 
 
 class CaptureSource(Protocol):
-    """Reads committed outbox records. Implementations need not be thread-safe."""
+    """Reads committed outbox rows. Implementations need not be thread-safe."""
 
     def fetch(self, after: Position, limit: int) -> Batch:
-        """Up to `limit` records after `after`, and the position after them.
+        """Up to `limit` rows after `after`, and the position after them.
 
         An empty batch may still carry a new position (a source moving to its next snapshot);
         keeping it in memory without a checkpoint is safe. Raises `CaptureError` if the outbox

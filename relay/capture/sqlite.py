@@ -40,7 +40,7 @@ class SqliteCapture:
         if not found:
             return Batch([], after)
         last = found[-1]
-        return Batch(rows.records(found), replace(after, after_id=last.id, after_event_id=last.event_id))
+        return Batch(rows.captured(found), replace(after, after_id=last.id, after_event_id=last.event_id))
 
     def delete_published(self, position: Position, limit: int, created_before: datetime | None) -> int:
         self.check(position)

@@ -1,9 +1,6 @@
-"""Quarantine: the relay's dead letters, where an outbox row goes when Kafka will never take it.
+"""The relay's dead letters: where an outbox row goes when Kafka will never take it.
 
-"Quarantine" is the relay's older name for a dead letter (README, "Words"); it stays in the table,
-the metric and the status lines, which databases and dashboards already use.
-
-The row is moved — inserted into `outbox_quarantine` with the reason and deleted from the outbox —
+The row is moved — inserted into `outbox_dead_letters` with the reason and deleted from the outbox —
 in one database transaction, so it is in exactly one of the two at any moment, and capture,
 which reads the outbox, simply no longer sees it. Nothing is dropped: the row keeps its id,
 event id and payload for an operator to fix and re-publish. The other events of its key go on
@@ -17,31 +14,31 @@ import logging
 from sqlalchemy import Engine, delete, func, insert, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from outbox.table import outbox_table, quarantine_table
+from outbox.table import dead_letters_table, outbox_table
 from relay import names
 from relay.errors import CaptureError
 
 log = logging.getLogger(names.LOGGER)
 
 
-class Quarantine:
+class DeadLetters:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def move(self, row_id: int, reason: str) -> None:
-        """Move outbox row `row_id` to the quarantine with `reason`."""
-        columns = [c.name for c in quarantine_table.c if c.name not in {"reason", "quarantined_at"}]
+        """Move outbox row `row_id` to the dead letters with `reason`."""
+        columns = [c.name for c in dead_letters_table.c if c.name not in {"reason", "dead_lettered_at"}]
         rows = select(*(outbox_table.c[name] for name in columns), literal(reason)).where(
             outbox_table.c.id == row_id
         )
         try:
             with self._engine.begin() as conn:
-                conn.execute(insert(quarantine_table).from_select([*columns, "reason"], rows))
+                conn.execute(insert(dead_letters_table).from_select([*columns, "reason"], rows))
                 conn.execute(delete(outbox_table).where(outbox_table.c.id == row_id))
         except SQLAlchemyError as exc:
-            raise CaptureError(f"cannot quarantine outbox row {row_id}: {exc}") from exc
-        log.error("quarantined outbox row %d: %s", row_id, reason)
+            raise CaptureError(f"cannot move outbox row {row_id} to the dead letters: {exc}") from exc
+        log.error("outbox row %d is a dead letter: %s", row_id, reason)
 
     def count(self) -> int:
         with self._engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(quarantine_table)).scalar_one())
+            return int(conn.execute(select(func.count()).select_from(dead_letters_table)).scalar_one())

@@ -26,7 +26,7 @@ from wire.headers import RESERVED_HEADERS
 
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # The outbox's text columns with a length, in characters as PostgreSQL counts them (outbox_versions
-# and outbox_quarantine have the same). SQLite ignores lengths, so outboxkit enforces them itself.
+# and outbox_dead_letters have the same). SQLite ignores lengths, so outboxkit enforces them itself.
 _LIMITS = {
     column.name: column.type.length
     for column in outbox_table.columns

@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass
 from confluent_kafka import Consumer
 from sqlalchemy import Connection, select
 
-from sink import deadletters, offsets
-from sink.deadletters import STOPPED, Letter
+from sink import dead_letters, offsets
+from sink.dead_letters import STOPPED, Letter
 from sink.partitions import ends, inspector, partitions, records_behind
 from sink.records import Where
 from sink.run import warehouse
 from sink.settings import SinkSettings
-from sink.tables import catalog, dead_letters
+from sink.tables import catalog
+from sink.tables import dead_letters as dead_letters_table
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,8 @@ def sink_status(settings: SinkSettings) -> SinkStatus:
             group_id=settings.group_id,
             partitions=found,
             tables=_tables(conn, settings),
-            dead_letters=deadletters.counts(conn, settings.group_id, settings.topics),
-            latest_dead_letters=deadletters.latest(conn, settings.group_id, settings.topics),
+            dead_letters=dead_letters.counts(conn, settings.group_id, settings.topics),
+            latest_dead_letters=dead_letters.latest(conn, settings.group_id, settings.topics),
         )
 
 
@@ -101,9 +102,10 @@ def _partition(consumer: Consumer, where: Where, stored: int | None, stopped: st
 
 def _stops(conn: Connection, group_id: str, stored: dict[Where, int]) -> dict[Where, str]:
     """Partitions whose stored offset still sits on a record that stopped them."""
-    query = select(
-        dead_letters.c.topic, dead_letters.c.partition, dead_letters.c.offset, dead_letters.c.reason
-    ).where(dead_letters.c.group_id == group_id, dead_letters.c.action == STOPPED)
+    table = dead_letters_table
+    query = select(table.c.topic, table.c.partition, table.c.offset, table.c.reason).where(
+        table.c.group_id == group_id, table.c.action == STOPPED
+    )
     return {
         (topic, partition): reason
         for topic, partition, offset, reason in conn.execute(query)

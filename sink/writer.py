@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from sink import columns, deadletters, merge, names, offsets
+from sink import columns, dead_letters, merge, names, offsets
 from sink.catalogue import Catalogue, create_bookkeeping
 from sink.columns import Kind
 from sink.errors import RecordsRefusedError, WarehouseError
@@ -91,7 +91,7 @@ class SqlWriter:
                 if refused:
                     raise RecordsRefusedError(refused)  # rolls back: the sink settles them per policy
                 outcome.dead_letters = batch.dead_letters
-                deadletters.store(conn, group_id, outcome.dead_letters)
+                dead_letters.store(conn, group_id, outcome.dead_letters)
         except SQLAlchemyError as exc:
             raise WarehouseError(
                 f"the warehouse rejected a batch ({type(exc).__name__}): {exc}",

@@ -207,7 +207,11 @@ def test_the_server_accepts_every_object_strictly_and_admits_every_pod(
 @pytest.mark.parametrize("source", sources(), ids=source_id)
 def test_a_pod_without_run_as_non_root_is_refused(kubectl: Kubectl, namespace: str, source: Path) -> None:
     """The check can fail: each pod template, less runAsNonRoot, is refused by enforcement."""
-    templates = list(pod_templates(kubectl.render(source)))
+    objects = kubectl.render(source)
+    kubectl("apply", "-n", namespace, "-f", "-", stdin=into(objects))  # the service accounts they name
+    templates = list(pod_templates(objects))
+    if not templates:
+        pytest.skip(f"{source_id(source)} has no pod template")
     for kind_name, template in templates:
         verdict = create(kubectl, namespace, without_run_as_non_root(bare_pod(kind_name, template)))
         print(f"  planted Pod from {kind_name}: {verdict.stderr.strip()}")

@@ -112,10 +112,24 @@ def kubectl() -> Kubectl:
         pytest.fail(f"scripts/k8s-apiserver up failed:\n{up.stderr}{up.stdout}", pytrace=False)
     kubeconfig = Path(up.stdout.strip().splitlines()[-1].removeprefix("KUBECONFIG="))
     run = Kubectl(kubeconfig)
-    print(run("version").stdout)  # the skew between kubectl and the server, for the record
+    require_supported_skew(run)
     run("apply", "--server-side", "-f", str(STAND_IN_CRDS))
     run("wait", "--for=condition=Established", "--timeout=60s", "-f", str(STAND_IN_CRDS))
     return run
+
+
+def require_supported_skew(kubectl: Kubectl) -> None:
+    """kubectl is supported within one minor version of the server; beyond, its verdicts are not ours."""
+    versions = json.loads(kubectl("version", "-o", "json").stdout)
+    client, server = (versions[side]["gitVersion"] for side in ("clientVersion", "serverVersion"))
+    print(f"kubectl {client}, kube-apiserver {server}")
+    minors = [int(versions[side]["minor"].rstrip("+")) for side in ("clientVersion", "serverVersion")]
+    if abs(minors[0] - minors[1]) > 1:
+        pytest.fail(
+            f"kubectl {client} is more than one minor version from kube-apiserver {server}: "
+            f"put a kubectl 1.{minors[1]} first on PATH",
+            pytrace=False,
+        )
 
 
 @pytest.fixture

@@ -101,7 +101,7 @@ def kubectl() -> Kubectl:
     """The API server of scripts/k8s-apiserver, started if it is not running; never built here."""
     if shutil.which("kubectl") is None:
         pytest.fail(
-            "kubectl is not on PATH: install it (Debian: kubectl from Kubernetes' apt repository)",
+            "kubectl is not on PATH: install a kubectl within one minor version of tools/kube-apiserver",
             pytrace=False,
         )
     env = dict(os.environ, OUTBOXKIT_K8S_BUILD="0")  # the cold build is `make k8s-apiserver`'s job

@@ -39,8 +39,8 @@ chaos: $(BIN)/outboxkit
 	scripts/services up
 	$(BIN)/outboxkit chaos --seconds 1800 --events 0 --restart-services
 
-## Build kube-apiserver from the Go module proxy into the cache (about 25 minutes cold on two cores,
-## then seconds: keyed by tools/kube-apiserver's go.mod and go.sum, and Go's build cache).
+## Build kube-apiserver from the Go module proxy into the cache (5 to 15 minutes cold on two
+## cores, then seconds: keyed by tools/kube-apiserver's go.mod and go.sum, and Go's build cache).
 k8s-apiserver:
 	scripts/k8s-apiserver build
 

@@ -1,6 +1,6 @@
 """Our manifests against a real kube-apiserver: strict server-side validation, then admission.
 
-Run by `make k8s-check`, not by `make test`: the API server is built from source (about 25 minutes
+Run by `make k8s-check`, not by `make test`: the API server is built from source (5 to 15 minutes
 the first time, then cached; see scripts/k8s-apiserver) and a fresh clone's `make test` must stay
 well inside CI's time. The marker below is deselected by pyproject's addopts, so `make test` shows
 these as deselected, never as passed.

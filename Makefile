@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench chaos services-up services-down
+.PHONY: demo test lint bench chaos services-up services-down k8s-apiserver k8s-check
 
 $(BIN)/outboxkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ bench: $(BIN)/outboxkit
 chaos: $(BIN)/outboxkit
 	scripts/services up
 	$(BIN)/outboxkit chaos --seconds 1800 --events 0 --restart-services
+
+## Build kube-apiserver from the Go module proxy into the cache (5 to 15 minutes cold on two
+## cores, then seconds: keyed by tools/kube-apiserver's go.mod and go.sum, and Go's build cache).
+k8s-apiserver:
+	scripts/k8s-apiserver build
+
+## Our manifests against a real API server (etcd + kube-apiserver on loopback): strict server-side
+## dry-run of every rendered object, then each pod template created as a Pod in a namespace that
+## enforces the restricted Pod Security Standard. Not part of `make test` (the cold build).
+k8s-check: $(BIN)/outboxkit k8s-apiserver
+	scripts/k8s-apiserver up
+	$(BIN)/pytest -m k8s_apiserver -rP tests/test_k8s_apiserver.py
 
 lint: $(BIN)/outboxkit
 	$(BIN)/ruff check .

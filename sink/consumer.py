@@ -163,7 +163,10 @@ class WarehouseConsumer:
         return self._positions
 
     def running(self, records: Iterable[Consumed]) -> list[Consumed]:
-        """`records` without those of stopped partitions: nothing of a stopped one is settled."""
+        """`records` without those of stopped partitions: nothing of a stopped one is settled.
+        Mostly none is stopped: then no record is looked at (it runs for every record)."""
+        if not self._stopped:
+            return list(records)
         return [record for record in records if record.source.where not in self._stopped]
 
     def halted(self) -> int:

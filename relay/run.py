@@ -32,7 +32,7 @@ from relay.shards import ONLY, Shard
 from relay.stats import RelayStats
 from relay.wakeup import Listener
 from runtime.backoff import Backoff
-from runtime.kafka import KafkaSettings
+from runtime.kafka import BrokerCheck, KafkaSettings
 from runtime.observe import Histogram
 from runtime.tracing import MESSAGING_KAFKA_KEY, messaging_attributes, span_contexts
 from wire import Envelope, Signer
@@ -232,8 +232,10 @@ def relay_from_settings(
         http_port=settings.http_port,
         http_host=settings.http_host,
         backoff=Backoff(maximum=settings.max_backoff),
-        start_timeout=settings.start_timeout,
+        start_timeout=settings.start_timeout or None,
         histograms=(latency,),
+        services=(settings.kafka.client_log,),
+        kafka_check=BrokerCheck(settings.kafka),
     )
 
 

@@ -86,6 +86,13 @@ def probes_until(port: int, done: Callable[[], bool], timeout: float = 120) -> l
         time.sleep(0.2)
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not so within {timeout:.0f}s"
+        time.sleep(0.2)
+
+
 def wait_until_probe(port: int, path: str, status: int, timeout: float = 90) -> str:
     """Block until `path` answers `status` (connection refused counts as not yet); its body."""
     deadline = time.monotonic() + timeout
@@ -141,6 +148,8 @@ class Forwarder:
 
     def close(self) -> None:
         if self._server is not None:
+            with suppress(OSError):  # wakes the accepting thread, so the port is free at once
+                self._server.shutdown(socket.SHUT_RDWR)
             self._server.close()
         for end in self._relayed:
             with suppress(OSError):

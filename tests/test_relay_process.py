@@ -484,7 +484,10 @@ def test_the_relay_is_not_ready_while_its_database_is_unreachable_and_live_all_a
         database.close()
         body = wait_until_probe(port, "/readyz", 503)
         assert body.startswith("not ready: "), body
-        assert get(port, "/healthz")[0] == 200
+        # and it stays so once the relay has lost its leases and stands by (a standby is ready)
+        seen = probes_until(port, lambda: relay.count("cannot reach the database for leases") >= 1)
+        seen += [(get(port, "/healthz")[0], get(port, "/readyz")[0]) for _ in range(10)]
+        assert set(seen) == {(200, 503)}, seen
         assert metric(get(port, "/metrics")[1], "outboxkit_relay_ready") == 0
         database.open()
         wait_until_probe(port, "/readyz", 200)

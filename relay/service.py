@@ -35,7 +35,7 @@ from relay.shards import Shard
 from relay.stats import RelayStats
 from relay.wakeup import Listener
 from runtime.backoff import Backoff
-from runtime.observe import EVERY_INTERFACE, Health, Histogram, Metrics, Reachability, serve
+from runtime.observe import EVERY_INTERFACE, Health, Histogram, Metrics, serve
 from runtime.startup import StartWindow
 
 log = logging.getLogger(names.LOGGER)
@@ -89,7 +89,7 @@ class RelayService:
         backoff: Backoff | None = None,
         start_timeout: float | None = None,
         histograms: Sequence[Histogram] = (),
-        services: Sequence[Reachability] = (),
+        health: Health | None = None,
         kafka_check: Callable[[], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -104,7 +104,7 @@ class RelayService:
         self._listener = listener
         self._http_port = http_port
         self._http_host = http_host
-        self.health = Health(services=list(services))
+        self.health = health or Health()
         self._kafka_check = kafka_check  # asked when idle: nothing else would notice Kafka go or come back
         self.metrics = self._metrics(histograms)
         self._retired = RelayStats()  # totals of relays whose shard this process gave up

@@ -26,6 +26,8 @@ from sqlalchemy.orm import Session
 
 import outbox
 from outbox import SETTINGS_KEY, OutboxSettings
+from relay.errors import RelayError
+from relay.publisher import TransactionalPublisher
 from runtime.kafka import KafkaSettings
 from runtime.process import ExitCode
 from tests.conftest import PgSchema
@@ -545,3 +547,21 @@ def test_status_and_a_metric_warn_of_shards_no_relay_holds(kafka: KafkaSettings,
         if second is not None:
             second.kill()
     assert "WARNING: 1 of 3 shard(s) held by no relay" in shown, shown
+
+
+def test_a_kafka_call_retried_while_the_broker_is_away_keeps_the_relay_live_and_unready() -> None:
+    """A commit retried for as long as an outage lasts must not look like a hung loop (liveness
+    would restart the sidecar for nothing); each retry says it to the health flags."""
+    waited: list[str] = []
+    give_up = time.monotonic() + 30  # unheard retries would otherwise go on for ever
+    publisher = TransactionalPublisher(
+        KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}"),
+        "outboxkit-relay.nobody",
+        timeout=1,
+        stopping=lambda: len(waited) >= 2 or time.monotonic() > give_up,
+        waiting=waited.append,
+    )
+    with pytest.raises(RelayError):
+        publisher.start()
+    assert len(waited) == 2, waited
+    assert all(why.startswith("Kafka init_transactions retried") for why in waited), waited

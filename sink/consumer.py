@@ -200,15 +200,18 @@ class WarehouseConsumer:
 
     def _show(self, wheres: Iterable[Where]) -> None:
         """Commit the stored offsets of `wheres` to the group, for monitoring only (see the module):
-        a partition read to its end with nothing waiting shows its end."""
+        a partition read to its end with nothing waiting shows its end (even with no stored row:
+        then only markers or aborted records were there)."""
         shown = []
         for where in wheres:
-            stored = self._positions.get(where)
-            if stored is None:
-                continue
+            if where not in self._positions:
+                continue  # no longer ours
             settled = not self._unsettled.get(where) and where not in self._stopped
             end = self._ends.get(where, -1) if settled else -1
-            shown.append(TopicPartition(*where, max(stored, end)))
+            stored = self._positions[where]
+            offset = max(-1 if stored is None else stored, end)
+            if offset >= 0:
+                shown.append(TopicPartition(*where, offset))
         if shown:
             try:
                 self._consumer.commit(offsets=shown, asynchronous=True)

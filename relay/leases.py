@@ -52,6 +52,11 @@ class Leases(Protocol):
         """Give every lease back."""
         ...
 
+    @property
+    def unheld(self) -> int:
+        """Shards of the source no live relay holds, as last seen: their events wait."""
+        ...
+
 
 class SoleLease:
     """The one shard of a database only one relay can use (SQLite)."""
@@ -64,6 +69,10 @@ class SoleLease:
 
     def close(self) -> None:
         """Nothing to give back."""
+
+    @property
+    def unheld(self) -> int:
+        return 0
 
 
 class AdvisoryLeases:
@@ -87,6 +96,7 @@ class AdvisoryLeases:
         self._engine = engine
         self._interval = interval
         self._timeout_ms = int(timeout * 1000)
+        self._source_id = source_id
         self._source_key = lock_key(source_id)
         self._shards = [Shard(index, shards) for index in range(shards)]
         self._max_held = max_held or shards
@@ -95,6 +105,7 @@ class AdvisoryLeases:
         self._held: frozenset[Shard] = frozenset()
         self._lost: LeaseLostError | None = None
         self._unreachable: SQLAlchemyError | None = None  # the last beat's failure, holding nothing
+        self._unheld = 0
         self._stopping = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -110,6 +121,10 @@ class AdvisoryLeases:
             if self._unreachable is not None:
                 raise CaptureError("cannot reach the database for leases") from self._unreachable
             return self._held
+
+    @property
+    def unheld(self) -> int:
+        return self._unheld
 
     def close(self) -> None:
         self._stopping.set()
@@ -133,6 +148,7 @@ class AdvisoryLeases:
             taken = self._take_free(conn)
             with self._guard:  # all of the round's shards at once: the service starts them together
                 self._held |= taken
+            self._unheld = self._count_unheld(conn)
         except SQLAlchemyError as exc:
             with self._guard:
                 if self._held:
@@ -166,6 +182,13 @@ class AdvisoryLeases:
                 log.info("took the lease of %s", shard)
                 taken.add(shard)
         return frozenset(taken)
+
+    def _count_unheld(self, conn: Connection) -> int:
+        """A relay below `max_held` just tried every shard it does not hold, so each is held by
+        another; one at its limit asks the lock table who holds the rest (one query a beat)."""
+        if len(self._held) < self._max_held:
+            return 0
+        return len(self._shards) - len(holders(conn, self._source_id))
 
     def _connection(self) -> Connection:
         if self._conn is None:

@@ -26,6 +26,15 @@ COUNTERS: Final = {
     ),
 }
 SHARDS_HELD: Final = ("outboxkit_relay_shards_held", "shards this relay publishes")
+SHARDS_UNHELD: Final = (
+    "outboxkit_relay_shards_unheld",
+    "shards of the source no live relay holds: their events wait (more relays, or a higher max_shards)",
+)
+READY: Final = (
+    "outboxkit_relay_ready",
+    "1 while the relay can do its job (database and Kafka answer), as /readyz says; the sidecar's "
+    "readiness must not gate its app, so this is what alerts watch",
+)
 BACKLOG_EVENTS: Final = ("outboxkit_relay_backlog_events", "committed events not yet published")
 OLDEST_UNPUBLISHED: Final = (
     "outboxkit_relay_oldest_unpublished_seconds",

@@ -67,8 +67,10 @@ class TransactionalPublisher:
         timeout: float = 30.0,
         stopping: Callable[[], bool] = lambda: False,
         signer: Signer | None = None,
+        waiting: Callable[[str], None] = lambda why: None,
     ) -> None:
         self._timeout = timeout
+        self._waiting = waiting  # told at each retry: alive and waiting for Kafka, not ready
         self._signer = signer
         self._stopping = stopping
         self._unusable = False  # fenced or fatal: the producer can do nothing more
@@ -195,6 +197,9 @@ class TransactionalPublisher:
                 retriable = error.retriable() and not error.fatal() and not error.txn_requires_abort()
                 if retriable and not self._stopping():
                     log.warning("%s retriable error, retrying: %s", what, error.str())
+                    # Each try takes up to `timeout`: with the broker away the loop waits here for
+                    # as long as the outage lasts, live (its liveness must not restart it) and unready.
+                    self._waiting(f"Kafka {what} retried: {error.str()}")
                     continue
                 raise self._translate(exc, what, in_transaction=in_transaction) from exc
 

@@ -32,8 +32,8 @@ from relay.shards import ONLY, Shard
 from relay.stats import RelayStats
 from relay.wakeup import Listener
 from runtime.backoff import Backoff
-from runtime.kafka import KafkaSettings
-from runtime.observe import Histogram
+from runtime.kafka import BrokerCheck, KafkaSettings
+from runtime.observe import Health, Histogram
 from runtime.tracing import MESSAGING_KAFKA_KEY, messaging_attributes, span_contexts
 from wire import Envelope, Signer
 
@@ -79,6 +79,7 @@ class Relay:
         signer: Signer | None = None,
         tracer: Tracer | None = None,
         latency: Histogram | None = None,
+        waiting: Callable[[str], None] = lambda why: None,
     ) -> Relay:
         """The relay of `shard` of source `source_id` (not started): the one place its parts are picked.
 
@@ -96,6 +97,7 @@ class Relay:
             timeout=kafka_timeout,
             stopping=stopping,
             signer=signer,
+            waiting=waiting,
         )
         return cls(
             capture_for(engine, shard),
@@ -202,6 +204,7 @@ def relay_from_settings(
     `stopping` is the process's stop request (SIGTERM): Kafka calls that would retry stop waiting.
     """
     latency = Histogram(*names.COMMIT_TO_PUBLISHED)  # filled by each shard's relay, shown by the service
+    health = Health(services=[settings.kafka.client_log])
     # No pool_pre_ping: a connection lost to a database restart fails one fetch, the pool drops
     # it, and the retry gets a new one — cheaper than a ping before every fetch.
     engine = create_engine(settings.database_url.get_secret_value())
@@ -220,7 +223,7 @@ def relay_from_settings(
     )
     return RelayService(
         leases,
-        lambda shard: _started_relay(settings, engine, shard, stopping, latency),
+        lambda shard: _started_relay(settings, engine, shard, stopping, latency=latency, health=health),
         poll_interval=settings.poll_interval,
         lease_interval=settings.lease_interval,
         cleanup=Cleanup(retention=settings.retention) if settings.cleanup else None,
@@ -232,13 +235,21 @@ def relay_from_settings(
         http_port=settings.http_port,
         http_host=settings.http_host,
         backoff=Backoff(maximum=settings.max_backoff),
-        start_timeout=settings.start_timeout,
+        start_timeout=settings.start_timeout or None,
         histograms=(latency,),
+        health=health,
+        kafka_check=BrokerCheck(settings.kafka),
     )
 
 
 def _started_relay(
-    settings: RelaySettings, engine: Engine, shard: Shard, stopping: Callable[[], bool], latency: Histogram
+    settings: RelaySettings,
+    engine: Engine,
+    shard: Shard,
+    stopping: Callable[[], bool],
+    *,
+    latency: Histogram,
+    health: Health,
 ) -> Relay:
     relay = Relay.for_shard(
         engine,
@@ -251,6 +262,7 @@ def _started_relay(
         stopping=stopping,
         signer=settings.signer,
         latency=latency,
+        waiting=lambda why: health.beat(ok=False, why=why),
     )
     try:
         relay.start()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -89,6 +89,8 @@ class RelayService:
         backoff: Backoff | None = None,
         start_timeout: float | None = None,
         histograms: Sequence[Histogram] = (),
+        health: Health | None = None,
+        kafka_check: Callable[[], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -102,7 +104,8 @@ class RelayService:
         self._listener = listener
         self._http_port = http_port
         self._http_host = http_host
-        self.health = Health()
+        self.health = health or Health()
+        self._kafka_check = kafka_check  # asked when idle: nothing else would notice Kafka go or come back
         self.metrics = self._metrics(histograms)
         self._retired = RelayStats()  # totals of relays whose shard this process gave up
         self._backoff = backoff or Backoff(sleep=sleep)
@@ -143,22 +146,28 @@ class RelayService:
                     break
                 starting = self._still_starting(starting, published)
                 self._clean_up()
-                self.health.beat(ok=published is not None)
+                why = self._why_not_whole(published)
+                self.health.beat(ok=why is None, why=why or "")
                 if published is None:
                     continue  # a failure: the backoff has already waited
                 self._backoff.reset()
                 if published == 0:
-                    if drain and self._started(published):
+                    if drain and why is None:
                         break
-                    self._idle(self._poll_interval)
+                    self._wait_for_work()
         finally:
             self._close(server)
         return self.stats()
 
+    def _wait_for_work(self) -> None:
+        if self._kafka_check is not None:
+            self._kafka_check()
+        self._idle(self._poll_interval)
+
     def _still_starting(self, starting: StartWindow | None, published: int | None) -> StartWindow | None:
         """The start-up window after this round: gone once a round went through whole; while it is
         open, a failure that has lasted `start_timeout` raises StartTimeoutError."""
-        if starting is None or self._started(published):
+        if starting is None or self._why_not_whole(published) is None:
             return None
         if self._failure is not None:
             starting.check("starting the relay", self._failure)
@@ -189,15 +198,25 @@ class RelayService:
         for stat, (name, text) in names.COUNTERS.items():
             metrics.counter(name, text, partial(self._total, stat))
         metrics.gauge(*names.SHARDS_HELD, lambda: float(len(self._active)))
+        metrics.gauge(*names.SHARDS_UNHELD, lambda: float(self._leases.unheld))
+        metrics.gauge(*names.READY, lambda: float(self.health.ready))
         metrics.gauge(*names.BACKLOG_EVENTS, self._backlog_rows)
         metrics.gauge(*names.OLDEST_UNPUBLISHED, self._oldest_age)
         for histogram in histograms:
             metrics.histogram(histogram)
         return metrics
 
-    def _started(self, published: int | None) -> bool:
-        """This round went through whole: the leases answered, each held shard started and stepped."""
-        return self._leases_answer and self._held <= self._active.keys() and published is not None
+    def _why_not_whole(self, published: int | None) -> str | None:
+        """Why this round did not go through whole (None if it did: the leases answered, each held
+        shard started and stepped): what readiness says. A standby whose database answers is whole."""
+        if not self._leases_answer:
+            return "the database does not answer (leases)"
+        waiting = self._held - self._active.keys()
+        if waiting:
+            return f"cannot start publishing {', '.join(map(str, sorted(waiting)))} yet: {self._failure}"
+        if published is None:
+            return str(self._failure).splitlines()[0]
+        return None
 
     def _total(self, name: str) -> float:
         return float(getattr(self.stats(), name))
@@ -219,9 +238,9 @@ class RelayService:
         try:
             self._held = self._leases.refresh()
             self._leases_answer = True
-        except LeaseLostError as exc:
+        except LeaseLostError as exc:  # its connection is gone: not ready until the database answers
             log.warning("%s; standing by until a lease can be taken again", exc)
-            self._held = frozenset()
+            self._held, self._leases_answer = frozenset(), False
         except CaptureError as exc:  # the database does not answer (the leases log it)
             self._failure, self._leases_answer = exc, False
             self._held = frozenset()
@@ -240,6 +259,10 @@ class RelayService:
             return
         with ThreadPoolExecutor(len(shards), thread_name_prefix="outboxkit-relay-start") as pool:
             starting = {shard: pool.submit(self._relay_for, shard) for shard in sorted(shards)}
+            # A start waits up to Kafka's timeouts (30 s each) when the broker is away: the loop is
+            # waiting, not hung, so liveness must not restart the process meanwhile.
+            while wait(starting.values(), timeout=1.0).not_done:
+                self.health.turned()
         fatal: RelayError | None = None
         for shard, started in starting.items():
             try:

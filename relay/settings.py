@@ -50,9 +50,10 @@ class RelaySettings(BaseSettings):
     max_backoff: float = Field(10.0, gt=0, description="Longest wait between retries after a failure.")
     start_timeout: float = Field(
         60.0,
-        gt=0,
-        description="Seconds a starting relay waits for its database and Kafka (retrying) before it exits "
-        "1; rides out a service restart. A standby is started once the database answered.",
+        ge=0,
+        description="Seconds a starting relay waits for its database and Kafka (retrying, live and not "
+        "ready) before it exits 1; rides out a service restart. 0: waits for as long as it takes (what "
+        "Kubernetes wants). A standby is started once the database answered.",
     )
     shards: int = Field(
         1,

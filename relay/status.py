@@ -50,12 +50,22 @@ class RelayStatus:
     latest_dead_letters: list[DeadLetter]
     without_xid: int  # PostgreSQL rows written around outboxkit: the relay cannot order them
 
+    leases: bool = True  # False on SQLite: one relay, no lease to hold
+
     @property
     def backlog(self) -> int:
         return sum(shard.backlog for shard in self.shards)
 
+    @property
+    def unheld(self) -> list[str]:
+        """Shards no live relay holds: their events wait (too few relays for the shards, or
+        `max_shards` set too low)."""
+        return [shard.shard for shard in self.shards if self.leases and shard.lease_holder is None]
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self) | {"backlog": self.backlog}, default=str, indent=2)
+        return json.dumps(
+            asdict(self) | {"backlog": self.backlog, "unheld": self.unheld}, default=str, indent=2
+        )
 
     def render(self, now: datetime | None = None) -> str:
         now = now or datetime.now(UTC)
@@ -80,6 +90,12 @@ class RelayStatus:
             + d.reason
             for d in self.latest_dead_letters
         ]
+        if self.unheld:
+            lines.append(
+                f"  WARNING: {len(self.unheld)} of {len(self.shards)} shard(s) held by no relay "
+                f"({', '.join(self.unheld)}): their events wait. Run at least as many relays as "
+                "shards / OUTBOXKIT_RELAY_MAX_SHARDS (an app replica each, when the relay is its sidecar)"
+            )
         if self.without_xid:
             lines.append(
                 f"  WARNING: {self.without_xid} outbox row(s) have no xid (written without outboxkit): "
@@ -104,7 +120,14 @@ def relay_status(settings: RelaySettings, *, dead_letters_shown: int = 5) -> Rel
         dead_letters, latest, without_xid = _dead_letters_and_strays(engine, dead_letters_shown)
     finally:
         engine.dispose()
-    return RelayStatus(settings.source_id, shards, dead_letters, latest, without_xid)
+    return RelayStatus(
+        settings.source_id,
+        shards,
+        dead_letters,
+        latest,
+        without_xid,
+        leases=engine.dialect.name == "postgresql",
+    )
 
 
 def _shard_status(settings: RelaySettings, engine: Engine, shard: Shard) -> ShardStatus:

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, SecretStr
 
 # librdkafka's own log lines (broker reconnects, coordinator moves) go through Python logging
@@ -46,7 +47,7 @@ class KafkaSettings(BaseModel):
     config: Annotated[dict[str, SecretStr], BeforeValidator(_as_text)] = Field(default_factory=dict)
     _log: ClientLog | None = PrivateAttr(None)
 
-    def client_config(self, overrides: Mapping[str, str | int | bool] | None = None) -> dict[str, Any]:
+    def client_config(self, overrides: Mapping[str, object] | None = None) -> dict[str, Any]:
         """A librdkafka configuration: ours, then the user's passthrough, then `overrides`.
 
         Every client made from these settings reports through one `ClientLog`: a process says
@@ -100,13 +101,18 @@ class ClientLog:
         if error.fatal():
             KAFKA_LOGGER.error("fatal Kafka client error: %s", error.str())
         elif error.code() == KafkaError._ALL_BROKERS_DOWN:
-            self._went_away(error.str())
+            self.went_away(error.str())
         elif error.code() in _ALSO_LOGGED:
             KAFKA_LOGGER.debug("Kafka client error, retried: %s", error.str())
         else:
             self._limited(
                 f"error {error.code()}", logging.WARNING, "Kafka client error, retried: %s", error.str()
             )
+
+    @property
+    def unreachable(self) -> str | None:
+        """What a readiness probe says while the clients report the cluster gone (`Reachability`)."""
+        return f"Kafka is unreachable at {self._servers}" if self._unreachable else None
 
     def reached(self) -> None:
         """A Kafka call of ours got an answer: if the cluster was unreachable, say it is back."""
@@ -116,7 +122,8 @@ class ClientLog:
             # WARNING like the line that said it was gone, so whoever saw that one sees this one.
             KAFKA_LOGGER.warning("Kafka at %s answers again", self._servers)
 
-    def _went_away(self, detail: str) -> None:
+    def went_away(self, detail: str) -> None:
+        """No broker answers (librdkafka says so, or a `BrokerCheck` found it): said once."""
         with self._guard:
             said, self._unreachable = self._unreachable, True
         if not said:
@@ -135,3 +142,39 @@ class ClientLog:
             if loud:
                 self._said[kind] = now
         KAFKA_LOGGER.log(level if loud else logging.DEBUG, message, *args)
+
+
+class BrokerCheck:
+    """Asks Kafka for its brokers, at most every `interval` seconds, and tells the `ClientLog`.
+
+    An idle process talks to Kafka too little to notice it go or come back: a relay with nothing to
+    publish calls no broker, and a consumer on a quiet topic that lost the cluster gets no record
+    that would say it is back. The main loop calls this when idle (never a probe), so readiness
+    follows the cluster within `interval` seconds, for one metadata request each time.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        interval: float = 5.0,
+        timeout: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._kafka = kafka
+        self._interval, self._timeout, self._clock = interval, timeout, clock
+        self._next = 0.0
+        self._admin: AdminClient | None = None
+
+    def __call__(self) -> None:
+        if self._clock() < self._next:
+            return
+        self._next = self._clock() + self._interval
+        if self._admin is None:
+            self._admin = AdminClient(self._kafka.client_config())
+        try:
+            self._admin.list_topics(timeout=self._timeout)
+        except KafkaException as exc:
+            self._kafka.client_log.went_away(exc.args[0].str())
+        else:
+            self._kafka.client_log.reached()

@@ -2,14 +2,18 @@
 
 A process started while a service restarts (a fault run showed a sink exiting 1 at start because
 PostgreSQL was shutting down) retries with backoff instead of failing, as it does once running.
-The wait is bounded (`start_timeout`): a service that never comes — a wrong host, a firewall —
-ends the process with a clear error and exit code 1, so a supervisor shows a failing process
-instead of one that waits silently for ever.
+Meanwhile its probes say live and not ready (`runtime.observe.Endpoints`), and each retry logs
+why. The wait is bounded by default (`start_timeout`): a service that never comes — a wrong host,
+a firewall — ends a process run by hand with a clear error and exit code 1. Under Kubernetes a
+timeout of 0 (no limit) is better: the pod shows not ready with the reason in its log, and is
+ready as soon as the service is, where an exit would add the kubelet's crash-loop back-off
+(up to 5 minutes) after the service came back.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -21,16 +25,16 @@ T = TypeVar("T")
 
 
 class StartWindow:
-    """The time a starting process gives its services to answer."""
+    """The time a starting process gives its services to answer; 0 seconds: no limit."""
 
     def __init__(self, seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
         self._clock = clock
-        self._deadline = clock() + seconds
+        self._deadline = clock() + seconds if seconds else math.inf
 
     @property
     def left(self) -> float:
-        """Seconds until the window closes (0 once it has)."""
+        """Seconds until the window closes (0 once it has; infinite without a limit)."""
         return max(0.0, self._deadline - self._clock())
 
     def check(self, what: str, failure: Exception) -> None:
@@ -46,12 +50,15 @@ class StartWindow:
         *,
         backoff: Backoff,
         log: logging.Logger,
+        waiting: Callable[[], None] = lambda: None,
     ) -> T:
-        """`attempt()`, repeated with `backoff` while it raises `transient`, until the window passes."""
+        """`attempt()`, repeated with `backoff` while it raises `transient`, until the window passes;
+        `waiting()` after each failure (the process is alive: `Health.turned`)."""
         while True:
             try:
                 return attempt()
             except transient as exc:
+                waiting()
                 self.check(what, exc)
                 reason = next(iter(str(exc).splitlines()), type(exc).__name__)
                 log.warning("%s failed (%s); retrying in %.1fs", what, reason, backoff.wait())

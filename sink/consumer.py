@@ -2,9 +2,14 @@
 
 * `isolation.level` is always `read_committed`: a read_uncommitted sink would apply events of
   relay transactions that were later aborted. Any other value is refused at start-up.
-* Kafka-side offset commits are disabled. On every assignment the consumer seeks to the offsets
+* The warehouse's offsets position the consumer. On every assignment it seeks to the offsets
   stored in the warehouse with the data, and remembers them: the writer moves each one only from
   that value (compare-and-set), so a partition written meanwhile by another instance is re-read.
+* Those offsets are also committed to the consumer group, asynchronously after each warehouse
+  commit, for monitoring only — so lag exporters, `kafka-consumer-groups.sh` and KEDA's Kafka
+  scaler see the sink's progress. Nothing ever reads them back: a commit lost, late or made by a
+  sink that has lost the partition moves nothing. A partition read to its end commits its end,
+  past the transaction marker that follows the last record, so a drained sink shows lag 0.
 * A partition can be stopped (an incompatible record): it is paused where it is and its offset
   stays, until the sink restarts; nothing of it is returned any more.
 * A stored offset Kafka no longer holds (deleted by retention before the sink read it, or a
@@ -44,6 +49,7 @@ class WarehouseConsumer:
         load_offsets: OffsetLoader,
         *,
         isolation_level: str = "read_committed",
+        instance_id: str | None = None,
     ) -> None:
         if isolation_level != "read_committed":
             raise SinkConfigError(
@@ -74,6 +80,10 @@ class WarehouseConsumer:
                     # A stored offset Kafka no longer holds is a gap to report, never a jump.
                     "auto.offset.reset": "error",
                     "enable.partition.eof": True,
+                    "on_commit": _committed,
+                    # Static membership: a restart under the same id gets its partitions back with
+                    # no rebalance of the others (within session.timeout.ms).
+                    **({"group.instance.id": instance_id} if instance_id else {}),
                 }
             )
         )
@@ -139,6 +149,7 @@ class WarehouseConsumer:
             self._ends[where] = offset or 0
             if where in self._stopped:
                 self._consumer.pause([TopicPartition(*where)])
+            self._show([where])
 
     def _gap(self, where: Where, offset: int) -> str:
         """Why Kafka has no record at the stored offset, and what the operator can do."""
@@ -188,6 +199,27 @@ class WarehouseConsumer:
                 self._positions[where] = next_offset
                 waiting = self._unsettled[where]
                 self._unsettled[where] = [offset for offset in waiting if offset >= next_offset]
+        self._show(moves)
+
+    def _show(self, wheres: Iterable[Where]) -> None:
+        """Commit the stored offsets of `wheres` to the group, for monitoring only (see the module):
+        a partition read to its end with nothing waiting shows its end (even with no stored row:
+        then only markers or aborted records were there)."""
+        shown = []
+        for where in wheres:
+            if where not in self._positions:
+                continue  # no longer ours
+            settled = not self._unsettled.get(where) and where not in self._stopped
+            end = self._ends.get(where, -1) if settled else -1
+            stored = self._positions[where]
+            offset = max(-1 if stored is None else stored, end)
+            if offset >= 0:
+                shown.append(TopicPartition(*where, offset))
+        if shown:
+            try:
+                self._consumer.commit(offsets=shown, asynchronous=True)
+            except KafkaException as exc:  # monitoring only: never worth stopping for
+                log.debug("offsets not shown to the group: %s", exc)
 
     def stop(self, where: Where) -> None:
         """Halt one partition at its stored offset (an incompatible record sits there).
@@ -270,6 +302,12 @@ class WarehouseConsumer:
             self._positions.pop(where, None)
             self._stopped.discard(where)
         consumer.unassign()
+
+
+def _committed(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+    """A commit to the group failed (e.g. the partition moved meanwhile): the next one shows it."""
+    if error is not None:
+        log.debug("offsets not shown to the group: %s", error.str())
 
 
 def consumed_record(message: Message) -> Consumed:

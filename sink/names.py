@@ -36,6 +36,10 @@ STOPPED_PARTITIONS: Final = (
     "outboxkit_sink_stopped_partitions",
     "partitions halted at an incompatible or poison record",
 )
+READY: Final = (
+    "outboxkit_sink_ready",
+    "1 while the sink can do its job (Kafka and the warehouse answer, no partition stopped), as /readyz says",
+)
 COMMIT_TO_APPLIED: Final = (
     "outboxkit_sink_commit_to_applied_seconds",
     "seconds from an event's write to the outbox (outboxkit-created-at) to the commit of the "

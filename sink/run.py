@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine, make_url
 
 from runtime.backoff import Backoff
+from runtime.kafka import BrokerCheck
+from runtime.observe import Endpoints
 from runtime.startup import StartWindow
 from sink import names
 from sink.catalogue import create_bookkeeping
@@ -64,15 +66,27 @@ def tune_gc(young: int = 100_000) -> None:
 
 
 def sink_from_settings(settings: SinkSettings) -> Sink:
-    """The sink, once its warehouse and Kafka answered (waited for up to `start_timeout`)."""
+    """The sink, once its warehouse and Kafka answered (waited for up to `start_timeout`), its
+    metrics and probes served from the start: live and not ready while it waits."""
+    endpoints = Endpoints(settings.http_port, settings.http_host, services=(settings.kafka.client_log,))
+    try:
+        return _started_sink(settings, endpoints)
+    except BaseException:
+        endpoints.close()
+        raise
+
+
+def _started_sink(settings: SinkSettings, endpoints: Endpoints) -> Sink:
     starting = StartWindow(settings.start_timeout)
     engine = create_engine(warehouse_url(settings))
+    waiting = endpoints.health.turned
     writer = starting.retry(
         "preparing the warehouse",
         lambda: SqlWriter(engine, settings.tables, max_version_jump=settings.max_version_jump),
         WarehouseError,
         backoff=Backoff(maximum=settings.max_backoff),
         log=log,
+        waiting=waiting,
     )
     starting.retry(
         "reaching Kafka",
@@ -80,6 +94,7 @@ def sink_from_settings(settings: SinkSettings) -> Sink:
         SinkError,
         backoff=Backoff(maximum=settings.max_backoff),
         log=log,
+        waiting=waiting,
     )
     consumer = WarehouseConsumer(
         settings.kafka,
@@ -87,6 +102,7 @@ def sink_from_settings(settings: SinkSettings) -> Sink:
         settings.topics,
         lambda topics: writer.stored_offsets(settings.group_id, topics),
         isolation_level=settings.isolation_level,
+        instance_id=settings.group_instance_id,
     )
     return Sink(
         consumer,
@@ -98,7 +114,7 @@ def sink_from_settings(settings: SinkSettings) -> Sink:
         max_record_bytes=settings.max_record_bytes,
         poison_policy=settings.poison_policy,
         backoff=Backoff(maximum=settings.max_backoff),
-        http_port=settings.http_port,
+        endpoints=endpoints,
         verifier=settings.verifier,
-        http_host=settings.http_host,
+        kafka_check=BrokerCheck(settings.kafka),
     )

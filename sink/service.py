@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from functools import partial
-from ipaddress import IPv4Address, IPv6Address
 
 from opentelemetry.trace import Tracer
 
 from runtime.backoff import Backoff
-from runtime.observe import EVERY_INTERFACE, Histogram, Metrics, serve
+from runtime.observe import Endpoints, Histogram, Metrics, ServiceCheck
 from sink import names
 from sink.batch import Policy
 from sink.consumer import WarehouseConsumer
@@ -41,17 +40,22 @@ class Sink:
         max_record_bytes: int = 1 << 20,
         poison_policy: Policy = "dlq",
         backoff: Backoff | None = None,
-        http_port: int | None = None,
-        http_host: IPv4Address | IPv6Address = EVERY_INTERFACE,
+        endpoints: Endpoints | None = None,
         tracer: Tracer | None = None,
         verifier: Verifier | None = None,
+        kafka_check: Callable[[], None] | None = None,
     ) -> None:
         self._consumer = consumer
         self._writer = writer
         self._batch_size = batch_size
         self._poll_timeout = poll_timeout
-        self._http_port = http_port
-        self._http_host = http_host
+        self._endpoints = endpoints or Endpoints(None)
+        # Asked when a poll brings nothing: with no batch to write, nothing else would notice.
+        warehouse = ServiceCheck("the warehouse", writer.ping)
+        self._endpoints.health.services.append(warehouse)
+        self._idle_checks: list[Callable[[], None]] = [warehouse]
+        if kafka_check is not None:
+            self._idle_checks.append(kafka_check)
         self.latency = Histogram(*names.COMMIT_TO_APPLIED)
         self._settler = Settler(
             writer,
@@ -64,32 +68,30 @@ class Sink:
             backoff=backoff,
             tracer=tracer,
             latency=self.latency,
+            health=self._endpoints.health,
         )
         self.stats: SinkStats = self._settler.stats
         self.health = self._settler.health
         self._lag = 0
-        self.metrics = self._metrics()
+        self.metrics = self._metrics(self._endpoints.metrics)
 
     def run(self, should_stop: Callable[[], bool], *, drain: bool = False) -> SinkStats:
         """Loop until `should_stop()`; with `drain`, also stop once all partitions are caught up."""
-        server = (
-            serve(self._http_port, self.metrics, self.health, self._http_host)
-            if self._http_port is not None
-            else None
-        )
         try:
             while not should_stop():
                 records = self._consumer.poll(self._batch_size, self._poll_timeout)
                 self._stop_at_gaps(should_stop)
                 self._settler.settle(records, should_stop)
                 self._lag = self._consumer.lag()  # here: the consumer is not for the metrics thread
-                if drain and not records and self._consumer.caught_up():
-                    break
+                if not records:
+                    if drain and self._consumer.caught_up():
+                        break
+                    for check in self._idle_checks:
+                        check()
         finally:
             self._consumer.close()
             self._writer.close()
-            if server is not None:
-                server.shutdown()
+            self._endpoints.close()
         return self.stats
 
     def _stop_at_gaps(self, should_stop: Callable[[], bool]) -> None:
@@ -97,14 +99,14 @@ class Sink:
         while (gap := self._consumer.next_gap()) is not None:
             self._settler.stop_at(*gap, should_stop)
 
-    def _metrics(self) -> Metrics:
+    def _metrics(self, metrics: Metrics) -> Metrics:
         """The counters read from `stats` and the gauges at scrape time (see `sink.names`), and
         the commit -> applied histogram settling fills."""
-        metrics = Metrics()
         for stat in fields(SinkStats):
             metrics.counter(*names.COUNTERS[stat.name], partial(self._stat, stat.name))
         metrics.gauge(*names.LAG_RECORDS, lambda: float(self._lag))
         metrics.gauge(*names.STOPPED_PARTITIONS, lambda: float(self._consumer.halted()))
+        metrics.gauge(*names.READY, lambda: float(self.health.ready))
         metrics.histogram(self.latency)
         return metrics
 

@@ -43,6 +43,14 @@ class SinkSettings(BaseSettings):
     )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     group_id: str = Field("outboxkit-sink", description="Consumer group; offsets are stored per group.")
+    group_instance_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=249,
+        description="Static group membership (Kafka's group.instance.id), unique per running sink, e.g. "
+        "the pod name: a sink restarted under the same id within session.timeout.ms gets its "
+        "partitions back without a rebalance of the others. Unset: dynamic membership.",
+    )
     tables: list[TableMapping] = Field(min_length=1, description="One mapping per topic: table, mode, model.")
     isolation_level: str = Field("read_committed", description="Anything else is refused at start-up.")
     poison_policy: Literal["dlq", "stop"] = Field(
@@ -54,9 +62,10 @@ class SinkSettings(BaseSettings):
     max_backoff: float = Field(10.0, gt=0, description="Longest wait between warehouse retries.")
     start_timeout: float = Field(
         60.0,
-        gt=0,
-        description="Seconds a starting sink waits for its warehouse and Kafka (retrying with backoff) "
-        "before it exits 1; rides out a service restart.",
+        ge=0,
+        description="Seconds a starting sink waits for its warehouse and Kafka (retrying with backoff, "
+        "live and not ready) before it exits 1; rides out a service restart. 0: waits for as long as "
+        "it takes (what Kubernetes wants).",
     )
     http_port: int | None = Field(
         None, ge=0, le=65535, description="Serve /metrics, /healthz, /readyz on this port (off when unset)."

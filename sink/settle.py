@@ -90,6 +90,9 @@ class Partitions(Protocol):
         ...
 
 
+HALTED = "a partition is stopped: `outboxkit sink status` says why and what to do"
+
+
 class Settler:
     """Settles records into one warehouse for one consumer group. Not thread-safe."""
 
@@ -106,6 +109,7 @@ class Settler:
         backoff: Backoff | None = None,
         tracer: Tracer | None = None,
         latency: Histogram | None = None,
+        health: Health | None = None,
     ) -> None:
         self._warehouse = warehouse
         self._partitions = partitions
@@ -118,7 +122,7 @@ class Settler:
         self._tracer = tracer or trace.get_tracer(names.TRACER)
         self._latency = latency  # commit -> applied, per table row written
         self.stats = SinkStats()
-        self.health = Health()
+        self.health = health or Health()
 
     def settle(self, records: Sequence[Consumed], should_stop: Callable[[], bool]) -> list[Outcome]:
         """Settle `records` (those of running partitions); the outcomes of the transactions that
@@ -137,7 +141,7 @@ class Settler:
             return  # the partition moved to another instance: it meets the gap there
         log.error("%s[%d] stopped at offset %d: %s", *where, offset, reason)
         self._partitions.stop(where)
-        self.health.beat(ok=False)
+        self._beat()
 
     def _settle(
         self,
@@ -150,7 +154,7 @@ class Settler:
         re-read from the warehouse, and nothing more of these records may be settled."""
         records = self._partitions.running(records)
         if not records:
-            self.health.beat(ok=not self._partitions.halted())
+            self._beat()
             return True
         batch, stopping = assemble(
             records,
@@ -185,7 +189,7 @@ class Settler:
         self._count(len(records), outcome)
         self._observe(batch)
         outcomes.append(outcome)
-        self.health.beat(ok=not self._partitions.halted())  # a halted partition needs an operator
+        self._beat()
         return True
 
     def _attributes(self, records: Sequence[Consumed], batch: Batch) -> Attributes:
@@ -229,8 +233,12 @@ class Settler:
             "%s[%d] stopped at offset %d: %s (its dead letter too)", *source.where, source.offset, reason
         )
         self._partitions.stop(source.where)
-        self.health.beat(ok=False)
+        self._beat()
         return True
+
+    def _beat(self) -> None:
+        """A round done: ready unless a partition is halted (it needs an operator)."""
+        self.health.beat(ok=not self._partitions.halted(), why=HALTED)
 
     def _write(self, batch: Batch, should_stop: Callable[[], bool]) -> Outcome | None:
         """Write `batch`, retrying an unreachable warehouse with backoff; None if the partitions
@@ -247,7 +255,7 @@ class Settler:
                 self._partitions.reseek()
                 return None
             except WarehouseError as exc:
-                self.health.beat(ok=False)
+                self.health.beat(ok=False, why=f"the warehouse fails: {str(exc).splitlines()[0]}")
                 failures += 1
                 if exc.data or should_stop():
                     raise

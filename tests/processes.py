@@ -7,9 +7,10 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -55,12 +56,53 @@ def stopped(service: str) -> Iterator[None]:
         services("up", service)
 
 
-def get(port: int, path: str) -> tuple[int, str]:
+def get(port: int, path: str, timeout: float = 5) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+def fastest_answer(port: int, path: str, tries: int = 20) -> float:
+    """Seconds the quickest of `tries` requests took: the probe's own cost, with the noise of a
+    busy machine (other tests, other engineers) taken out."""
+    took = []
+    for _ in range(tries):
+        started = time.perf_counter()
+        get(port, path)
+        took.append(time.perf_counter() - started)
+    return min(took)
+
+
+def probes_until(port: int, done: Callable[[], bool], timeout: float = 120) -> list[tuple[int, int]]:
+    """(/healthz, /readyz) status codes, every 0.2 s until `done()` (at least once)."""
+    seen, deadline = [], time.monotonic() + timeout
+    while True:
+        seen.append((get(port, "/healthz")[0], get(port, "/readyz")[0]))
+        if done():
+            return seen
+        assert time.monotonic() < deadline, f"not done within {timeout:.0f}s; probes said {seen[-5:]}"
+        time.sleep(0.2)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not so within {timeout:.0f}s"
+        time.sleep(0.2)
+
+
+def wait_until_probe(port: int, path: str, status: int, timeout: float = 90) -> str:
+    """Block until `path` answers `status` (connection refused counts as not yet); its body."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with suppress(OSError):
+            code, body = get(port, path)
+            if code == status:
+                return body
+        assert time.monotonic() < deadline, f"{path} did not answer {status} within {timeout:.0f}s"
+        time.sleep(0.2)
 
 
 def metric(text: str, name: str) -> float:
@@ -90,12 +132,14 @@ class Forwarder:
     """A TCP forwarder from a loopback port to `target`: a service that is away until `open()`.
 
     A process pointed at `port` first finds nothing listening there (connection refused, as
-    for a service restarting); once opened, every connection is relayed to the real service."""
+    for a service restarting); once opened, every connection is relayed to the real service.
+    Closed, it cuts the connections it relays too: the service is gone, as if it had stopped."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.port = free_port()
         self._server: socket.socket | None = None
+        self._relayed: list[socket.socket] = []
 
     def open(self) -> None:
         server = socket.create_server(("127.0.0.1", self.port))
@@ -104,13 +148,21 @@ class Forwarder:
 
     def close(self) -> None:
         if self._server is not None:
+            with suppress(OSError):  # wakes the accepting thread, so the port is free at once
+                self._server.shutdown(socket.SHUT_RDWR)
             self._server.close()
+        for end in self._relayed:
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+        self._relayed.clear()
 
     def _accept(self, server: socket.socket) -> None:
         with suppress(OSError):  # closed
             while True:
                 client, _ = server.accept()
                 upstream = socket.create_connection(self.target)
+                self._relayed += [client, upstream]
                 for source, sink in ((client, upstream), (upstream, client)):
                     threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
 

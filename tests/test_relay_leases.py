@@ -147,6 +147,10 @@ class Noted:
     def close(self) -> None:
         self._leases.close()
 
+    @property
+    def unheld(self) -> int:
+        return self._leases.unheld
+
 
 def test_a_successor_takes_every_shard_of_a_dead_holder_in_one_round_and_starts_them_side_by_side(
     app: Engine, unique_name: Callable[[str], str]

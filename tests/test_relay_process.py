@@ -21,17 +21,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.orm import Session
 
 import outbox
 from outbox import SETTINGS_KEY, OutboxSettings
+from relay.errors import RelayError
+from relay.publisher import TransactionalPublisher
 from runtime.kafka import KafkaSettings
 from runtime.process import ExitCode
 from tests.conftest import PgSchema
 from tests.helpers import Record, committed_records
 from tests.models import Base, Thing
-from tests.processes import Forwarder, get, metric, stopped
+from tests.processes import (
+    Forwarder,
+    fastest_answer,
+    free_port,
+    get,
+    metric,
+    probes_until,
+    stopped,
+    wait_until_probe,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -425,3 +436,132 @@ def test_a_relay_started_while_postgresql_is_away_waits_for_it_and_publishes_eve
     assert relay.returncode == ExitCode.OK, stderr
     assert "cannot reach the database for leases" in stderr
     assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 30)
+
+
+def served(sidecar: Sidecar, **env: str) -> tuple[RelayProcess, int]:
+    """A relay of `sidecar` serving its metrics and probes; with its port."""
+    port = free_port()
+    return sidecar.start(OUTBOXKIT_RELAY_HTTP_PORT=str(port), **env), port
+
+
+def test_the_probes_answer_at_once_while_the_backlog_query_waits_for_seconds(
+    kafka: KafkaSettings, sidecar: Sidecar
+) -> None:
+    relay, port = served(sidecar)
+    metrics: list[tuple[int, str]] = []
+    try:
+        wait_until_probe(port, "/readyz", 200)
+        with sidecar.app.connect() as locker:  # the backlog's count(*) waits on this lock, for real
+            locker.execute(text("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE"))
+            scrape = threading.Thread(target=lambda: metrics.append(get(port, "/metrics", timeout=120)))
+            scrape.start()
+            time.sleep(2)
+            assert scrape.is_alive(), f"/metrics did not wait for the lock: {metrics}"
+            liveness, readiness = fastest_answer(port, "/healthz"), fastest_answer(port, "/readyz")
+            assert scrape.is_alive(), "the lock was given up before the probes were measured"
+            locker.rollback()
+        scrape.join(60)
+    finally:
+        relay.kill()
+    print(f"fastest /healthz {liveness * 1000:.1f} ms, /readyz {readiness * 1000:.1f} ms")
+    assert liveness < 0.05
+    assert readiness < 0.05
+    [(status_code, text_)] = metrics
+    assert status_code == 200
+    assert metric(text_, "outboxkit_relay_backlog_events") == 0
+
+
+def test_the_relay_is_not_ready_while_its_database_is_unreachable_and_live_all_along(
+    sidecar: Sidecar,
+) -> None:
+    url = make_url(sidecar.env["OUTBOXKIT_RELAY_DATABASE_URL"])
+    database = Forwarder((url.host or "127.0.0.1", url.port or 5432))
+    database.open()
+    relay, port = served(
+        sidecar,
+        OUTBOXKIT_RELAY_DATABASE_URL=url.set(port=database.port).render_as_string(hide_password=False),
+    )
+    try:
+        wait_until_probe(port, "/readyz", 200)
+        database.close()
+        body = wait_until_probe(port, "/readyz", 503)
+        assert body.startswith("not ready: "), body
+        # and it stays so once the relay has lost its leases and stands by (a standby is ready)
+        seen = probes_until(port, lambda: relay.count("cannot reach the database for leases") >= 1)
+        seen += [(get(port, "/healthz")[0], get(port, "/readyz")[0]) for _ in range(10)]
+        assert set(seen) == {(200, 503)}, seen
+        assert metric(get(port, "/metrics")[1], "outboxkit_relay_ready") == 0
+        database.open()
+        wait_until_probe(port, "/readyz", 200)
+    finally:
+        relay.kill()
+        database.close()
+
+
+def test_with_kafka_unreachable_the_relay_stays_live_says_not_ready_and_never_lies_ready(
+    sidecar: Sidecar,
+) -> None:
+    """The sidecar's probes are liveness and startup, both /healthz (k8s/README.md): they must
+    stay 200, so the app pod stays ready; /readyz and the ready gauge tell the truth."""
+    relay, port = served(
+        sidecar,
+        OUTBOXKIT_RELAY_KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+        OUTBOXKIT_RELAY_START_TIMEOUT="0",  # as in Kubernetes: waits for as long as it takes
+    )
+    try:
+        wait_until_probe(port, "/healthz", 200, timeout=30)
+        seen = probes_until(port, lambda: relay.count("cannot start publishing") >= 2, timeout=180)
+        assert metric(get(port, "/metrics")[1], "outboxkit_relay_ready") == 0
+        body = get(port, "/readyz")[1]
+    finally:
+        relay.kill()
+    assert {liveness for liveness, _ in seen} == {200}, seen
+    assert {readiness for _, readiness in seen} == {503}, seen
+    assert "Kafka is unreachable" in body, body
+
+
+def test_status_and_a_metric_warn_of_shards_no_relay_holds(kafka: KafkaSettings, sidecar: Sidecar) -> None:
+    sidecar.env |= {"OUTBOXKIT_RELAY_SHARDS": "3", "OUTBOXKIT_RELAY_MAX_SHARDS": "2"}
+    relay, port = served(sidecar)
+    second: RelayProcess | None = None
+    try:
+        relay.wait_for("took the lease", times=2)
+        assert status(sidecar)["unheld"] == ["shard 3/3"]
+        shown = subprocess.run(
+            [sys.executable, "-m", "outboxkit.cli", "relay", "status"],
+            env=sidecar.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        deadline = time.monotonic() + 30
+        while metric(get(port, "/metrics")[1], "outboxkit_relay_shards_unheld") != 1:
+            assert time.monotonic() < deadline, "the unheld shard never showed in the metric"
+            time.sleep(0.2)
+        second = sidecar.start()  # one more relay: every shard held, no warning
+        second.wait_for("took the lease")
+        assert status(sidecar)["unheld"] == []
+    finally:
+        relay.kill()
+        if second is not None:
+            second.kill()
+    assert "WARNING: 1 of 3 shard(s) held by no relay" in shown, shown
+
+
+def test_a_kafka_call_retried_while_the_broker_is_away_keeps_the_relay_live_and_unready() -> None:
+    """A commit retried for as long as an outage lasts must not look like a hung loop (liveness
+    would restart the sidecar for nothing); each retry says it to the health flags."""
+    waited: list[str] = []
+    give_up = time.monotonic() + 30  # unheard retries would otherwise go on for ever
+    publisher = TransactionalPublisher(
+        KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}"),
+        "outboxkit-relay.nobody",
+        timeout=1,
+        stopping=lambda: len(waited) >= 2 or time.monotonic() > give_up,
+        waiting=waited.append,
+    )
+    with pytest.raises(RelayError):
+        publisher.start()
+    assert len(waited) == 2, waited
+    assert all(why.startswith("Kafka init_transactions retried") for why in waited), waited

@@ -17,13 +17,25 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
 from sqlalchemy import create_engine, make_url, text
 
 from runtime.kafka import KafkaSettings
-from tests.processes import ROOT, Forwarder, stopped
+from tests.processes import (
+    ROOT,
+    Forwarder,
+    free_port,
+    get,
+    probes_until,
+    stopped,
+    wait_until,
+    wait_until_probe,
+)
 from tests.sinkkit import T0, message, publish
 
 Names = Callable[[str], str]
@@ -54,7 +66,13 @@ def events(count: int, keys: int = 25) -> list[Event]:
     return made
 
 
-def produce(kafka: KafkaSettings, topic: str, batch: Sequence[Event], partitions: int = 2) -> None:
+def produce(
+    kafka: KafkaSettings,
+    topic: str,
+    batch: Sequence[Event],
+    partitions: int = 2,
+    transactional_id: str | None = None,
+) -> None:
     publish(
         kafka,
         [
@@ -71,6 +89,7 @@ def produce(kafka: KafkaSettings, topic: str, batch: Sequence[Event], partitions
             )
             for e in batch
         ],
+        transactional_id=transactional_id,
     )
 
 
@@ -142,14 +161,15 @@ class SinkProcess:
             **more,
         }
 
-    def start(self, *command: str) -> subprocess.Popen[str]:
-        args = command or ("-m", "outboxkit.cli", "--log-level", "WARNING", "sink", "run")
+    def start(self, *command: str, log: Path | None = None, **more: str) -> subprocess.Popen[str]:
+        """The sink as a process, `more` settings added; its log written to `log` if given."""
+        args = command or ("-m", "outboxkit.cli", "--log-level", "INFO" if log else "WARNING", "sink", "run")
         return subprocess.Popen(
             [sys.executable, *args],
             cwd=ROOT,
-            env=self.env(),
+            env=self.env(**more),
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=log.open("w") if log else subprocess.PIPE,
             text=True,
         )
 
@@ -275,25 +295,149 @@ def kafka_topic_4(new_topic: Callable[..., str]) -> str:
     return new_topic(4)
 
 
+def behind(process: SinkProcess, forwarder: Forwarder) -> SinkProcess:
+    """`process` with its PostgreSQL warehouse reached through `forwarder`."""
+    url = make_url(process.url).set(port=forwarder.port)
+    return replace(process, url=url.render_as_string(hide_password=False))
+
+
+def postgres_forwarder(process: SinkProcess) -> Forwarder:
+    url = make_url(process.url)
+    return Forwarder((url.host or "127.0.0.1", url.port or 5432))
+
+
 @pytest.mark.parametrize("warehouse_url", ["postgresql"], indirect=True)
-def test_a_sink_started_while_postgresql_is_away_waits_for_it_and_loses_nothing(
+def test_a_sink_started_while_postgresql_is_away_waits_live_and_not_ready_then_proceeds(
     kafka: KafkaSettings, process: SinkProcess
 ) -> None:
     produced = events(100)
     produce(kafka, process.topic, produced)
-    url = make_url(process.url)
-    postgres_later = Forwarder((url.host or "127.0.0.1", url.port or 5432))
-    sink = replace(
-        process, url=url.set(port=postgres_later.port).render_as_string(hide_password=False)
-    ).start()
+    postgres_later, port = postgres_forwarder(process), free_port()
+    sink = behind(process, postgres_later).start(
+        OUTBOXKIT_SINK_HTTP_PORT=str(port), OUTBOXKIT_SINK_START_TIMEOUT="0"
+    )
     try:
+        wait_until_probe(port, "/healthz", 200, timeout=30)  # served while it waits
+        assert wait_until_probe(port, "/readyz", 503).startswith("not ready: ")
         time.sleep(3)
         assert sink.poll() is None, f"the sink did not wait for PostgreSQL: {sink.communicate()[1]}"
+        assert get(port, "/healthz")[0] == 200
+        assert get(port, "/readyz")[0] == 503
         postgres_later.open()
         wait_for(process.url, "log", 100)
+        wait_until_probe(port, "/readyz", 200)
     finally:
         stderr = stop(sink)
         postgres_later.close()
 
     assert found(process.url) == expected(produced)
     assert "preparing the warehouse failed" in stderr
+
+
+def logged(log: Path, text_: str, times: int = 1) -> Callable[[], bool]:
+    return lambda: log.read_text().count(text_) >= times
+
+
+def test_a_sink_without_kafka_is_live_and_not_ready(process: SinkProcess, tmp_path: Path) -> None:
+    port, log = free_port(), tmp_path / "sink.log"
+    sink = process.start(
+        log=log,
+        OUTBOXKIT_SINK_HTTP_PORT=str(port),
+        OUTBOXKIT_SINK_START_TIMEOUT="0",
+        OUTBOXKIT_SINK_KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+    )
+    try:
+        wait_until_probe(port, "/healthz", 200, timeout=30)
+        seen = probes_until(port, logged(log, "reaching Kafka failed", 2))
+        body = get(port, "/readyz")[1]
+    finally:
+        sink.kill()
+        sink.wait(10)
+    assert {liveness for liveness, _ in seen} == {200}, seen
+    assert {readiness for _, readiness in seen} == {503}, seen
+    assert "Kafka" in body, body
+
+
+@pytest.mark.parametrize("warehouse_url", ["postgresql"], indirect=True)
+def test_a_running_sink_is_not_ready_while_its_warehouse_is_down_even_with_nothing_to_write(
+    kafka: KafkaSettings, process: SinkProcess
+) -> None:
+    produced = events(100)
+    produce(kafka, process.topic, produced)
+    warehouse, port = postgres_forwarder(process), free_port()
+    warehouse.open()
+    sink = behind(process, warehouse).start(OUTBOXKIT_SINK_HTTP_PORT=str(port))
+    try:
+        wait_for(process.url, "log", 100)
+        wait_until_probe(port, "/readyz", 200)
+        warehouse.close()  # idle: no batch would notice
+        assert "warehouse" in wait_until_probe(port, "/readyz", 503, timeout=30)
+        assert get(port, "/healthz")[0] == 200
+        warehouse.open()
+        wait_until_probe(port, "/readyz", 200)
+    finally:
+        stop(sink)
+        warehouse.close()
+
+
+def group_offsets(kafka: KafkaSettings, group: str) -> dict[int, int]:
+    """Partition -> offset committed to `group`, read with Kafka's admin API."""
+    admin = AdminClient(kafka.client_config())
+    [future] = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)]).values()
+    return {tp.partition: tp.offset for tp in future.result(timeout=30).topic_partitions}
+
+
+def ends(kafka: KafkaSettings, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer(kafka.client_config({"group.id": "ends"}))
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        }
+    finally:
+        consumer.close()
+
+
+def test_the_sinks_consumer_group_shows_its_stored_offsets_and_lag_zero_after_a_drain(
+    kafka: KafkaSettings, process: SinkProcess, unique_name: Names
+) -> None:
+    produced = events(100)
+    for i in range(0, 100, 25):  # as the relay publishes: each transaction ends with a marker
+        produce(kafka, process.topic, produced[i : i + 25], transactional_id=unique_name("tx"))
+    process.drain()
+    shown = group_offsets(kafka, process.group)
+    assert shown == ends(kafka, process.topic, 2)  # lag 0, though the ends are transaction markers
+    assert found(process.url) == expected(produced)
+
+
+@pytest.mark.parametrize("warehouse_url", ["postgresql"], indirect=True)
+def test_a_sink_restarted_under_its_static_member_id_moves_no_partition_of_the_other(
+    kafka: KafkaSettings, kafka_topic_4: str, process: SinkProcess, tmp_path: Path
+) -> None:
+    process.topic = kafka_topic_4
+    # A static member's partitions wait for it this long: longer than its restart takes.
+    config = json.dumps({"session.timeout.ms": "30000", "heartbeat.interval.ms": "500"})
+    logs = [tmp_path / "one.log", tmp_path / "other.log"]
+
+    def start(member: int) -> subprocess.Popen[str]:
+        return process.start(
+            log=logs[member],
+            OUTBOXKIT_SINK_GROUP_INSTANCE_ID=f"sink-{member}",
+            OUTBOXKIT_SINK_KAFKA__CONFIG=config,
+        )
+
+    one, other = start(0), start(1)
+    try:
+        produce(kafka, process.topic, events(200, keys=40), partitions=4)
+        wait_for(process.url, "log", 200)
+        wait_until(lambda: all(" assigned [(" in log.read_text() for log in logs))
+        settled = logs[1].read_text().count(" assigned ")
+        stop(one)
+        one = start(0)  # the same member id: it takes its partitions back, the other keeps its own
+        wait_until(logged(logs[0], " assigned [("))
+        produce(kafka, process.topic, events(400, keys=40)[200:], partitions=4)
+        wait_for(process.url, "log", 400)  # every partition, the restarted one's too, applied
+    finally:
+        stop(one)
+        stop(other)
+    assert logs[1].read_text().count(" assigned ") == settled, logs[1].read_text()[-3000:]

@@ -29,6 +29,7 @@ RUN python -m venv /opt/outboxkit \
  && /opt/outboxkit/bin/python scripts/image compile
 
 FROM ${PYTHON_IMAGE}
+ARG PYTHON_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="outboxkit" \

@@ -26,8 +26,8 @@ test: $(BIN)/outboxkit lint image
 
 ## The container image localhost/outboxkit:<version>, from Debian's packages, no registry (cached:
 ## minutes once, seconds after a source change, nothing when nothing changed). See README.md.
-image:
-	scripts/image build
+image: $(BIN)/outboxkit
+	$(BIN)/python scripts/image build
 
 ## Benchmarks against the local PostgreSQL: side-by-side medians and ratios (see bench/README.md).
 bench: $(BIN)/outboxkit

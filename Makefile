@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench chaos services-up services-down k8s-apiserver k8s-check
+.PHONY: demo test lint image bench chaos services-up services-down k8s-apiserver k8s-check
 
 $(BIN)/outboxkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,16 @@ demo: $(BIN)/outboxkit
 	scripts/services up kafka $(if $(findstring postgres,$(ARGS)),postgres)
 	$(BIN)/outboxkit demo $(ARGS)
 
-## Lint, type-check, start Kafka/PostgreSQL/Redis, run the test suite against them.
-test: $(BIN)/outboxkit lint
+## Lint, type-check, build the image, start Kafka/PostgreSQL/Redis, run the test suite against them
+## (tests/test_image.py runs the relay and the sink as containers of the image).
+test: $(BIN)/outboxkit lint image
 	scripts/services up
 	$(BIN)/pytest
+
+## The container image localhost/outboxkit:<version>, from Debian's packages, no registry (cached:
+## minutes once, seconds after a source change, nothing when nothing changed). See README.md.
+image: $(BIN)/outboxkit
+	$(BIN)/python scripts/image build
 
 ## Benchmarks against the local PostgreSQL: side-by-side medians and ratios (see bench/README.md).
 bench: $(BIN)/outboxkit

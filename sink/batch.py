@@ -39,23 +39,24 @@ def assemble(
     stopping: set[Where] = set()
     for consumed in records:
         record = decode(consumed, max_bytes=max_bytes, verifier=verifier)
-        reason = refused.get((record.source.topic, record.source.partition, record.source.offset))
+        source = record.source
+        reason = refused.get((source.topic, source.partition, source.offset)) if refused else None
         if reason is not None:
-            record = DeadLetter(record.source, record.raw, reason, getattr(record, "event_id", None))
-        where = record.source.where
+            record = DeadLetter(source, record.raw, reason, getattr(record, "event_id", None))
+        where = (source.topic, source.partition)  # `source.where`, without a property call per record
         if where in stopping:
             continue
         rows, letter = _map(record, mappings[where[0]], batch, schemas)
         if letter is not None and (letter.stop or policy == "stop"):
             stopping.add(where)
             batch.dead_letters.append(letter if letter.stop else _halt(letter))
-            batch.moves[where] = (positions.get(where), record.source.offset)
+            batch.moves[where] = (positions.get(where), source.offset)
             continue
         if letter is not None:
             batch.dead_letters.append(letter)
         for table, row in rows:
             batch.rows.setdefault(table, []).append(row)
-        batch.moves[where] = (positions.get(where), record.source.offset + 1)
+        batch.moves[where] = (positions.get(where), source.offset + 1)
     return batch, stopping
 
 

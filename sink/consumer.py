@@ -112,20 +112,23 @@ class WarehouseConsumer:
         """The records to return of what was consumed; each error or end reported among them noted."""
         records: list[Consumed] = []
         for message in consumed:
-            where = (message.topic() or "", message.partition() or 0)
             error = message.error()
             if error is not None:
-                self._reported(where, error, message.offset())
-            elif self._counted(where, message.offset() or 0):
-                records.append(consumed_record(message))
+                self._reported((message.topic() or "", message.partition() or 0), error, message.offset())
+            elif self._counted(record := consumed_record(message)):
+                records.append(record)
         return records
 
-    def _counted(self, where: Where, offset: int) -> bool:
-        """Count a record as unsettled; True if it is to be returned (its partition ours and running)."""
+    def _counted(self, record: Consumed) -> bool:
+        """Count a record as unsettled; True if it is to be returned (its partition ours and running).
+        Reads the record's own copy of its coordinates: the client's getters build new objects per
+        call, and this runs for every record."""
+        source = record.source
+        where = (source.topic, source.partition)
         if where not in self._positions:
             return False
         self._ends.pop(where, None)
-        self._unsettled[where].append(offset)
+        self._unsettled[where].append(source.offset)
         if where in self._stopped:  # waits behind the stop: counted, not returned
             self._consumer.pause([TopicPartition(*where)])
             return False
@@ -174,8 +177,8 @@ class WarehouseConsumer:
         return self._positions
 
     def running(self, records: Iterable[Consumed]) -> list[Consumed]:
-        """`records` without those of stopped partitions: nothing of a stopped one is settled.
-        Mostly none is stopped: then no record is looked at (it runs for every record)."""
+        """`records` without those of stopped partitions: nothing of a stopped one is settled. With
+        none stopped (the usual case) no record is looked at: this runs per batch, over every record."""
         if not self._stopped:
             return list(records)
         return [record for record in records if record.source.where not in self._stopped]

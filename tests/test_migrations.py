@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,6 +153,35 @@ def test_outboxkit_migrate_upgrades_a_database_and_explains_one_it_cannot_reach(
     assert failed.returncode == 1
     assert "outboxkit migrate: cannot use the database at --url" in failed.stderr
     assert "Connection refused" in failed.stderr
+
+
+def test_outboxkit_migrate_takes_its_url_from_the_environment_and_keeps_it_out_of_the_process_list(
+    pg_schema: PgSchema,
+) -> None:
+    """What the migration Job does (k8s/migrate): the URL, password included, comes from a Secret
+    as OUTBOXKIT_MIGRATE_URL; neither the command line nor the output shows the password."""
+    password = "pw-" + uuid.uuid4().hex  # the suite's PostgreSQL trusts loopback: any password works
+    url = make_url(pg_schema.url).set(password=password).update_query_dict(pg_schema.connect_args)
+    env = {**os.environ, "OUTBOXKIT_MIGRATE_URL": url.render_as_string(hide_password=False)}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "outboxkit.cli", "migrate"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # What `ps` shows: read while it runs (Python's start alone outlasts the first read).
+    command_line = Path(f"/proc/{job.pid}/cmdline").read_bytes().decode()
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 0, err
+    assert "outboxkit.cli\0migrate" in command_line
+    assert password not in command_line + out + err
+    assert "the outbox tables are at head" in out
+    engine = create_engine(url)
+    try:
+        assert "outbox" in inspect(engine).get_table_names(schema=pg_schema.name)
+    finally:
+        engine.dispose()
 
 
 def test_0005_renames_the_relays_dead_letters_keeping_their_rows_and_downgrade_renames_them_back(

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint image bench chaos services-up services-down k8s-apiserver k8s-check
+.PHONY: demo test lint image bench chaos services-up services-down k8s-tools k8s-apiserver k8s-check
 
 $(BIN)/outboxkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,10 @@ demo: $(BIN)/outboxkit
 	scripts/services up kafka $(if $(findstring postgres,$(ARGS)),postgres)
 	$(BIN)/outboxkit demo $(ARGS)
 
-## Lint, type-check, build the image, start Kafka/PostgreSQL/Redis, run the test suite against them
-## (tests/test_image.py runs the relay and the sink as containers of the image).
-test: $(BIN)/outboxkit lint image
+## Lint, type-check, build the image and the manifest validators (both cached), start
+## Kafka/PostgreSQL/Redis, run the test suite against them (tests/test_image.py runs the relay and
+## the sink as containers of the image; tests/test_k8s_manifests.py validates every manifest).
+test: $(BIN)/outboxkit lint image k8s-tools
 	scripts/services up
 	$(BIN)/pytest
 
@@ -44,6 +45,11 @@ bench: $(BIN)/outboxkit
 chaos: $(BIN)/outboxkit
 	scripts/services up
 	$(BIN)/outboxkit chaos --seconds 1800 --events 0 --restart-services
+
+## kubeconform, kube-score, the Pod Security evaluator (tools/pss) and Kubernetes' schemas, into
+## the cache: a few minutes the first time, then seconds (tests/test_k8s_manifests.py uses them).
+k8s-tools: $(BIN)/outboxkit
+	$(BIN)/python scripts/k8s-tools build
 
 ## Build kube-apiserver from the Go module proxy into the cache (5 to 15 minutes cold on two
 ## cores, then seconds: keyed by tools/kube-apiserver's go.mod and go.sum, and Go's build cache).

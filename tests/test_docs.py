@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import make_url
 
+from outboxkit.commands.migrate import MigrateSettings
 from relay import RelaySettings
 from runtime.kafka import KafkaSettings
 from runtime.observe import Health, Metrics, serve
@@ -65,10 +66,18 @@ def test_every_verify_setting_is_in_the_readme_table_and_nothing_else_is() -> No
     assert set(re.findall(rf"{prefix}[A-Z_]+[A-Z]", readme)) <= names
 
 
-def test_the_sidecar_manifest_uses_real_settings() -> None:
-    used = relay_names_in(ROOT / "k8s" / "relay-sidecar.yaml")
-    assert used
+def names_in_k8s(pattern: str) -> set[str]:
+    """The setting names matching `pattern` in the manifests and k8s/README.md."""
+    files = [path for path in (ROOT / "k8s").rglob("*") if path.suffix in {".yaml", ".md"}]
+    return set().union(*(re.findall(pattern, path.read_text()) for path in files))
+
+
+def test_the_manifests_use_real_relay_and_migrate_settings() -> None:
+    used = names_in_k8s(r"OUTBOXKIT_RELAY_[A-Z_]+[A-Z]")
+    assert RELAY_PREFIX + "DATABASE_URL" in used
     assert used <= relay_setting_names()
+    migrate = {"OUTBOXKIT_MIGRATE_" + name.upper() for name in MigrateSettings.model_fields}
+    assert names_in_k8s(r"OUTBOXKIT_MIGRATE_[A-Z_]+[A-Z]") == migrate
 
 
 # The sink's manifest is checked more closely than the relay's: its settings are data (a
@@ -76,7 +85,8 @@ def test_the_sidecar_manifest_uses_real_settings() -> None:
 # given to SinkSettings as the container would see them.
 
 SINK_PREFIX = "OUTBOXKIT_SINK_"
-SINK_MANIFEST = ROOT / "k8s" / "sink.yaml"
+SINK_MANIFEST = ROOT / "k8s" / "base" / "sink.yaml"
+SECRETS = ROOT / "k8s" / "secrets.example.yaml"
 NOT_A_STRING = re.compile(r"[-+.]?[0-9][0-9_.:eE+-]*|true|false|yes|no|on|off|y|n|null|~", re.IGNORECASE)
 
 
@@ -85,12 +95,14 @@ def sink_setting_names() -> set[str]:
     return names | {SINK_PREFIX + "KAFKA__" + name.upper() for name in KafkaSettings.model_fields}
 
 
-def manifest_documents(path: Path) -> dict[str, str]:
-    """Each document of a manifest by its kind (one of each kind here)."""
+def manifest_documents(path: Path, name: str = "") -> dict[str, str]:
+    """Each document of a manifest by its kind (one of each kind here), of those named `name` if given."""
     documents: dict[str, str] = {}
     for text in re.split(r"(?m)^---$", path.read_text()):
         kind = re.search(r"(?m)^kind: (\w+)$", text)
         assert kind, f"a document without a kind in {path.name}"
+        if name and not re.search(rf"(?m)^  name: {name}$", text):
+            continue
         assert kind[1] not in documents, f"two {kind[1]}s in {path.name}"
         documents[kind[1]] = text
     return documents
@@ -135,9 +147,10 @@ def string_map(document: str, key: str) -> dict[str, str]:
 
 
 def sink_manifest_env() -> tuple[dict[str, str], dict[str, str]]:
-    """The ConfigMap's data and the Secret's stringData of the sink's manifest."""
-    documents = manifest_documents(SINK_MANIFEST)
-    return string_map(documents["ConfigMap"], "data"), string_map(documents["Secret"], "stringData")
+    """The ConfigMap's data of the sink's manifest and the stringData of the example Secret it refers to."""
+    config = manifest_documents(SINK_MANIFEST)["ConfigMap"]
+    secret = manifest_documents(SECRETS, "outboxkit-sink")["Secret"]
+    return string_map(config, "data"), string_map(secret, "stringData")
 
 
 @pytest.fixture
@@ -153,8 +166,8 @@ def sink_settings(monkeypatch: pytest.MonkeyPatch) -> SinkSettings:
 
 
 def test_the_sink_manifest_uses_real_settings() -> None:
-    used = set(re.findall(r"OUTBOXKIT_SINK_[A-Z_]+[A-Z]", SINK_MANIFEST.read_text()))
-    assert used
+    used = names_in_k8s(r"OUTBOXKIT_SINK_[A-Z_]+[A-Z]")
+    assert SINK_PREFIX + "WAREHOUSE_URL" in used
     assert used <= sink_setting_names()
     config, secret = sink_manifest_env()
     assert not set(config) & set(secret)

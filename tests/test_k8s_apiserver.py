@@ -28,39 +28,14 @@ from typing import Any
 
 import pytest
 
+from tests.k8s_sources import source_id, sources
+
 pytestmark = pytest.mark.k8s_apiserver
 
 ROOT = Path(__file__).resolve().parent.parent
-K8S = ROOT / "k8s"
 SCRIPT = ROOT / "scripts" / "k8s-apiserver"
 STAND_IN_CRDS = Path(__file__).with_name("k8s_stand_in_crds.yaml")
-KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 Obj = dict[str, Any]
-
-
-def kustomizations() -> list[Path]:
-    """Every kustomization under k8s/ that renders on its own (components only render inside one)."""
-    found = []
-    for name in KUSTOMIZATION_NAMES:
-        for path in K8S.rglob(name):
-            if not re.search(r"^kind:\s*Component\s*$", path.read_text(), re.M):
-                found.append(path.parent)
-    return sorted(found)
-
-
-def sources() -> list[Path]:
-    """What to render: each kustomization, and each YAML file that no kustomization directory holds."""
-    roots = {path.parent for name in KUSTOMIZATION_NAMES for path in K8S.rglob(name)}
-    loose = [
-        path
-        for path in sorted(K8S.rglob("*.y*ml"))
-        if path.name not in KUSTOMIZATION_NAMES and not any(root in path.parents for root in roots)
-    ]
-    return kustomizations() + loose
-
-
-def source_id(path: Path) -> str:
-    return str(path.relative_to(ROOT))
 
 
 @dataclass(frozen=True)

@@ -170,8 +170,11 @@ def test_outboxkit_migrate_takes_its_url_from_the_environment_and_keeps_it_out_o
         stderr=subprocess.PIPE,
         text=True,
     )
-    # What `ps` shows: read while it runs (Python's start alone outlasts the first read).
-    command_line = Path(f"/proc/{job.pid}/cmdline").read_bytes().decode()
+    # What `ps` shows, read while it runs (Python's start alone outlasts this). Empty for a moment
+    # while the exec is being set up: read until it is there.
+    command_line = ""
+    while not command_line and job.poll() is None:
+        command_line = Path(f"/proc/{job.pid}/cmdline").read_bytes().decode()
     out, err = job.communicate(timeout=120)
     assert job.returncode == 0, err
     assert "outboxkit.cli\0migrate" in command_line

@@ -179,6 +179,13 @@ def test_migrate_names_its_url_flag() -> None:
     assert "Traceback" not in refused.stderr
 
 
+def test_migrate_without_a_url_names_the_variable_and_hides_a_bad_one() -> None:
+    one_line_failure(outboxkit("migrate", env={}), 2, "OUTBOXKIT_MIGRATE_URL", "Field required")
+    bad = outboxkit("migrate", env={"OUTBOXKIT_MIGRATE_URL": "postgresql://app:s3cret@db:abc/shop"})
+    line = one_line_failure(bad, 2, "OUTBOXKIT_MIGRATE_URL", "not a database URL")
+    assert "s3cret" not in line
+
+
 def test_json_numbers_and_booleans_in_the_kafka_config_are_taken(sink_env: dict[str, str]) -> None:
     config = {
         "socket.timeout.ms": 6000,

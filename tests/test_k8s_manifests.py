@@ -34,6 +34,10 @@ from relay import names as relay_names
 from sink import names as sink_names
 from tests.k8s_sources import K8S, ROOT, rendered, source_id, sources
 
+# The first test may build the validators (when not run through `make test`, which builds them
+# first): minutes on two cold cores. Each tool's own run is capped at 300 s below.
+pytestmark = pytest.mark.timeout(1800)
+
 Obj = dict[str, Any]
 CRD_SCHEMAS = Path(__file__).with_name("k8s_crd_schemas")
 MIN_KUBERNETES = "1.29"

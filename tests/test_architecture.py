@@ -124,7 +124,7 @@ def test_the_app_library_loads_none_of_the_processes_dependencies() -> None:
 # One import each contract forbids, planted in a copy of the code: (module, line).
 PLANTS = {
     "The app-side library knows nothing of the processes": ("outbox/ids.py", "import runtime.backoff"),
-    "Relay and sink never import each other (they share wire and runtime)": (
+    "Relay, sink and jobs never import each other (they share wire and runtime)": (
         "sink/merge.py",
         "import relay.stats",
     ),
@@ -143,6 +143,10 @@ PLANTS = {
     "The sink's pure modules never touch Kafka's client": (
         "sink/merge.py",
         "import sink.partitions",  # indirectly: partitions talks to Kafka
+    ),
+    "The jobs' worker side (the app's own worker processes) loads no Kafka client and no process plumbing": (
+        "jobs/inbox.py",
+        "import runtime.backoff",
     ),
     "The relay's loop never imports what composes it (relay.run above relay.service)": (
         "relay/service.py",

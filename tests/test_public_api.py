@@ -13,6 +13,8 @@ def test_wire_exports() -> None:
     assert sorted(wire.__all__) == [
         "Envelope",
         "EnvelopeError",
+        "Job",
+        "JobFormatError",
         "Signer",
         "Verifier",
         "composite_key",

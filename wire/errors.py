@@ -5,8 +5,10 @@ input (a pydantic validator, say) keeps catching them.
     WireError                 the contract's root: never raised itself
     ├── EnvelopeError         a Kafka record that is not an outboxkit envelope; the consumer keeps
     │                         its raw bytes (`key`, `value`) and dead-letters it, never drops it
-    └── SigningKeyError       a signing key id or secret that cannot be used; the operator sets a
-                              valid key id and at least 32 random bytes
+    ├── SigningKeyError       a signing key id or secret that cannot be used; the operator sets a
+    │                         valid key id and at least 32 random bytes
+    └── JobFormatError        an event on the jobs topic whose payload is not a job (`wire.jobs`);
+                              the dispatcher stops before it, the record stays in Kafka
 
 A wrong argument that is a bug of the caller (a topic of 0 partitions) raises a plain
 `ValueError`, as the standard library does, and is not in this tree.
@@ -31,3 +33,7 @@ class EnvelopeError(WireError):
 
 class SigningKeyError(WireError):
     """A signing key id or secret a signer or verifier refuses; the message says what is wrong."""
+
+
+class JobFormatError(WireError):
+    """A jobs-topic event whose payload is not a `wire.jobs.Job`; the message says what is wrong."""

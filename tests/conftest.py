@@ -1,8 +1,9 @@
-"""Session fixtures for the real services: Kafka, PostgreSQL, Redis on loopback.
+"""Session fixtures for the real services: Kafka, PostgreSQL, Redis, RabbitMQ on loopback.
 
 `scripts/services up` (run by `make test`) starts them; each can instead be an external instance
-named by OUTBOXKIT_KAFKA_BOOTSTRAP, OUTBOXKIT_PG_URL or OUTBOXKIT_REDIS_URL. A missing service
-skips its tests locally and fails them under CI=true, so CI can never pass by skipping.
+named by OUTBOXKIT_KAFKA_BOOTSTRAP, OUTBOXKIT_PG_URL, OUTBOXKIT_REDIS_URL or OUTBOXKIT_RABBITMQ_URL.
+A missing service skips its tests locally and fails them under CI=true, so CI can never pass by
+skipping.
 Tests are isolated by unique names (topics, databases, schemas, groups), never by restarts.
 """
 
@@ -36,6 +37,7 @@ class Endpoints(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:19092"
     pg_url: str = "postgresql://outboxkit@127.0.0.1:55432/outboxkit"
     redis_url: str = "redis://127.0.0.1:56379/0"
+    rabbitmq_url: str = "amqp://outboxkit:outboxkit@127.0.0.1:55672/%2F"
     state_dir: Path = Path("/var/tmp/outboxkit")
     cache_dir: Path | None = None
     ci: bool = Field(False, validation_alias="CI")
@@ -143,6 +145,20 @@ def redis_url() -> str:
     finally:
         client.close()
     return ENDPOINTS.redis_url
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    import pika  # noqa: PLC0415 - comes with dramatiq[rabbitmq]
+    from pika.exceptions import AMQPError  # noqa: PLC0415
+
+    parameters = pika.URLParameters(ENDPOINTS.rabbitmq_url)
+    parameters.socket_timeout = parameters.blocked_connection_timeout = 5
+    try:
+        pika.BlockingConnection(parameters).close()
+    except AMQPError as exc:  # refused, timed out and a refused login alike
+        unavailable(f"RabbitMQ at {ENDPOINTS.rabbitmq_url}", repr(exc))
+    return ENDPOINTS.rabbitmq_url
 
 
 @dataclass

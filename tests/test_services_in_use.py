@@ -1,11 +1,14 @@
-"""The PostgreSQL and Redis the suite runs against are the ones the mission needs."""
+"""The PostgreSQL, Redis and RabbitMQ the suite runs against are the ones the mission needs."""
 
 from __future__ import annotations
 
 import uuid
 
 import dramatiq
+from dramatiq import Broker
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name, xq_name
 from sqlalchemy import Engine, text
 
 
@@ -17,9 +20,28 @@ def test_postgresql_runs_with_logical_wal_for_the_coming_wal_capture_mode(pg_eng
 
 def test_a_dramatiq_message_round_trips_through_the_test_redis(redis_url: str) -> None:
     broker = RedisBroker(url=redis_url, namespace=f"outboxkit-test-{uuid.uuid4().hex[:8]}")
+    try:
+        assert round_trip(broker, "probe") == [42]
+    finally:
+        broker.close()
+
+
+def test_a_dramatiq_message_round_trips_through_the_test_rabbitmq(rabbitmq_url: str) -> None:
+    broker = RabbitmqBroker(url=rabbitmq_url, confirm_delivery=True)
+    queue = f"outboxkit-probe-{uuid.uuid4().hex[:8]}"  # RabbitMQ has no namespaces: a queue of its own
+    try:
+        assert round_trip(broker, queue) == [42]
+    finally:
+        for name in (queue, dq_name(queue), xq_name(queue)):  # with its delay and dead-letter queues
+            broker.channel.queue_delete(name)
+        broker.close()
+
+
+def round_trip(broker: Broker, queue: str) -> list[int]:
+    """Send one message through the broker and run it on a real Dramatiq worker."""
     received: list[int] = []
 
-    @dramatiq.actor(broker=broker, queue_name="probe")
+    @dramatiq.actor(broker=broker, queue_name=queue)
     def record(value: int) -> None:
         received.append(value)
 
@@ -27,9 +49,8 @@ def test_a_dramatiq_message_round_trips_through_the_test_redis(redis_url: str) -
     worker = dramatiq.Worker(broker, worker_timeout=50)
     worker.start()
     try:
-        broker.join("probe", timeout=10_000)
+        broker.join(queue, timeout=10_000)
         worker.join()
     finally:
         worker.stop()
-        broker.close()
-    assert received == [42]
+    return received

@@ -23,15 +23,16 @@ SCRIPT = ROOT / "scripts" / "services"
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def free_port(pair: bool = False) -> int:
-    """A loopback port that is free now (and, with `pair`, whose successor is free too).
+def free_port(span: int = 1) -> int:
+    """A loopback port that is free now, with its `span - 1` successors (Kafka's controller,
+    RabbitMQ's distribution and epmd).
 
     Drawn from below Linux's ephemeral range (32768+), so no outgoing connection of this or any
     other process can take it between now and the moment a service binds it.
     """
     while True:
         port = random.randrange(20_000, 32_000)
-        if port_is_free(port) and (not pair or port_is_free(port + 1)):
+        if all(port_is_free(port + step) for step in range(span)):
             return port
 
 
@@ -53,26 +54,33 @@ def state_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def services(state_dir: Path) -> Iterator[Run]:
-    """Run scripts/services with an isolated state dir and free ports; `down` everything after."""
+def service_env(state_dir: Path) -> dict[str, str]:
+    """The environment of an isolated state dir and free ports."""
     shared_cache = Path(os.environ.get("OUTBOXKIT_STATE_DIR", "/var/tmp/outboxkit")) / "cache"
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in {"OUTBOXKIT_KAFKA_BOOTSTRAP", "OUTBOXKIT_PG_URL", "OUTBOXKIT_REDIS_URL"}
+        if not (key.startswith("OUTBOXKIT_") and key.endswith(("_BOOTSTRAP", "_URL")))  # no external service
     }
     env |= {
         "OUTBOXKIT_STATE_DIR": str(state_dir),
         "OUTBOXKIT_CACHE_DIR": str(os.environ.get("OUTBOXKIT_CACHE_DIR", shared_cache)),
-        "OUTBOXKIT_KAFKA_PORT": str(free_port(pair=True)),
+        "OUTBOXKIT_KAFKA_PORT": str(free_port(span=2)),
         "OUTBOXKIT_PG_PORT": str(free_port()),
         "OUTBOXKIT_REDIS_PORT": str(free_port()),
+        "OUTBOXKIT_RABBITMQ_PORT": str(free_port(span=3)),
     }
+    return env
+
+
+@pytest.fixture
+def services(service_env: dict[str, str]) -> Iterator[Run]:
+    """Run scripts/services with an isolated state dir and free ports; `down` everything after."""
 
     def run(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, str(SCRIPT), *args],
-            env=env | extra_env,
+            env=service_env | extra_env,
             capture_output=True,
             text=True,
             timeout=600,
@@ -102,19 +110,56 @@ def pids_of(state_dir: Path) -> list[int]:
 def test_up_twice_is_a_no_op_and_down_leaves_no_process(services: Run, state_dir: Path) -> None:
     first = services("up")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("started") == 3
+    assert first.stdout.count("started") == 4
     running = sorted(pids_of(state_dir))
     assert running
 
     second = services("up")
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("already running") == 3
+    assert second.stdout.count("already running") == 4
     assert sorted(pids_of(state_dir)) == running, "the second `up` started or restarted something"
 
     down = services("down")
     assert down.returncode == 0, down.stderr
     assert pids_of(state_dir) == []
     assert services("status").returncode == 1
+
+
+@pytest.mark.slow
+def test_rabbitmq_listens_on_loopback_only_and_down_leaves_nothing_listening(
+    services: Run, service_env: dict[str, str], state_dir: Path
+) -> None:
+    # epmd's command line does not name the state dir: what must go is every port of RabbitMQ's.
+    amqp = int(service_env["OUTBOXKIT_RABBITMQ_PORT"])
+    ports = {amqp, amqp + 1, amqp + 2}  # AMQP, the Erlang distribution, epmd
+
+    first = services("up", "rabbitmq")
+    assert first.returncode == 0, first.stderr
+    assert f"amqp://outboxkit:outboxkit@127.0.0.1:{amqp}/%2F" in first.stdout
+    assert listening(ports) == {"127.0.0.1", "::1"}, "something of RabbitMQ's listens beyond loopback"
+    again = services("up", "rabbitmq")
+    assert "already running" in again.stdout, again.stderr
+    assert services("status", "rabbitmq").returncode == 0
+
+    down = services("down", "rabbitmq")
+    assert down.returncode == 0, down.stderr
+    assert listening(ports) == set()
+    assert pids_of(state_dir) == []
+    assert services("status", "rabbitmq").returncode == 1
+
+
+def listening(ports: set[int]) -> set[str]:
+    """The local addresses with a listening TCP socket on any of these ports (from /proc)."""
+    found = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, port = local.split(":")
+            if state == "0A" and int(port, 16) in ports:
+                raw = bytes.fromhex(address)
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # little-endian words
+                found.add(socket.inet_ntop(family, words))
+    return found
 
 
 def test_a_taken_port_is_reported_with_the_process_holding_it(services: Run) -> None:

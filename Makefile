@@ -11,11 +11,12 @@ $(BIN)/outboxkit: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-## Start a local Kafka (and PostgreSQL when ARGS asks for it), then run the demo: a shop writing
-## continuously -> outbox -> relay -> Kafka -> sink -> warehouse. E.g. ARGS="--seconds 60 --warehouse postgres".
+## Start a local Kafka and Redis (and PostgreSQL when ARGS asks for it), then run the demo: a shop
+## writing continuously -> outbox -> relay -> Kafka -> sink -> warehouse, its jobs -> dispatcher ->
+## Redis -> a dramatiq worker. E.g. ARGS="--seconds 60 --warehouse postgres".
 ARGS ?=
 demo: $(BIN)/outboxkit
-	scripts/services up kafka $(if $(findstring postgres,$(ARGS)),postgres)
+	scripts/services up kafka redis $(if $(findstring postgres,$(ARGS)),postgres)
 	$(BIN)/outboxkit demo $(ARGS)
 
 ## Lint, type-check, build the image and the manifest validators (both cached), start

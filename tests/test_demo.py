@@ -1,7 +1,8 @@
 """The README's first command: `outboxkit demo`, a shop writing continuously through the whole path.
 
 Checked independently of the demo's own verdict: the app's tables and outbox bookkeeping are read
-with plain SQL and compared with the warehouse's tables.
+with plain SQL and compared with the warehouse's tables, and the jobs the app committed with the
+confirmations (and inbox rows) in the e-mail service's own database.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from tests.processes import outboxkit
 
 DEMO = [sys.executable, "-m", "outboxkit.cli", "demo"]
 PROGRESS = re.compile(r"^\s+\d+s\s+[\d,]+\s+[\d,]+\s+[\d,]+")  # time, written, published, landed
+JOBS = re.compile(
+    r"enqueued \(committed\) ([\d,]+), executed ([\d,]+), executed twice 0 \(must be 0\), missing 0\n"
+    r"  duplicates absorbed by the worker's inbox: \d+\n"
+    r"  rolled back: ([\d,]+) job\(s\) of failed checkouts; run: 0 \(must be 0\)"
+)
 KINDS = {
     "CustomerCreated",
     "CustomerUpdated",
@@ -42,7 +48,9 @@ def assert_warehouse_matches_app(app_url: str, warehouse_url: str) -> None:
     for table, columns in COMPARED.items():
         held = rows(warehouse_url, f"SELECT {columns} FROM {table} WHERE NOT coalesce(_deleted, FALSE)")
         assert sorted(held) == sorted(rows(app_url, f"SELECT {columns} FROM {table}")), table
-    [(committed,)] = rows(app_url, "SELECT sum(version) FROM outbox_versions")  # dense per aggregate
+    [(committed,)] = rows(  # dense per aggregate; a job is an aggregate of its own, not an event here
+        app_url, "SELECT sum(version) FROM outbox_versions WHERE aggregatetype <> 'job'"
+    )
     logged = rows(
         warehouse_url,
         "SELECT _event_id, _event_type FROM customer_events "
@@ -54,14 +62,34 @@ def assert_warehouse_matches_app(app_url: str, warehouse_url: str) -> None:
     assert "email" not in {name for (name,) in rows(warehouse_url, _columns("customers"))}
 
 
+def assert_every_committed_job_ran_once(app_url: str, worker_url: str, output: str) -> None:
+    """The e-mail service's database against the app's: one confirmation per committed job, each
+    through the inbox (its row there), nothing else; and the demo's jobs lines say the same."""
+    jobs = "SELECT aggregateid FROM outbox_versions WHERE aggregatetype = 'job'"
+    committed = {job for (job,) in rows(app_url, jobs)}
+    sent = rows(worker_url, "SELECT message_id, count(*) FROM confirmations GROUP BY message_id")
+    assert len(committed) > 50
+    assert dict(sent) == dict.fromkeys(committed, 1)  # none missing, none twice, none never committed
+    inbox = {job for (job,) in rows(worker_url, "SELECT message_id FROM outbox_job_inbox")}
+    assert inbox == committed  # each effect committed with its inbox row: the inbox was not bypassed
+    found = JOBS.search(output)
+    assert found is not None, output
+    enqueued, executed, rolled_back = (int(n.replace(",", "")) for n in found.groups())
+    assert enqueued == executed == len(committed)
+    assert rolled_back > 0  # failed checkouts enqueued jobs, and none ran (checked above: none extra)
+
+
 def _columns(table: str) -> str:
     return f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}'"
 
 
 def test_the_demo_writes_until_ctrl_c_then_drains_and_the_warehouse_matches_the_app(
-    kafka: KafkaSettings, tmp_path: Path
+    kafka: KafkaSettings, redis_url: str, tmp_path: Path
 ) -> None:
-    env = os.environ | {"OUTBOXKIT_KAFKA_BOOTSTRAP": kafka.bootstrap_servers}
+    env = os.environ | {
+        "OUTBOXKIT_KAFKA_BOOTSTRAP": kafka.bootstrap_servers,
+        "OUTBOXKIT_REDIS_URL": redis_url,
+    }
     demo = subprocess.Popen(
         [*DEMO, "--seconds", "0", "--rate", "250", "--workdir", str(tmp_path)],
         env=env,
@@ -82,10 +110,11 @@ def test_the_demo_writes_until_ctrl_c_then_drains_and_the_warehouse_matches_the_
     assert demo.returncode == 0, output
     assert "the shop stopped writing" in output
     assert "OK: the warehouse matches the app" in output
+    assert "every committed job ran exactly once in effect, no rolled-back one ran" in output
     assert "failed checkout" in output
-    assert_warehouse_matches_app(
-        f"sqlite:///{tmp_path / 'app.db'}", f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
-    )
+    app = f"sqlite:///{tmp_path / 'app.db'}"
+    assert_warehouse_matches_app(app, f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    assert_every_committed_job_ran_once(app, f"sqlite:///{tmp_path / 'worker.db'}", output)
 
 
 @pytest.fixture
@@ -97,10 +126,11 @@ def demo_databases(pg_database: str) -> Iterator[tuple[str, str]]:
 
 
 def test_the_demo_runs_on_postgresql_as_app_database_and_as_warehouse(
-    kafka: KafkaSettings, pg_database: str, demo_databases: tuple[str, str]
+    kafka: KafkaSettings, redis_url: str, pg_database: str, demo_databases: tuple[str, str]
 ) -> None:
     env = {
         "OUTBOXKIT_KAFKA_BOOTSTRAP": kafka.bootstrap_servers,
+        "OUTBOXKIT_REDIS_URL": redis_url,
         "OUTBOXKIT_DEMO_PG_URL": pg_database,
         "OUTBOXKIT_DEMO_PG_DATABASES": json.dumps(demo_databases),
     }
@@ -121,6 +151,7 @@ def test_the_demo_runs_on_postgresql_as_app_database_and_as_warehouse(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "(4 writer(s))" in result.stdout
     assert "OK: the warehouse matches the app" in result.stdout
+    assert JOBS.search(result.stdout), result.stdout
     app, warehouse = (
         make_url(pg_database).set(database=name).render_as_string(False) for name in demo_databases
     )

@@ -1,5 +1,6 @@
-"""`outboxkit demo`: a shop writing continuously, end to end to the warehouse, with live progress
-and a closing comparison of the app's and the warehouse's tables."""
+"""`outboxkit demo`: a shop writing continuously, end to end to the warehouse, its jobs run by a
+Dramatiq worker, with live progress and a closing comparison of the app's and the warehouse's
+tables and of the jobs committed and run."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from runtime.process import ExitCode, StopFlag
 def register(commands: Commands) -> None:
     demo = commands.add_parser(
         "demo",
-        help="a shop writing continuously -> outbox -> relay -> Kafka -> sink -> warehouse, with live "
-        "progress and a closing comparison of the app's and the warehouse's tables",
+        help="a shop writing continuously -> outbox -> relay -> Kafka -> sink -> warehouse, its jobs -> "
+        "dispatcher -> Redis -> a dramatiq worker, with live progress and a closing comparison",
     )
     demo.add_argument("--seconds", type=float, help="how long the shop writes (default 20; 0: until Ctrl-C)")
     demo.add_argument("--rate", type=float, help="events per second the shop offers (default 150)")
@@ -32,9 +33,10 @@ def register(commands: Commands) -> None:
     demo.add_argument(
         "--workdir",
         type=Path,
-        help="keep the SQLite and DuckDB files here, replaced at each run (default: a temp dir, removed)",
+        help="keep the SQLite and DuckDB files (and worker.log) here, replaced at each run (default: a temp "
+        "dir, removed)",
     )
-    demo.set_defaults(handler=_demo, extras="relay,sink,duckdb")
+    demo.set_defaults(handler=_demo, extras="relay,sink,duckdb,dramatiq")
 
 
 def _demo(args: argparse.Namespace, named: Named) -> int:
@@ -44,7 +46,8 @@ def _demo(args: argparse.Namespace, named: Named) -> int:
     settings = named.load(DemoSettings, **{name: value for name, value in flags.items() if value is not None})
     named.bootstrap = ("OUTBOXKIT_DEMO_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
     named.remedy = (
-        "`scripts/services up` starts the local services (or set OUTBOXKIT_PG_URL, OUTBOXKIT_KAFKA_BOOTSTRAP)"
+        "`scripts/services up` starts the local services "
+        "(or set OUTBOXKIT_PG_URL, OUTBOXKIT_KAFKA_BOOTSTRAP, OUTBOXKIT_REDIS_URL)"
     )
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("outboxkit.kafka").setLevel(logging.ERROR)  # transient coordinator retries: noise here

@@ -1,22 +1,27 @@
 """The demo's application: a small shop whose customers and orders emit events through the outbox.
 
 `Customer` and `Order` opt in with `OutboxMixin` (a customer's events leave the e-mail address
-out); shipping an order also publishes the domain event `OrderShipped`. `Shop` is the service at
-work: writer threads sign customers up, place, pay, ship and cancel orders at a steady rate, and
-some checkouts fail (rolled back: they must leave no event behind).
+out); shipping an order also publishes the domain event `OrderShipped`. Each order placed also
+enqueues the job `send_order_confirmation` through the outbox (`outbox.jobs.enqueue`), in the
+same transaction. `Shop` is the service at work: writer threads sign customers up, place, pay,
+ship and cancel orders at a steady rate, and some checkouts fail (rolled back: they must leave no
+event behind, and their confirmation jobs must never run; the shop remembers their message ids).
 """
 
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable
 from typing import Any
 
+import dramatiq
 from pydantic import BaseModel
 from sqlalchemy import Engine, String, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from outbox import SETTINGS_KEY, Event, Outbox, OutboxMixin, OutboxSettings, publish
+from outbox.jobs import enqueue
 from outboxkit.writers import Writers
 
 CARRIERS = ("dhl", "ups", "postnl", "royal-mail")
@@ -84,10 +89,26 @@ class Shop(Writers):
     """The shop at work: `writers` threads offering about `rate` events per second until stopped."""
 
     def __init__(
-        self, engine: Engine, settings: OutboxSettings, *, rate: float, writers: int, seed: int = 7
+        self,
+        engine: Engine,
+        settings: OutboxSettings,
+        confirm: dramatiq.Actor[Any, Any],
+        *,
+        rate: float,
+        writers: int,
+        seed: int = 7,
     ) -> None:
         super().__init__(writers=writers, rate=rate, seed=seed)
         self._sessions = sessionmaker(engine, info={SETTINGS_KEY: settings})
+        self._confirm = confirm
+        self._lock = threading.Lock()
+        self._rolled_back: list[str] = []
+
+    @property
+    def rolled_back(self) -> list[str]:
+        """Message ids of the jobs failed checkouts enqueued before rolling back: none may ever run."""
+        with self._lock:
+            return list(self._rolled_back)
 
     def one(self, rng: random.Random) -> tuple[str, int]:
         action = rng.choices(list(ACTIONS), list(ACTIONS.values()))[0]
@@ -118,12 +139,21 @@ class Shop(Writers):
         customer = _pick(session, Customer.id, Customer.id > 0)
         if customer is None:
             return self._sign_up(session, rng)
-        count = rng.randint(1, 3)
-        session.add_all(
+        return len(self._orders(session, rng, customer))
+
+    def _orders(self, session: Session, rng: random.Random, customer: int) -> list[str]:
+        """Place 1-3 orders for `customer`, each with its confirmation job; the jobs' message ids."""
+        orders = [
             Order(customer_id=customer, amount_cents=rng.randrange(500, 50_000), status="placed")
-            for _ in range(count)
-        )
-        return count
+            for _ in range(rng.randint(1, 3))
+        ]
+        session.add_all(orders)
+        session.flush()  # the orders' ids, for their jobs
+        confirm = self._confirm
+        return [
+            enqueue(session, confirm.message(order_id=order.id), broker=confirm.broker).message_id
+            for order in orders
+        ]
 
     def _pay(self, session: Session, rng: random.Random) -> int:
         return self._advance(session, "placed", "paid")
@@ -152,10 +182,14 @@ class Shop(Writers):
         return 1
 
     def _failed_checkout(self, session: Session, rng: random.Random) -> int:
-        """An order placed, then the payment is declined: the whole transaction rolls back."""
-        self._place(session, rng)
-        session.flush()  # the outbox rows exist in the transaction...
+        """Orders placed, their jobs enqueued, then the payment is declined: it all rolls back."""
+        customer = _pick(session, Customer.id, Customer.id > 0)
+        if customer is None:
+            return 0
+        jobs = self._orders(session, rng, customer)  # the outbox rows exist in the transaction...
         session.rollback()  # ...and go with it
+        with self._lock:
+            self._rolled_back.extend(jobs)
         return 0
 
     def _advance(self, session: Session, status: str, to: str) -> int:

@@ -1,8 +1,8 @@
-"""Where a demo run happens: its settings, app database, topics and warehouse.
+"""Where a demo run happens: its settings, app database, topics, warehouse, and job queue.
 
-SQLite and DuckDB files live in a work directory; PostgreSQL databases are made afresh on the
-server for each run (and kept afterwards, to look at). Topic names carry the run's id, so runs
-never see each other's events.
+SQLite and DuckDB files live in a work directory (the e-mail service's `worker.db` too);
+PostgreSQL databases are made afresh on the server for each run (and kept afterwards, to look at).
+Topic and queue names carry the run's id, so runs never see each other's events or jobs.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from jobs.settings import JobsSettings
 from outbox import OutboxSettings, schema
-from outboxkit.databases import create_database, server
+from outboxkit.databases import app_engine, create_database, server
+from outboxkit.demo.mailer import Mailer
 from outboxkit.demo.shop import Base
 from relay.topics import ensure_topic
 from runtime.kafka import KafkaSettings
@@ -26,8 +27,8 @@ from sink import TableMapping
 
 
 class DemoSettings(BaseSettings):
-    """`OUTBOXKIT_DEMO_*`, or the command's flags. The broker and the PostgreSQL server default to
-    what `scripts/services` runs (`OUTBOXKIT_KAFKA_BOOTSTRAP`, `OUTBOXKIT_PG_URL`)."""
+    """`OUTBOXKIT_DEMO_*`, or the command's flags. Kafka, Redis and the PostgreSQL server default to
+    what `scripts/services` runs (`OUTBOXKIT_KAFKA_BOOTSTRAP`, `OUTBOXKIT_REDIS_URL`, `OUTBOXKIT_PG_URL`)."""
 
     model_config = SettingsConfigDict(
         env_prefix="OUTBOXKIT_DEMO_", env_file=".env", extra="ignore", populate_by_name=True
@@ -47,6 +48,11 @@ class DemoSettings(BaseSettings):
     kafka_bootstrap: str = Field(
         "127.0.0.1:19092",
         validation_alias=AliasChoices("OUTBOXKIT_DEMO_KAFKA_BOOTSTRAP", "OUTBOXKIT_KAFKA_BOOTSTRAP"),
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:56379/0",
+        validation_alias=AliasChoices("OUTBOXKIT_DEMO_REDIS_URL", "OUTBOXKIT_REDIS_URL"),
+        description="The Dramatiq broker the dispatcher delivers the jobs to and the worker consumes.",
     )
     pg_url: str = Field(
         "postgresql://outboxkit@127.0.0.1:55432/outboxkit",
@@ -68,6 +74,24 @@ class Stage:
     warehouse_url: str
     kafka: KafkaSettings
     outbox: OutboxSettings
+    worker_url: str  # the e-mail service's own database
+    redis_url: str
+
+    @property
+    def queue(self) -> str:
+        """The run's Dramatiq queue: the dispatcher fills it, the worker empties it."""
+        return f"outboxkit-demo.{self.run}"
+
+    @property
+    def jobs(self) -> JobsSettings:
+        """The dispatcher's settings: the run's jobs topic, into the run's Redis, a group of its own."""
+        return JobsSettings(
+            kafka=self.kafka,
+            broker_url=SecretStr(self.redis_url),
+            topic=self.outbox.jobs_topic,
+            group_id=f"outboxkit-demo-{self.run}",
+            poll_timeout=0.2,
+        )
 
     def topic(self, aggregate_type: str) -> str:
         return self.outbox.topic_template.format(aggregate_type=aggregate_type)
@@ -97,9 +121,11 @@ class Stage:
 
 
 def prepare(settings: DemoSettings, workdir: Path) -> Stage:
-    """Make the run's app database (outbox and shop tables), warehouse place and topics."""
+    """Make the run's app database (outbox and shop tables), warehouse place, the e-mail service's
+    database (its inbox and confirmations tables) and topics."""
     run = uuid.uuid4().hex[:8]
-    for name in ("app.db", "app.db-wal", "app.db-shm", "warehouse.duckdb", "warehouse.duckdb.wal"):
+    files = ("app.db", "warehouse.duckdb", "warehouse.duckdb.wal", "worker.db")
+    for name in (*files, *(f"{db}-{suffix}" for db in ("app.db", "worker.db") for suffix in ("wal", "shm"))):
         (workdir / name).unlink(missing_ok=True)  # the last run's files: each run starts empty
     app_db, warehouse = settings.pg_databases
     app_url = (
@@ -121,21 +147,15 @@ def prepare(settings: DemoSettings, workdir: Path) -> Stage:
         app_url,
         warehouse_url,
         KafkaSettings(bootstrap_servers=settings.kafka_bootstrap),
-        OutboxSettings(topic_template=f"outboxkit-demo.{run}.{{aggregate_type}}"),
+        OutboxSettings(
+            topic_template=f"outboxkit-demo.{run}.{{aggregate_type}}", jobs_topic=f"outboxkit-demo.{run}.jobs"
+        ),
+        f"sqlite:///{workdir / 'worker.db'}",
+        settings.redis_url,
     )
-    for aggregate_type in ("customer", "order"):
-        ensure_topic(stage.kafka, stage.topic(aggregate_type), partitions=3)
+    mailer = Mailer(stage.worker_url)
+    mailer.migrate()
+    mailer.close()
+    for topic in (stage.topic("customer"), stage.topic("order"), stage.outbox.jobs_topic):
+        ensure_topic(stage.kafka, topic, partitions=3)
     return stage
-
-
-def app_engine(url: str, writers: int) -> Engine:
-    """The shop's engine; on SQLite, writers wait for each other instead of failing at once."""
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_size=writers + 2, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _wal(dbapi_connection: object, _: object) -> None:  # readers never block the writer
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")  # type: ignore[attr-defined]
-
-    return engine

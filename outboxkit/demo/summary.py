@@ -1,8 +1,10 @@
-"""The demo's verdict: the app's tables against the warehouse's, row by row, and `verify`.
+"""The demo's verdict: the app's tables against the warehouse's, row by row, `verify`, and the jobs.
 
-Two views that do not share code with the pipeline: a plain comparison of the business columns
-(what a user would check by hand), and the independent checker, which reads Kafka with its own
-read_committed consumer and finds lost, duplicated, reordered, phantom and stale events.
+Views that do not share code with the pipeline: a plain comparison of the business columns
+(what a user would check by hand); the independent checker, which reads Kafka with its own
+read_committed consumer and finds lost, duplicated, reordered, phantom and stale events; and the
+jobs the app committed (its `outbox_versions`) against the confirmations in the e-mail service's
+database, counted per message id.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy import Connection, create_engine, inspect, text
 
+from outboxkit.databases import committed_jobs
+from outboxkit.demo.mailer import Mailer, Sent
 from outboxkit.demo.stage import Stage
 from verify import Findings, VerifySettings, verify
 
@@ -37,6 +41,39 @@ class TableCheck:
 
 
 @dataclass
+class JobsCheck:
+    """The jobs committed (their message ids), those rolled back, and what the worker's database shows."""
+
+    committed: set[str]
+    rolled_back: set[str]
+    sent: Sent
+
+    @property
+    def missing(self) -> int:
+        return len(self.committed - self.sent.runs.keys())
+
+    @property
+    def ran_rolled_back(self) -> int:
+        """Jobs that ran without being committed: a rolled-back one, or one the app never wrote."""
+        return len(self.sent.runs.keys() - self.committed)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.ran_rolled_back or self.sent.twice)
+
+    def render(self) -> list[str]:
+        executed = len(self.committed & self.sent.runs.keys())
+        return [
+            "jobs (send_order_confirmation: outbox -> relay -> Kafka -> dispatcher -> Redis -> worker):",
+            f"  enqueued (committed) {len(self.committed):,}, executed {executed:,}, "
+            f"executed twice {self.sent.twice} (must be 0), missing {self.missing}",
+            f"  duplicates absorbed by the worker's inbox: {self.sent.inbox.duplicates}",
+            f"  rolled back: {len(self.rolled_back):,} job(s) of failed checkouts; "
+            f"run: {self.ran_rolled_back} (must be 0)",
+        ]
+
+
+@dataclass
 class Summary:
     tables: list[TableCheck]
     written: int
@@ -44,11 +81,13 @@ class Summary:
     duplicates: int  # event ids more than once across the logs
     done: Counter[str]  # the shop's transactions by action
     findings: dict[str, Findings]  # verify's, per aggregate type
+    jobs: JobsCheck
 
     @property
     def ok(self) -> bool:
         return (
-            all(check.ok for check in self.tables)
+            self.jobs.ok
+            and all(check.ok for check in self.tables)
             and sum(self.logged.values()) == self.written
             and not self.duplicates
             and all(found.ok and not found.pending for found in self.findings.values())
@@ -76,15 +115,17 @@ class Summary:
         lines.append("verify (an independent checker: its own read_committed Kafka reader, plain SQL):")
         for aggregate_type, found in self.findings.items():
             lines.append(f"  {aggregate_type}: " + found.render().replace("\n", "\n  "))
+        lines += self.jobs.render()
         verdict = (
-            "OK: the warehouse matches the app; every committed event landed exactly once, in per-key order"
+            "OK: the warehouse matches the app; every committed event landed exactly once, in per-key order; "
+            "every committed job ran exactly once in effect, no rolled-back one ran"
             if self.ok
             else "MISMATCH: see above"
         )
         return "\n".join([*lines, verdict, ""])
 
 
-def summarise(stage: Stage, done: Counter[str], written: int) -> Summary:
+def summarise(stage: Stage, done: Counter[str], written: int, rolled_back: list[str]) -> Summary:
     app = create_engine(stage.app_url)
     warehouse = create_engine(stage.warehouse_url)
     try:
@@ -92,11 +133,20 @@ def summarise(stage: Stage, done: Counter[str], written: int) -> Summary:
             tables = [_compare(source, target, table, columns) for table, columns in COMPARED.items()]
             logged = {table: _count(target, table) for table in LOGS}
             duplicates = _duplicates(target)
+        committed = set(committed_jobs(app))
     finally:
         app.dispose()
         warehouse.dispose()
     findings = {kind: verify(_check(stage, kind)) for kind in ("customer", "order")}
-    return Summary(tables, written, logged, duplicates, done, findings)
+    return Summary(tables, written, logged, duplicates, done, findings, _jobs(stage, committed, rolled_back))
+
+
+def _jobs(stage: Stage, committed: set[str], rolled_back: list[str]) -> JobsCheck:
+    mailer = Mailer(stage.worker_url)
+    try:
+        return JobsCheck(committed, set(rolled_back), mailer.sent())
+    finally:
+        mailer.close()
 
 
 def _compare(source: Connection, target: Connection, table: str, columns: list[str]) -> TableCheck:

@@ -58,12 +58,7 @@ def db(worker_db: str) -> Iterator[Engine]:
 
 @pytest.fixture(params=["redis", "rabbitmq"])
 def broker_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "redis":
-        return str(request.getfixturevalue("redis_url"))
-    url = os.environ.get("OUTBOXKIT_RABBITMQ_URL")
-    if not url:
-        pytest.skip("set OUTBOXKIT_RABBITMQ_URL (amqp://...) to run the RabbitMQ variant")
-    return url
+    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 @dataclass

@@ -268,8 +268,9 @@ class Dispatcher:
             try:
                 jobs.append(parse(record, self._group_id))
             except BadJobError:
-                if self._delivered(jobs, should_stop):  # never the end past the bad record
-                    self._consumer.commit(records[:index], ends=False)
+                if not self._delivered(jobs, should_stop):
+                    return  # stopped while the broker was away: nothing before it committed yet
+                self._consumer.commit(records[:index], ends=False)  # never the end past the bad record
                 raise
         if self._delivered(jobs, should_stop):
             self._consumer.commit(records)

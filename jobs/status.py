@@ -79,7 +79,8 @@ def group_lag(settings: JobsSettings) -> list[PartitionLag]:
         topic = consumer.list_topics(settings.topic, timeout=KAFKA_TIMEOUT).topics[settings.topic]
         if topic.error is not None:
             raise JobsError(
-                f"cannot read topic {settings.topic!r} (OUTBOXKIT_JOBS_TOPIC): {topic.error.str()}"
+                f"cannot read topic {settings.topic!r} ({topic.error.str()}): is OUTBOXKIT_JOBS_TOPIC the "
+                "topic the relay publishes jobs to? It exists once the first job was published"
             )
         wanted = [TopicPartition(settings.topic, partition) for partition in sorted(topic.partitions)]
         return [_lag(consumer, tp) for tp in consumer.committed(wanted, timeout=KAFKA_TIMEOUT)]

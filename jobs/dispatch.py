@@ -31,9 +31,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+import dramatiq
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from jobs.dead_letters import dead_letter_queues
 from jobs.delivery import DramatiqDelivery, JobDelivery, broker_from_url
 from jobs.errors import BadJobError, BrokerUnavailableError, JobsError
 from runtime.backoff import Backoff
@@ -59,6 +61,11 @@ FAILURES: Final = (
 )
 BATCHES: Final = ("outboxkit_jobs_dispatch_batches_total", "Batches delivered and committed.")
 READY: Final = ("outboxkit_jobs_ready", "1 while the dispatcher can deliver jobs, else 0.")
+DEAD_LETTERS: Final = (
+    "outboxkit_jobs_dead_letters",
+    "Jobs Dramatiq gave up on, waiting in the dead-letter queues of OUTBOXKIT_JOBS_QUEUES and of every "
+    "queue this dispatcher delivered to (read from the broker at scrape time).",
+)
 REACH_SECONDS: Final = 5.0  # per attempt to reach Kafka at start-up; then its failure is said, and retried
 
 Where = tuple[str, int]
@@ -300,6 +307,16 @@ class Dispatcher:
         metrics.gauge(*READY, lambda: float(self.health.ready))
 
 
+def watch_dead_letters(metrics: Metrics, broker: dramatiq.Broker, queues: Sequence[str]) -> None:
+    """The dead-letter gauge: a job stuck there needs an operator, so it must show on a dashboard."""
+    dead = dead_letter_queues(broker)
+
+    def waiting() -> float:
+        return float(sum(dead.count(queue) for queue in {*queues, *broker.get_declared_queues()}))
+
+    metrics.gauge(*DEAD_LETTERS, waiting)
+
+
 def dispatcher_from_settings(settings: JobsSettings) -> Dispatcher:
     """The dispatcher, once Kafka answered (waited for up to `start_timeout`), its metrics and probes
     served from the start. The job broker is not waited for: the loop rides out its absence."""
@@ -318,6 +335,7 @@ def dispatcher_from_settings(settings: JobsSettings) -> Dispatcher:
     except BaseException:
         endpoints.close()
         raise
+    watch_dead_letters(endpoints.metrics, delivery.broker, settings.queues)
     return Dispatcher(
         JobsConsumer(settings.kafka, settings.group_id, settings.topic),
         delivery,

@@ -63,6 +63,13 @@ class JobsSettings(BaseSettings):
         None, ge=0, le=65535, description="Serve /metrics, /healthz, /readyz on this port (off when unset)."
     )
     http_host: HttpHost = EVERY_INTERFACE
+    queues: list[str] = Field(
+        ["default"],
+        min_length=1,
+        description="Queues whose depth and dead letters `outboxkit jobs status` shows and the dispatcher's "
+        "outboxkit_jobs_dead_letters gauge sums (with every queue it has delivered to), e.g. "
+        '\'["default", "emails"]\'.',
+    )
     inbox_url: Annotated[SecretStr, AfterValidator(usable_url("sqlite", "postgresql"))] | None = Field(
         None, description="The workers' database (its inbox table), for `outboxkit jobs status`; optional."
     )

@@ -1,7 +1,10 @@
-"""`outboxkit jobs status`: how far the dispatchers are behind the jobs topic, and what the broker holds.
+"""`outboxkit jobs status`: how far the dispatchers are behind the jobs topic, what the broker holds,
+and what the workers' inbox absorbed.
 
 Read from the sources of truth — the group's committed offsets and the partitions' ends from Kafka,
-the queues from the broker — so it answers when no dispatcher runs, which is when it is needed most.
+the queues and their dead-letter queues from the broker, the inbox table from the workers'
+database (`OUTBOXKIT_JOBS_INBOX_URL`, when set) — so it answers when no dispatcher runs, which is
+when it is needed most.
 A partition's lag counts the records not yet delivered (plus, at most, the marker of the last relay
 transaction when the dispatcher has not seen its end yet).
 """
@@ -15,9 +18,12 @@ from typing import Any
 
 import dramatiq
 from confluent_kafka import Consumer, TopicPartition
+from sqlalchemy import create_engine
 
+from jobs.dead_letters import dead_letter_queues
 from jobs.delivery import DramatiqDelivery, broker_from_url
 from jobs.errors import JobsError
+from jobs.inbox import Inbox, InboxCounts
 from jobs.settings import JobsSettings
 
 KAFKA_TIMEOUT = 10.0  # seconds per metadata or offsets request
@@ -37,7 +43,9 @@ class JobsStatus:
     topic: str
     partitions: list[PartitionLag]
     queues: dict[str, int]  # queue -> messages waiting in it (due or delayed) or being run
+    dead_letters: dict[str, int]  # queue -> messages Dramatiq gave up on (`outboxkit jobs replay`)
     broker: str | None  # why the broker's queues are not shown; None: they are
+    inbox: InboxCounts | None  # the workers' inbox; None without OUTBOXKIT_JOBS_INBOX_URL
 
     @property
     def lag(self) -> int:
@@ -52,22 +60,49 @@ class JobsStatus:
             committed = "nothing yet" if p.committed is None else str(p.committed)
             lines.append(f"  {self.topic}[{p.partition}]: committed {committed}, end {p.end}, lag {p.lag}")
         lines += [
-            f"  queue {queue}: {depth} message(s) waiting or running" for queue, depth in self.queues.items()
+            f"  queue {queue}: {depth} message(s) waiting or running, {self.dead_letters[queue]} dead "
+            f"letter(s){_replay_hint(queue) if self.dead_letters[queue] else ''}"
+            for queue, depth in self.queues.items()
         ]
         if self.broker is not None:
             lines.append(f"  queues not shown: {self.broker}")
+        if self.inbox is not None:
+            lines.append(
+                f"  inbox: {self.inbox.done} job(s) done, {self.inbox.duplicates} redelivery(ies) absorbed"
+            )
         return "\n".join(lines)
 
 
+def _replay_hint(queue: str) -> str:
+    return f" (fix the cause, then `outboxkit jobs replay --queue {queue}`)"
+
+
 def jobs_status(settings: JobsSettings, queues: Sequence[str] = ("default",)) -> JobsStatus:
-    """The dispatchers' lag per partition, and the depth of each of `queues` in the broker."""
+    """The dispatchers' lag per partition, the depth and dead letters of each of `queues` in the
+    broker, and the inbox's counts when the workers' database is configured."""
     delivery = DramatiqDelivery(broker_from_url(settings.broker_url.get_secret_value(), middleware=[]))
     try:
         away = delivery.unreachable()
         depths = {} if away else {queue: queue_depth(delivery.broker, queue) for queue in queues}
+        dead = dead_letter_queues(delivery.broker)
+        dead_letters = {queue: dead.count(queue) for queue in depths}
     finally:
         delivery.close()
-    return JobsStatus(settings.group_id, settings.topic, group_lag(settings), depths, away)
+    lag = group_lag(settings)
+    return JobsStatus(
+        settings.group_id, settings.topic, lag, depths, dead_letters, away, inbox_counts(settings)
+    )
+
+
+def inbox_counts(settings: JobsSettings) -> InboxCounts | None:
+    """The workers' inbox, read from OUTBOXKIT_JOBS_INBOX_URL; None when it is not set."""
+    if settings.inbox_url is None:
+        return None
+    engine = create_engine(settings.inbox_url.get_secret_value())
+    try:
+        return Inbox(engine).counts()
+    finally:
+        engine.dispose()
 
 
 def group_lag(settings: JobsSettings) -> list[PartitionLag]:

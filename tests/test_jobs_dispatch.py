@@ -25,7 +25,10 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
+from jobs.delivery import broker_from_url
+from jobs.dispatch import watch_dead_letters
 from runtime.kafka import KafkaSettings
+from runtime.observe import Metrics
 from tests.processes import ROOT, free_port, get, metric, wait_until, wait_until_probe
 from wire import Envelope
 from wire.jobs import JOB_AGGREGATE_TYPE, JOB_EVENT_TYPE, Job
@@ -274,3 +277,51 @@ def test_a_broker_url_of_no_broker_is_refused_naming_its_setting(dispatcher: Dis
     assert done.returncode == 2
     assert "OUTBOXKIT_JOBS_BROKER_URL: the scheme 'https' names no job broker" in done.stderr
     assert "secret" not in done.stderr
+
+
+def dead_letter_one(broker_url: str, queue: str) -> str:
+    """Dead-letter one message of `queue` the way a worker does once its retries run out (Dramatiq's
+    consumer nacks it, the broker moves it to the queue's dead-letter queue); ack the others."""
+    broker = broker_from_url(broker_url, middleware=[])
+    consumer = broker.consume(queue, prefetch=10, timeout=1000)
+    try:
+        taken: list[dramatiq.broker.MessageProxy] = []
+        while len(taken) < 3:
+            message = next(consumer)
+            if message is not None:
+                taken.append(message)
+        consumer.nack(taken[0])
+        for message in taken[1:]:
+            consumer.ack(message)
+        return str(taken[0].message_id)
+    finally:
+        consumer.close()
+        broker.close()
+
+
+def test_a_dead_letter_shows_in_status_and_metrics_and_a_replay_puts_it_back_on_its_queue(
+    dispatcher: Dispatcher,
+) -> None:
+    dispatcher.jobs(3)
+    assert summary(dispatcher.drain()) == 3
+    dead = dead_letter_one(dispatcher.broker_url, dispatcher.queue)
+
+    report = dispatcher.status()
+    assert report["dead_letters"] == {dispatcher.queue: 1}
+    assert report["queues"] == {dispatcher.queue: 0}
+    text = dispatcher.run("status", "--queue", dispatcher.queue).stdout
+    assert (
+        f"1 dead letter(s) (fix the cause, then `outboxkit jobs replay --queue {dispatcher.queue}`)" in text
+    )
+    metrics = Metrics()
+    watch_dead_letters(metrics, broker_from_url(dispatcher.broker_url, middleware=[]), [dispatcher.queue])
+    assert "outboxkit_jobs_dead_letters 1.0" in metrics.render()
+
+    replayed = dispatcher.run("replay", "--queue", dispatcher.queue)
+    assert replayed.returncode == 0, replayed.stderr
+    assert f"1 dead letter(s) of queue {dispatcher.queue} back on the queue" in replayed.stderr
+    report = dispatcher.status()
+    assert report["dead_letters"] == {dispatcher.queue: 0}
+    assert report["queues"] == {dispatcher.queue: 1}
+    assert "outboxkit_jobs_dead_letters 0.0" in metrics.render()
+    assert dispatcher.delivered()[dead] >= 1

@@ -1,4 +1,5 @@
-"""`outboxkit jobs dispatch|status`: hand the jobs topic to the Dramatiq broker, or report how far it is."""
+"""`outboxkit jobs dispatch|status|replay`: hand the jobs topic to the Dramatiq broker, report how far
+it is, or send the jobs Dramatiq gave up on back to their queue."""
 
 from __future__ import annotations
 
@@ -24,9 +25,17 @@ def register(commands: Commands) -> None:
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
-        "--queue", action="append", help="a queue whose depth to show (repeatable; default: default)"
+        "--queue",
+        action="append",
+        help="a queue whose depth and dead letters to show (repeatable; default: OUTBOXKIT_JOBS_QUEUES)",
     )
     status.set_defaults(handler=_status)
+    replay = actions.add_parser(
+        "replay", help="move a queue's dead letters back onto it, retries reset (after fixing their cause)"
+    )
+    replay.add_argument("--queue", required=True, help="the queue whose dead-letter queue to replay")
+    replay.add_argument("--limit", type=int, help="replay at most this many, oldest first (default: all)")
+    replay.set_defaults(handler=_replay)
 
 
 def _dispatch(args: argparse.Namespace, named: Named) -> int:
@@ -49,6 +58,23 @@ def _status(args: argparse.Namespace, named: Named) -> int:
     from jobs.settings import JobsSettings
     from jobs.status import jobs_status
 
-    report = jobs_status(named.load(JobsSettings), args.queue or ("default",))
+    settings = named.load(JobsSettings)
+    report = jobs_status(settings, args.queue or settings.queues)
     print(report.to_json() if args.json else report.render())
+    return ExitCode.OK
+
+
+def _replay(args: argparse.Namespace, named: Named) -> int:
+    from jobs.dead_letters import dead_letter_queues
+    from jobs.delivery import broker_from_url
+    from jobs.settings import JobsSettings
+
+    broker = broker_from_url(named.load(JobsSettings).broker_url.get_secret_value(), middleware=[])
+    try:
+        replayed = dead_letter_queues(broker).replay(args.queue, args.limit)
+    finally:
+        broker.close()
+    print(
+        f"outboxkit jobs: {replayed} dead letter(s) of queue {args.queue} back on the queue", file=sys.stderr
+    )
     return ExitCode.OK

@@ -23,6 +23,10 @@ Column names follow Debezium's outbox convention (`id`, `aggregatetype`, `aggreg
 * `payload` — the serialised JSON exactly as it will be produced: size limits and serialisation
   errors surface inside the application's transaction, not later in the relay.
 * `headers` — JSON object of user headers, W3C `traceparent`/`tracestate` among them.
+
+`outbox_job_inbox` is the worker's side of background jobs (`jobs.inbox`): one row per Dramatiq
+message whose effect committed, written in the actor's own transaction, so a redelivered message
+finds its row and is not run again. It lives here so one migration history creates every table.
 """
 
 from __future__ import annotations
@@ -79,4 +83,16 @@ dead_letters_table = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("reason", Text, nullable=False),
     Column("dead_lettered_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+job_inbox_table = Table(
+    "outbox_job_inbox",
+    metadata,
+    # Dramatiq's ids are 36-character UUIDs; 64 leaves room for messages not sent through the outbox.
+    Column("message_id", String(64), primary_key=True),
+    Column("actor_name", String(255), nullable=False),
+    Column("queue_name", String(255), nullable=False),
+    Column("done_at", DateTime(timezone=True), nullable=False),
+    Column("duplicates", Integer, nullable=False, server_default="0"),  # redeliveries absorbed
+    Index("outbox_job_inbox_done_at", "done_at"),  # pruning deletes by age
 )

@@ -1,5 +1,5 @@
 """The `outboxkit` command: `demo`, `migrate`, `relay run|status`, `sink run|status|replay|skip`,
-`verify`, `chaos`, each registered by its module in `outboxkit.commands`.
+`jobs dispatch|status`, `verify`, `chaos`, each registered by its module in `outboxkit.commands`.
 
 Exit codes are named (runtime.process.ExitCode) so a supervisor can tell a fenced zombie from a crash. A
 failure is one line naming the setting behind it (`outboxkit.failures`), never a traceback — but
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from outboxkit import __version__
-from outboxkit.commands import Handler, chaos, demo, migrate, relay, sink, verify
+from outboxkit.commands import Handler, chaos, demo, jobs, migrate, relay, sink, verify
 from outboxkit.failures import Named, explain
 from runtime.process import configure_logging
 
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"outboxkit {__version__}")
     parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in (demo, migrate, relay, sink, chaos, verify):  # the order `--help` lists them in
+    for command in (demo, migrate, relay, sink, jobs, chaos, verify):  # the order `--help` lists them in
         command.register(commands)
     return parser
 

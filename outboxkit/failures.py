@@ -196,7 +196,10 @@ def _kafka_config(exc: BaseException, named: Named) -> Failure | None:
 def _own_code(exc: BaseException, named: Named) -> Failure | None:
     """Our errors with a code of their own keep it: each package's configuration error (2, said as
     invalid settings, like pydantic's refusals) and a fenced relay (3)."""
-    if not isinstance(exc, _loaded("relay", "RelayError") | _loaded("sink", "SinkError")):
+    if not isinstance(
+        exc,
+        _loaded("relay", "RelayError") | _loaded("sink", "SinkError") | _loaded("jobs.errors", "JobsError"),
+    ):
         return None
     if exc.exit_code == ExitCode.ERROR:
         return None
@@ -254,6 +257,7 @@ def _own(exc: BaseException, named: Named) -> Failure | None:
     own = (
         _loaded("relay", "RelayError"),
         _loaded("sink", "SinkError"),
+        _loaded("jobs.errors", "JobsError"),
         _loaded("verify.errors", "VerifyError"),
     )
     if isinstance(exc, (*own, SQLAlchemyError)):

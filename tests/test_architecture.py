@@ -88,7 +88,7 @@ def test_the_sink_and_the_checker_load_nothing_of_the_app_side_library(package: 
 
 def test_the_relay_command_loads_nothing_of_the_sink_or_its_drivers() -> None:
     """The `outboxkit` command imports a command's process only when it runs (its parser is all
-    the others contribute), so `outboxkit relay run` carries no DuckDB, orjson or sink."""
+    the others contribute), so `outboxkit relay run` carries no DuckDB, orjson, sink or Dramatiq."""
     loaded = _loaded_by(
         "import outboxkit.cli\noutboxkit.cli._parser().parse_args(['relay', 'run'])\nimport relay"
     )
@@ -96,6 +96,9 @@ def test_the_relay_command_loads_nothing_of_the_sink_or_its_drivers() -> None:
     assert {name.split(".")[0] for name in loaded} & {
         "sink",
         "verify",
+        "jobs",
+        "dramatiq",
+        "pika",
         "duckdb",
         "duckdb_engine",
         "orjson",

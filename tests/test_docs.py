@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import make_url
 
+from jobs.settings import JobsSettings
 from outboxkit.commands.migrate import MigrateSettings
 from relay import RelaySettings
 from runtime.kafka import KafkaSettings
@@ -70,6 +71,18 @@ def names_in_k8s(pattern: str) -> set[str]:
     """The setting names matching `pattern` in the manifests and k8s/README.md."""
     files = [path for path in (ROOT / "k8s").rglob("*") if path.suffix in {".yaml", ".md"}]
     return set().union(*(re.findall(pattern, path.read_text()) for path in files))
+
+
+def test_every_jobs_setting_is_in_the_readme_table_and_nothing_else_is() -> None:
+    prefix = "OUTBOXKIT_JOBS_"
+    table = {
+        line.split("`")[1]
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith(f"| `{prefix}")
+    }
+    names = {prefix + name.upper() for name in JobsSettings.model_fields if name != "kafka"}
+    assert table == names | {prefix + "KAFKA__BOOTSTRAP_SERVERS", prefix + "KAFKA__CONFIG"}
+    assert set(re.findall(rf"{prefix}[A-Z_]+[A-Z]", (ROOT / "README.md").read_text())) <= table
 
 
 def test_the_manifests_use_real_relay_and_migrate_settings() -> None:

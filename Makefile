@@ -31,7 +31,7 @@ test: $(BIN)/outboxkit lint image k8s-tools
 image: $(BIN)/outboxkit
 	$(BIN)/python scripts/image build
 
-## Benchmarks against the local PostgreSQL: side-by-side medians and ratios (see bench/README.md).
+## Benchmarks against the local PostgreSQL, Kafka and Redis: side-by-side medians and ratios (see bench/README.md).
 bench: $(BIN)/outboxkit
 	scripts/services up postgres
 	$(BIN)/python -m bench b1
@@ -40,6 +40,8 @@ bench: $(BIN)/outboxkit
 	$(BIN)/python -m bench b3 --wakeup
 	$(BIN)/python -m bench b4
 	$(BIN)/python -m bench b5
+	scripts/services up redis
+	$(BIN)/python -m bench b6
 	$(BIN)/python -m bench plot
 
 ## The long proof: 30 minutes of workload and faults (Kafka and PostgreSQL restarts too), then verify.

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-from bench import b1, b2, b3, b4, b5
+from bench import b1, b2, b3, b4, b5, b6
 from bench.host import describe, host_facts
 from bench.pg import Endpoints
 from bench.report import BenchmarkError, Options, Report, markdown, run_facts, write_json
@@ -49,6 +49,7 @@ BENCHMARKS = {
     "b3": Benchmark(b3.TITLE, b3.run, Defaults(10.0, MIN_REPS), Defaults(2.0, 1)),
     "b4": Benchmark(b4.TITLE, b4.run, Defaults(5.0, MIN_REPS), QUICK),  # drains: --seconds unused
     "b5": Benchmark(b5.TITLE, b5.run, Defaults(10.0, MIN_REPS), Defaults(2.0, 1)),
+    "b6": Benchmark(b6.TITLE, b6.run, Defaults(5.0, MIN_REPS), QUICK),  # part 2 drains: --seconds unused
 }
 RESULTS = Path(__file__).parent / "results"
 N = TypeVar("N", int, float)
@@ -131,12 +132,17 @@ def _options(args: argparse.Namespace, benchmark: Benchmark) -> Options:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quick", action="store_true", help="1 short repetition: catches crashes only")
-    common.add_argument("--seconds", type=float, help="per measurement (b1 5, b3 10; b2 and b4 drain)")
+    common.add_argument(
+        "--seconds", type=float, help="per measurement (b1 5, b3 10, b6 5; b2 and b4 drain, b6's jobs too)"
+    )
     common.add_argument("--reps", type=int, help="repetitions of each variant (b1 5, b2 to b4 3)")
     common.add_argument("--json", type=Path, help="results file (default bench/results/<benchmark>.json)")
     common.add_argument("--clients", type=_positive(int), default=(1, 8), help="b1: comma-separated (1,8)")
     common.add_argument(
-        "--rows", type=int, help="b2: outbox backlog; b4: events on the topic (both 200000; quick 5000)"
+        "--rows",
+        type=int,
+        help="b2: outbox backlog; b4: events on the topic (both 200000; quick 5000); b6: jobs (20000; "
+        "quick 2000)",
     )
     common.add_argument(
         "--naive-rows", type=int, help="b2, b4: events the naive poller/consumer moves (5000; quick 500)"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -113,21 +114,27 @@ def _measure(engine: Engine, variant: Variant, clients: int, seconds: float) -> 
     """Committed transactions per second of `clients` threads inserting `variant`'s model."""
     before = _counts(engine)
     factory = sessionmaker(engine)
+    committed, rate = run_clients(lambda: _commit_order(factory, variant.model), clients, seconds)
+    _verify(variant, committed, before, _counts(engine))
+    return rate
+
+
+def run_clients(transaction: Callable[[], None], clients: int, seconds: float) -> tuple[int, float]:
+    """`clients` threads each running `transaction` over and over for `seconds` (after a warm-up);
+    the transactions run in all (warm-up included: what the tables must show) and the timed rate,
+    summed over the clients. B6 measures its app transactions with it too."""
     start = threading.Barrier(clients, timeout=60)
     with ThreadPoolExecutor(max_workers=clients) as pool:
-        futures = [pool.submit(_client, factory, variant.model, seconds, start) for _ in range(clients)]
+        futures = [pool.submit(_client, transaction, seconds, start) for _ in range(clients)]
         runs = _gather(futures)
-    _verify(variant, sum(r.committed for r in runs), before, _counts(engine))
-    return sum(r.rate for r in runs)
+    return sum(r.committed for r in runs), sum(r.rate for r in runs)
 
 
-def _client(
-    factory: sessionmaker[Session], model: type[Base], seconds: float, start: threading.Barrier
-) -> ClientRun:
-    """Warm up, wait for the other clients, then commit orders until `seconds` have passed."""
+def _client(transaction: Callable[[], None], seconds: float, start: threading.Barrier) -> ClientRun:
+    """Warm up, wait for the other clients, then run transactions until `seconds` have passed."""
     try:
         for _ in range(WARMUP_TXNS):
-            _commit_order(factory, model)
+            transaction()
         start.wait()
     except BaseException:
         start.abort()  # the other clients stop waiting: the run fails now, not at the timeout
@@ -135,7 +142,7 @@ def _client(
     began = time.perf_counter()
     deadline, timed = began + seconds, 0
     while time.perf_counter() < deadline:
-        _commit_order(factory, model)
+        transaction()
         timed += 1
     return ClientRun(WARMUP_TXNS + timed, timed / (time.perf_counter() - began))
 

@@ -1,4 +1,4 @@
-"""The services for the benchmarks: where PostgreSQL and Kafka are, a scratch database per run,
+"""The services for the benchmarks: where PostgreSQL, Kafka and Redis are, a scratch database per run,
 facts about the server.
 
 Each run gets a database of its own, created at the start and dropped at the end (also when the
@@ -20,13 +20,14 @@ from runtime.kafka import KafkaSettings
 
 
 class Endpoints(BaseSettings):
-    """Where the services are: OUTBOXKIT_PG_URL and OUTBOXKIT_KAFKA_BOOTSTRAP, the variables
-    scripts/services and the tests honour."""
+    """Where the services are: OUTBOXKIT_PG_URL, OUTBOXKIT_KAFKA_BOOTSTRAP and OUTBOXKIT_REDIS_URL, the
+    variables scripts/services and the tests honour."""
 
     model_config = SettingsConfigDict(env_prefix="OUTBOXKIT_", extra="ignore")
 
     pg_url: str = "postgresql://outboxkit@127.0.0.1:55432/outboxkit"
     kafka_bootstrap: str = "127.0.0.1:19092"
+    redis_url: str = "redis://127.0.0.1:56379/0"  # the Dramatiq broker of B6
     state_dir: Path = Path("/var/tmp/outboxkit")  # noqa: S108 - where scripts/services keeps its pids
 
     @property

@@ -19,12 +19,16 @@ import matplotlib.pyplot as plt
 
 # Per benchmark: the variants drawn side by side, in order, and what tells its groups apart.
 VARIANTS = ("baseline", "outbox", "naive", "ceiling", "outboxkit")
-GROUPS = ("warehouse", "conflicts", "clients", "batch_size")
+GROUPS = ("warehouse", "conflicts", "clients", "batch_size", "jobs")
 
 
 def plot(results: Path, out: Path) -> list[Path]:
     """Draw every plot the results in `results` allow into `out`; return the files written."""
-    documents = {path.stem: json.loads(path.read_text()) for path in sorted(results.glob("*.json"))}
+    documents = {
+        key: document
+        for path in sorted(results.glob("*.json"))
+        for key, document in _by_benchmark(path.stem, json.loads(path.read_text())).items()
+    }
     out.mkdir(parents=True, exist_ok=True)
     written = []
     bars = {name: doc for name, doc in documents.items() if _variants(doc["results"][0])}
@@ -37,6 +41,17 @@ def plot(results: Path, out: Path) -> list[Path]:
     if split:
         written.append(_cpu(split, out / "cpu.png"))
     return written
+
+
+def _by_benchmark(name: str, document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A results file as one document per benchmark it measured: B6's file holds two (transactions
+    and jobs drained), each with variants of its own, so each gets a panel of its own."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for result in document["results"]:
+        groups.setdefault(str(result.get("benchmark", name)), []).append(result)
+    if len(groups) == 1:
+        return {name: document}
+    return {f"{name}/{n}": {**document, "results": results} for n, results in enumerate(groups.values(), 1)}
 
 
 def _cpu(documents: dict[str, dict[str, Any]], path: Path) -> Path:

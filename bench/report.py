@@ -220,7 +220,7 @@ class Report:
 
 def markdown(report: Report) -> str:
     """The tables, then the goals (met or not), then the notes that qualify a figure."""
-    tables = report.tables or [_comparison_table([r for r in report.results if isinstance(r, Comparison)])]
+    tables = report.tables or [comparison_table([r for r in report.results if isinstance(r, Comparison)])]
     parts = [table.markdown() for table in tables]
     if report.goals:
         parts.append(_goals_table(report.goals).markdown())
@@ -229,8 +229,8 @@ def markdown(report: Report) -> str:
     return "\n\n".join(parts)
 
 
-def _comparison_table(comparisons: Sequence[Comparison]) -> Table:
-    """B1's shape: one row per benchmark and client count."""
+def comparison_table(comparisons: Sequence[Comparison]) -> Table:
+    """B1's shape (B6's first part too): one row per benchmark and client count."""
     return Table(
         ("benchmark", "clients", "baseline median", "outbox median", "spread (min-max)", "ratio"),
         "lrrrlr",

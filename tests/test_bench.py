@@ -1,5 +1,6 @@
 """The benchmarks run, report, and refuse to report a figure their checks contradict: B1 its
-tables, B2 and B3 what a read_committed consumer finds in Kafka, B4 what the warehouse holds.
+tables, B2 and B3 what a read_committed consumer finds in Kafka, B4 what the warehouse holds, B6
+its tables and what Redis holds.
 
 Quick mode only: these catch a broken benchmark, they do not judge the outbox's speed.
 """
@@ -19,9 +20,10 @@ import pytest
 from sqlalchemy import Connection, delete, event
 from sqlalchemy.orm import Session
 
-from bench import b1, b2, b3, b4, sinking
+from bench import b1, b2, b3, b4, b6, sinking
 from bench.pg import Endpoints
 from bench.report import BenchmarkError, Options
+from jobs.delivery import DramatiqDelivery
 from outbox import outbox_table
 from relay import TransactionalPublisher
 from relay.checkpoint import CheckpointRecord
@@ -29,6 +31,7 @@ from runtime.kafka import KafkaSettings
 from sink.columns import Kind
 from sink.loaders import PostgresLoader, Rows
 from wire import Envelope
+from wire.jobs import Job
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,7 +93,9 @@ def test_b1_refuses_a_figure_when_the_outbox_wrote_no_rows(pg_database: str) -> 
         b1.run(pg_database, Options(seconds=0.2, reps=1, clients=(1,), quick=True))
 
 
-def _run_quick(benchmark: str, results: Path, pg_database: str, kafka: KafkaSettings) -> str:
+def _run_quick(
+    benchmark: str, results: Path, pg_database: str, kafka: KafkaSettings, redis_url: str | None = None
+) -> str:
     """`python -m bench <benchmark> --quick` against the test services; its standard output."""
     done = subprocess.run(
         [sys.executable, "-m", "bench", benchmark, "--quick", "--json", str(results)],
@@ -99,6 +104,7 @@ def _run_quick(benchmark: str, results: Path, pg_database: str, kafka: KafkaSett
             **os.environ,
             "OUTBOXKIT_PG_URL": pg_database,
             "OUTBOXKIT_KAFKA_BOOTSTRAP": kafka.bootstrap_servers,
+            **({"OUTBOXKIT_REDIS_URL": redis_url} if redis_url else {}),
         },
         capture_output=True,
         text=True,
@@ -269,3 +275,59 @@ def test_b5_quick_runs_the_whole_pipeline_as_processes_and_splits_its_cpu(
         assert run["cpu"][component] > 0, component
     external = "OUTBOXKIT_KAFKA_BOOTSTRAP" in os.environ  # a broker that is not the local service
     assert (run["cpu"]["kafka"] is None) == external
+
+
+def test_b6_quick_measures_both_parts_and_reports_ratios_and_goals(
+    pg_database: str, kafka: KafkaSettings, redis_url: str, tmp_path: Path
+) -> None:
+    results = tmp_path / "b6.json"
+    stdout = _run_quick("b6", results, pg_database, kafka, redis_url)
+    assert "| B6 app transaction + job | 1 |" in stdout
+    assert "| B6 jobs outbox -> Redis | 2,000 |" in stdout
+    document = json.loads(results.read_text())
+    app_1, app_8, drain = document["results"]
+    assert (app_1["clients"], app_8["clients"]) == (1, 8)
+    for app in (app_1, app_8):
+        assert len(app["baseline"]) == len(app["outbox"]) == 1  # --quick: one repetition
+        assert app["ratio"] == pytest.approx(app["outbox_median"] / app["baseline_median"])
+    assert drain["jobs"] == 2000
+    assert len(drain["outboxkit"]) == len(drain["ceiling"]) == 1
+    assert drain["vs_ceiling"] == pytest.approx(drain["outboxkit_median"] / drain["ceiling_median"])
+    assert all(drain["cpu_per_1k"][variant][0] > 0 for variant in ("outboxkit", "ceiling"))
+    assert [goal["where"] for goal in document["goals"]] == ["1 client(s)", "8 client(s)", "2,000 jobs"]
+
+
+@pytest.mark.usefixtures("outbox_losing_its_rows")
+def test_b6_refuses_a_figure_when_enqueue_wrote_no_outbox_rows(
+    pg_database: str, kafka: KafkaSettings, redis_url: str
+) -> None:
+    endpoints = Endpoints(pg_url=pg_database, kafka_bootstrap=kafka.bootstrap_servers, redis_url=redis_url)
+    with pytest.raises(BenchmarkError, match=r"B6 enqueue: .* 'outbox': 0"):
+        b6.run(endpoints, Options(seconds=0.2, reps=1, clients=(1,), quick=True, rows=100))
+
+
+@pytest.fixture
+def dispatcher_delivering_its_first_batch_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dispatcher whose first batch reaches the broker twice (as in a crash before its commit)."""
+    deliver = DramatiqDelivery.deliver
+    calls = 0
+
+    def twice(self: DramatiqDelivery, jobs: Sequence[Job]) -> None:
+        nonlocal calls
+        calls += 1
+        deliver(self, jobs)
+        if calls == 1:
+            deliver(self, jobs)
+
+    monkeypatch.setattr(DramatiqDelivery, "deliver", twice)
+
+
+@pytest.mark.usefixtures("dispatcher_delivering_its_first_batch_twice")
+def test_b6_refuses_a_figure_when_the_queue_holds_a_job_twice(
+    pg_database: str, kafka: KafkaSettings, redis_url: str
+) -> None:
+    endpoints = Endpoints(pg_url=pg_database, kafka_bootstrap=kafka.bootstrap_servers, redis_url=redis_url)
+    with pytest.raises(
+        BenchmarkError, match=r"B6 outboxkit: .* for 600 jobs \(\d+ missing, [1-9]\d* duplicated"
+    ):
+        b6.run(endpoints, Options(seconds=0.2, reps=1, clients=(1,), quick=True, rows=600))

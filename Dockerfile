@@ -8,7 +8,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 # The processes and both warehouses; EXTRA_REQUIREMENTS adds what your sink models need, e.g.
 # --build-arg EXTRA_REQUIREMENTS="mymodels==1.4 ./wheels/other.whl" (paths relative to /src).
-ARG EXTRAS=relay,sink,duckdb,postgres
+ARG EXTRAS=relay,sink,duckdb,postgres,dramatiq
 ARG EXTRA_REQUIREMENTS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src

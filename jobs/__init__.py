@@ -17,5 +17,7 @@ One module per concept:
 * `jobs.inbox` — the worker's side: `Inbox`, its middleware and the `exactly_once` decorator;
 * `jobs.dead_letters` — the broker's dead-letter queues: count, list, replay;
 * `jobs.settings` — `JobsSettings` (`OUTBOXKIT_JOBS_*`);
+* `jobs.status` — `outboxkit jobs status`: lag, queues, dead letters, the inbox;
+* `jobs.names` — the names dashboards and alerts depend on (metrics, spans, loggers);
 * `jobs.errors` — the exception tree.
 """

@@ -38,6 +38,7 @@ from confluent_kafka.admin import AdminClient
 from jobs.dead_letters import dead_letter_queues
 from jobs.delivery import DramatiqDelivery, JobDelivery, broker_from_url
 from jobs.errors import BadJobError, BrokerUnavailableError, JobsError
+from jobs.names import BATCHES, DEAD_LETTERS, DISPATCHED, FAILURES, LOGGER, READY
 from runtime.backoff import Backoff
 from runtime.kafka import BrokerCheck, KafkaSettings
 from runtime.observe import Endpoints, Metrics, ServiceCheck
@@ -49,23 +50,7 @@ from wire.jobs import JOB_EVENT_TYPE, Job
 if TYPE_CHECKING:
     from jobs.settings import JobsSettings
 
-log = logging.getLogger("outboxkit.jobs")
-SERVICE: Final = "outboxkit-jobs"
-DISPATCHED: Final = (
-    "outboxkit_jobs_dispatched_total",
-    "Jobs the broker accepted and whose offsets were committed.",
-)
-FAILURES: Final = (
-    "outboxkit_jobs_delivery_failures_total",
-    "Deliveries the job broker refused or did not answer.",
-)
-BATCHES: Final = ("outboxkit_jobs_dispatch_batches_total", "Batches delivered and committed.")
-READY: Final = ("outboxkit_jobs_ready", "1 while the dispatcher can deliver jobs, else 0.")
-DEAD_LETTERS: Final = (
-    "outboxkit_jobs_dead_letters",
-    "Jobs Dramatiq gave up on, waiting in the dead-letter queues of OUTBOXKIT_JOBS_QUEUES and of every "
-    "queue this dispatcher delivered to (read from the broker at scrape time).",
-)
+log = logging.getLogger(LOGGER)
 REACH_SECONDS: Final = 5.0  # per attempt to reach Kafka at start-up; then its failure is said, and retried
 
 Where = tuple[str, int]

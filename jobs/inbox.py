@@ -51,14 +51,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.errors import NotInWorkerError
+from jobs.names import INBOX_LOGGER, PROCESS_SPAN, TRACER
 from outbox.table import job_inbox_table
 from wire.jobs import TRACE_OPTION
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-LOGGER: Final = "outboxkit.jobs.inbox"
-TRACER: Final = "outboxkit.jobs"
 PRUNE_BATCH: Final = 1000  # rows per delete: short transactions, so pruning never holds writers up
 # Messaging semantic conventions, spelled as runtime.tracing spells them (not imported: see pyproject).
 MESSAGING_SYSTEM: Final = "messaging.system"
@@ -66,7 +65,7 @@ MESSAGING_MESSAGE_ID: Final = "messaging.message.id"
 MESSAGING_DESTINATION: Final = "messaging.destination.name"
 MESSAGING_OPERATION_TYPE: Final = "messaging.operation.type"
 
-log = logging.getLogger(LOGGER)
+log = logging.getLogger(INBOX_LOGGER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +221,7 @@ class InboxMiddleware(dramatiq.Middleware):
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         span = trace.get_tracer(TRACER).start_span(
-            f"{message.actor_name} process",
+            PROCESS_SPAN.format(actor=message.actor_name),
             context=propagate.extract(_carrier(message.options.get(TRACE_OPTION))),
             kind=trace.SpanKind.CONSUMER,
             attributes={

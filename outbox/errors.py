@@ -12,6 +12,9 @@ never later, in the relay, where the event would have to be dropped or would blo
     ├── HeaderError               a header that is reserved or not text; rename it or send a string
     ├── ValueTooLongError         a key, aggregate type or event type longer than its column; shorten it
     ├── TopicError                a topic name Kafka would reject; the message says why
+    ├── JobError                  a Dramatiq message `outbox.jobs.enqueue()` refuses: an actor the
+    │                             broker does not know, an option nothing reads, arguments its JSON
+    │                             would change, a bad delay, queue or priority; the message says which
     └── BulkOperationError        a bulk ORM statement on an outbox model, which would skip capture;
                                   change the objects one by one in the session
 
@@ -20,6 +23,8 @@ no exit code, so the name stays as published rather than the processes' `ConfigE
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class OutboxError(Exception):
@@ -36,7 +41,22 @@ class PayloadError(OutboxError):
 
 
 class PayloadTooLargeError(PayloadError):
-    """A serialised payload above the configured limit, which sits below Kafka's message size."""
+    """A serialised payload above the configured limit, which sits below Kafka's message size.
+
+    `size` and `limit` (bytes) let a caller that knows better what the payload is say it in its words.
+    """
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only arguments: pickle them as such
+        return _too_large, (str(self), self.size, self.limit)
+
+
+def _too_large(message: str, size: int, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(message, size=size, limit=limit)
 
 
 class HeaderError(OutboxError):
@@ -53,6 +73,11 @@ class ValueTooLongError(OutboxError):
 
 class TopicError(OutboxError):
     """A topic name Kafka would reject."""
+
+
+class JobError(OutboxError):
+    """A Dramatiq message that would fail, or silently change, on its way to the worker; refused by
+    `outbox.jobs.enqueue()` while the transaction can still be rolled back."""
 
 
 class BulkOperationError(OutboxError):

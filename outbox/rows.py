@@ -36,7 +36,8 @@ _LIMITS = {
 
 @dataclass(frozen=True, slots=True)
 class Draft:
-    """An event about to become an outbox row. `key` None means: the aggregate id."""
+    """An event about to become an outbox row. `key` None means: the aggregate id; `event_id` None:
+    a new one (a job sets its own, as its message id is also its aggregate id and key)."""
 
     topic: str
     event_type: str
@@ -46,6 +47,7 @@ class Draft:
     key: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     schema_version: int = 1
+    event_id: str | None = None
 
 
 def check_topic(topic: str) -> str:
@@ -76,11 +78,13 @@ def _row(draft: Draft, settings: OutboxSettings, trace: Mapping[str, str]) -> di
         raise PayloadTooLargeError(
             f"the {draft.event_type!r} event of {draft.aggregate_type} {draft.aggregate_id} is {size} bytes, "
             f"above the limit of {settings.max_payload_bytes}: send a reference to large data instead, or "
-            "raise OUTBOXKIT_OUTBOX_MAX_PAYLOAD_BYTES together with Kafka's message.max.bytes"
+            "raise OUTBOXKIT_OUTBOX_MAX_PAYLOAD_BYTES together with Kafka's message.max.bytes",
+            size=size,
+            limit=settings.max_payload_bytes,
         )
     key = draft.aggregate_id if draft.key is None else draft.key
     row = {
-        "event_id": new_event_id(),
+        "event_id": new_event_id() if draft.event_id is None else draft.event_id,
         "aggregatetype": draft.aggregate_type,
         "aggregateid": draft.aggregate_id,
         "type": draft.event_type,

@@ -13,6 +13,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.orm import Session
 
+from wire.jobs import DEFAULT_JOBS_TOPIC
+
 SETTINGS_KEY: Final = "outboxkit.settings"
 
 
@@ -35,6 +37,11 @@ class OutboxSettings(BaseSettings):
     topic_template: str = Field(
         "outbox.event.{aggregate_type}",
         description="Topic of a model that names none, as Debezium's outbox event router routes by default.",
+    )
+    jobs_topic: str = Field(
+        DEFAULT_JOBS_TOPIC,
+        description="Topic of the jobs `outbox.jobs.enqueue()` writes: the one the jobs dispatcher reads "
+        "(OUTBOXKIT_JOBS_TOPIC on its side).",
     )
 
 

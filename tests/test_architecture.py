@@ -117,10 +117,11 @@ def test_a_sink_writing_to_postgresql_loads_no_duckdb() -> None:
 
 def test_the_app_library_loads_none_of_the_processes_dependencies() -> None:
     """`pip install outboxkit` brings no Kafka client, DuckDB, orjson or psycopg: `import outbox` must
-    not need them (psycopg only once a PostgreSQL app's first write wakes the relay)."""
+    not need them (psycopg only once a PostgreSQL app's first write wakes the relay). Nor Dramatiq
+    (`outboxkit[dramatiq]`): only an app that imports `outbox.jobs` enqueues jobs."""
     loaded = _loaded_by("import outbox")
     assert "outbox.mixin" in loaded
-    processes = {"runtime", "confluent_kafka", "duckdb", "orjson", "psycopg", "opentelemetry.sdk"}
+    processes = {"runtime", "confluent_kafka", "duckdb", "orjson", "psycopg", "opentelemetry.sdk", "dramatiq"}
     assert {name for name in loaded if name in processes or name.split(".")[0] in processes} == set()
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
+from jobs import names as jobs_names
 from relay import names as relay_names
 from sink import names as sink_names
 from tests.k8s_sources import K8S, ROOT, rendered, source_id, sources
@@ -297,9 +298,9 @@ def test_kube_score_refuses_a_moving_image_tag(
 
 
 def our_metric_names() -> set[str]:
-    """Every metric name relay/names.py and sink/names.py define."""
+    """Every metric name relay/names.py, sink/names.py and jobs/names.py define."""
     found: set[str] = set()
-    for module in (relay_names, sink_names):
+    for module in (relay_names, sink_names, jobs_names):
         for value in vars(module).values():
             pairs = value.values() if isinstance(value, dict) else [value]
             found |= {
@@ -340,6 +341,9 @@ def test_every_metric_an_alert_uses_is_one_the_processes_export(manifests: dict[
         "OutboxkitSinkNotReady",
         "OutboxkitSinkDeadLetters",
         "OutboxkitSinkRestarting",
+        "OutboxkitJobsDeadLetters",
+        "OutboxkitJobsNotReady",
+        "OutboxkitJobsDeliveryFailing",
     } <= names
     for rule in rules:
         assert not unknown_metrics(rule), f"{rule['alert']} uses {unknown_metrics(rule)}"

@@ -39,7 +39,8 @@ def register(commands: Commands) -> None:
 
 
 def _dispatch(args: argparse.Namespace, named: Named) -> int:
-    from jobs.dispatch import SERVICE, dispatcher_from_settings
+    from jobs.dispatch import dispatcher_from_settings
+    from jobs.names import SERVICE
     from jobs.settings import JobsSettings
     from runtime.telemetry import traced
 

@@ -19,6 +19,7 @@ COPY outbox outbox
 COPY relay relay
 COPY sink sink
 COPY verify verify
+COPY jobs jobs
 COPY outboxkit outboxkit
 COPY scripts/image scripts/image
 RUN python -m venv /opt/outboxkit \

@@ -1,4 +1,5 @@
-"""The image as Kubernetes runs it: the relay and the sink as containers of `make image`'s image.
+"""The image as Kubernetes runs it: the relay, the sink and the jobs dispatcher as containers of
+`make image`'s image.
 
 Each container runs as uid 10001 on a read-only root filesystem (only /tmp is writable, as with an
 emptyDir), with every capability dropped and no-new-privileges, on the host's network, against the
@@ -13,15 +14,19 @@ This test never skips: a machine where podman cannot build or run the image fail
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dramatiq
 import pytest
+import redis
 from sqlalchemy import create_engine, make_url
 from sqlalchemy.orm import Session
 
@@ -32,11 +37,14 @@ from tests.conftest import PgSchema
 from tests.helpers import rows
 from tests.models import Base, Thing
 from tests.processes import ROOT, outboxkit
+from tests.test_jobs_dispatch import job_envelope, produce_in_a_transaction
 
 IMAGE_SCRIPT = ROOT / "scripts" / "image"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 UID = 10001
 GRACE = 30  # seconds `podman stop` waits after SIGTERM before it kills
 EVENTS = 300
+JOBS = 200
 # podman's default ulimits exceed what this machine's hard limits allow a container (runc refuses)
 LIMITS = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
 HARDENED = [
@@ -199,3 +207,51 @@ def test_relay_and_sink_containers_deliver_every_event_and_stop_cleanly_on_sigte
         code, took = container.stop()
         assert code == 0, f"{container.name} exited {code}:\n{container.logs()}"
         assert took < GRACE, f"{container.name} took {took:.1f}s, so SIGKILL ended it, not its SIGTERM"
+
+
+@pytest.mark.timeout(3600)  # as above: the first build of a machine
+def test_the_jobs_dispatcher_container_delivers_every_job_and_stops_cleanly_on_sigterm(
+    kafka: KafkaSettings,
+    new_topic: Callable[..., str],
+    unique_name: Callable[[str], str],
+    redis_url: str,
+    run_container: Callable[..., Container],
+) -> None:
+    topic, queue = new_topic(2), unique_name("q")
+    jobs = [job_envelope(topic, queue, n) for n in range(JOBS)]
+    produce_in_a_transaction(kafka, topic, jobs)
+    dispatcher = run_container(
+        {
+            "OUTBOXKIT_JOBS_BROKER_URL": redis_url,
+            "OUTBOXKIT_JOBS_TOPIC": topic,
+            "OUTBOXKIT_JOBS_GROUP_ID": unique_name("g"),
+            "OUTBOXKIT_JOBS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        },
+        "jobs", "dispatch",
+    )  # fmt: skip
+    assert dispatcher.uid() == UID
+    client = redis.Redis.from_url(redis_url)
+
+    def delivered() -> set[str]:
+        assert dispatcher.state("Running") == "true", dispatcher.logs()
+        return {dramatiq.Message.decode(entry).message_id for entry in client.hvals(f"dramatiq:{queue}.msgs")}
+
+    try:
+        until(lambda: delivered() == {job.event_id for job in jobs}, f"{JOBS} jobs in Redis")
+        code, took = dispatcher.stop()
+    finally:
+        client.delete(f"dramatiq:{queue}", f"dramatiq:{queue}.msgs")
+        client.close()
+    assert code == 0, f"the dispatcher exited {code}:\n{dispatcher.logs()}"
+    assert took < GRACE, f"it took {took:.1f}s, so SIGKILL ended it, not its SIGTERM"
+
+
+def test_both_builds_ship_every_package_pyproject_declares() -> None:
+    """A new package left out of the image's sources imports in the tests and fails in the container
+    (seen: `jobs`, added with the dispatcher)."""
+    declared = {name.rstrip("*") for name in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
+    script = re.search(r"^SOURCES = \[(.*)\]$", IMAGE_SCRIPT.read_text(), re.M)
+    assert script is not None
+    assert declared <= set(re.findall(r'"([^"]+)"', script.group(1)))
+    copied = set(re.findall(r"^COPY (\S+) \1$", (ROOT / "Dockerfile").read_text(), re.M))
+    assert declared <= copied

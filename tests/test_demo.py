@@ -166,3 +166,15 @@ def test_the_demo_without_its_postgresql_says_how_to_start_it() -> None:
     assert "cannot use the database at OUTBOXKIT_DEMO_PG_URL" in result.stderr
     assert "`scripts/services up` starts the local services" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_demo_without_its_redis_says_how_to_start_it() -> None:
+    env = {"OUTBOXKIT_REDIS_URL": "redis://127.0.0.1:1/0"}
+    result = outboxkit("demo", "--seconds", "1", env=env, timeout=60)
+
+    assert result.returncode == 1
+    assert "the job broker does not answer" in result.stderr
+    assert (
+        "at OUTBOXKIT_DEMO_REDIS_URL (or OUTBOXKIT_REDIS_URL); `scripts/services up redis`" in result.stderr
+    )
+    assert "Traceback" not in result.stderr

@@ -16,6 +16,8 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from jobs.delivery import DramatiqDelivery, broker_from_url
+from jobs.errors import BrokerUnavailableError
 from jobs.settings import JobsSettings
 from outbox import OutboxSettings, schema
 from outboxkit.databases import app_engine, create_database, server
@@ -49,10 +51,11 @@ class DemoSettings(BaseSettings):
         "127.0.0.1:19092",
         validation_alias=AliasChoices("OUTBOXKIT_DEMO_KAFKA_BOOTSTRAP", "OUTBOXKIT_KAFKA_BOOTSTRAP"),
     )
-    redis_url: str = Field(
+    redis: str = Field(  # not `redis_url`: the command names every *_url setting as a database
         "redis://127.0.0.1:56379/0",
         validation_alias=AliasChoices("OUTBOXKIT_DEMO_REDIS_URL", "OUTBOXKIT_REDIS_URL"),
-        description="The Dramatiq broker the dispatcher delivers the jobs to and the worker consumes.",
+        description="The Redis URL of the Dramatiq broker the dispatcher delivers the jobs to and the "
+        "worker consumes.",
     )
     pg_url: str = Field(
         "postgresql://outboxkit@127.0.0.1:55432/outboxkit",
@@ -123,6 +126,7 @@ class Stage:
 def prepare(settings: DemoSettings, workdir: Path) -> Stage:
     """Make the run's app database (outbox and shop tables), warehouse place, the e-mail service's
     database (its inbox and confirmations tables) and topics."""
+    _check_redis(settings.redis)
     run = uuid.uuid4().hex[:8]
     files = ("app.db", "warehouse.duckdb", "warehouse.duckdb.wal", "worker.db")
     for name in (*files, *(f"{db}-{suffix}" for db in ("app.db", "worker.db") for suffix in ("wal", "shm"))):
@@ -151,7 +155,7 @@ def prepare(settings: DemoSettings, workdir: Path) -> Stage:
             topic_template=f"outboxkit-demo.{run}.{{aggregate_type}}", jobs_topic=f"outboxkit-demo.{run}.jobs"
         ),
         f"sqlite:///{workdir / 'worker.db'}",
-        settings.redis_url,
+        settings.redis,
     )
     mailer = Mailer(stage.worker_url)
     mailer.migrate()
@@ -159,3 +163,17 @@ def prepare(settings: DemoSettings, workdir: Path) -> Stage:
     for topic in (stage.topic("customer"), stage.topic("order"), stage.outbox.jobs_topic):
         ensure_topic(stage.kafka, topic, partitions=3)
     return stage
+
+
+def _check_redis(url: str) -> None:
+    """Refuse to start without the job broker: the jobs would wait for it until the drain timed out."""
+    delivery = DramatiqDelivery(broker_from_url(url))
+    try:
+        why = delivery.unreachable()
+    finally:
+        delivery.close()
+    if why is not None:  # the URL stays out of the message: it may hold a password
+        raise BrokerUnavailableError(
+            f"{why} at OUTBOXKIT_DEMO_REDIS_URL (or OUTBOXKIT_REDIS_URL); `scripts/services up redis` "
+            "starts the local one"
+        )

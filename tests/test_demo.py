@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,3 +179,40 @@ def test_the_demo_without_its_redis_says_how_to_start_it() -> None:
         "at OUTBOXKIT_DEMO_REDIS_URL (or OUTBOXKIT_REDIS_URL); `scripts/services up redis`" in result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_a_demo_killed_outright_leaves_no_worker_behind(
+    kafka: KafkaSettings, redis_url: str, tmp_path: Path
+) -> None:
+    """The worker runs in a session of its own (Ctrl-C reaches the demo only), so nothing would stop
+    it after a SIGKILL of the demo but its own watch of the demo's pid."""
+    env = os.environ | {
+        "OUTBOXKIT_KAFKA_BOOTSTRAP": kafka.bootstrap_servers,
+        "OUTBOXKIT_REDIS_URL": redis_url,
+    }
+    demo = subprocess.Popen(
+        [*DEMO, "--seconds", "0", "--workdir", str(tmp_path)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert demo.stdout is not None
+    for line in demo.stdout:
+        if PROGRESS.match(line) and not line.rstrip().endswith(" 0"):  # a job ran: the worker is up
+            break
+    booted = re.search(
+        r"\[PID (\d+)\] \[MainThread\] \[dramatiq\.MainProcess\]", (tmp_path / "worker.log").read_text()
+    )
+    assert booted is not None
+    worker = int(booted[1])
+    demo.kill()
+    demo.wait()
+    deadline = time.monotonic() + 120  # a generous cap: the worker checks every second
+    while _running(worker):
+        assert time.monotonic() < deadline, f"the worker (pid {worker}) outlived the demo"
+        time.sleep(0.2)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -78,7 +78,8 @@ class WorkerProcess:
     """The e-mail service: `python -m dramatiq outboxkit.demo.worker`, its output in `worker.log`.
 
     In a session of its own, so that Ctrl-C reaches the demo only: the demo then lets the worker run
-    the jobs still coming, and stops it (SIGTERM, Dramatiq's graceful shutdown) at the end."""
+    the jobs still coming, and stops it (SIGTERM, Dramatiq's graceful shutdown) at the end. A demo
+    killed outright cannot: the worker watches the demo's pid and then ends itself."""
 
     COMMAND = ("-m", "dramatiq", "outboxkit.demo.worker", "--processes", "1", "--threads", "2")
 
@@ -88,6 +89,7 @@ class WorkerProcess:
             "OUTBOXKIT_DEMO_WORKER_DB_URL": stage.worker_url,
             "OUTBOXKIT_DEMO_WORKER_BROKER_URL": stage.redis_url,
             "OUTBOXKIT_DEMO_WORKER_QUEUE": stage.queue,
+            "OUTBOXKIT_DEMO_WORKER_DEMO_PID": str(os.getpid()),
         }
         self._process: subprocess.Popen[bytes] | None = None
 

@@ -5,9 +5,19 @@
 with `OUTBOXKIT_DEMO_WORKER_DB_URL`, `_BROKER_URL` and `_QUEUE` naming its database (`worker.db`),
 the Redis the dispatcher delivers to and the run's queue. As any Dramatiq app, it sets up its
 broker at import: the broker gets the inbox's middleware, then the actor is declared on it.
+
+The demo stops the worker when it is done. A demo killed outright cannot, and the worker runs in
+a session of its own (Ctrl-C must not reach it): `_DEMO_PID` names the demo, and the worker ends
+itself once that process is gone.
 """
 
 from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
 
 import dramatiq
 from pydantic import SecretStr
@@ -25,11 +35,37 @@ class WorkerSettings(BaseSettings):
     db_url: str
     broker_url: SecretStr
     queue: str
+    demo_pid: int
+
+
+class EndsWithTheDemo(dramatiq.Middleware):
+    """In each worker process, a thread that asks Dramatiq's main process for its graceful shutdown
+    (SIGTERM) once the demo process `pid` is gone."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        threading.Thread(target=self._watch, name="ends-with-the-demo", daemon=True).start()
+
+    def _watch(self) -> None:
+        while _running(self._pid):
+            time.sleep(1)
+        os.kill(os.getppid(), signal.SIGTERM)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 settings = WorkerSettings()
 mailer = Mailer(settings.db_url)
 broker = broker_from_url(settings.broker_url.get_secret_value())
 broker.add_middleware(mailer.inbox.middleware)
+broker.add_middleware(EndsWithTheDemo(settings.demo_pid))
 dramatiq.set_broker(broker)
 send_order_confirmation = mailer.declare(broker, settings.queue)

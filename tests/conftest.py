@@ -27,6 +27,7 @@ from relay import Relay
 from relay.topics import ensure_topic
 from runtime.kafka import KafkaSettings
 from tests.helpers import make_relay, sqlite_app
+from tests.otlp import Collector
 
 
 class Endpoints(BaseSettings):
@@ -210,3 +211,11 @@ def warehouse(warehouse_url: str) -> Iterator[Engine]:
     engine = create_engine(warehouse_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    """An OTLP/HTTP trace endpoint for processes under test (`collector.endpoint`)."""
+    running = Collector()
+    yield running
+    running.close()

@@ -1,28 +1,19 @@
 """One trace from the app's request through the relay to the sink, across processes.
 
 `outboxkit relay run --drain` and `outboxkit sink run --drain` run as OS processes configured by
-the standard OTEL_* variables; their SDK exports over OTLP/HTTP to a collector stand-in here,
-which decodes the protobuf export requests. The app's span is opened by the test around its write.
+the standard OTEL_* variables; their SDK exports over OTLP/HTTP to a collector stand-in
+(tests/otlp.py), which decodes the protobuf export requests. The app's span is opened by the
+test around its write.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ExportedSpan
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanContext
@@ -35,75 +26,8 @@ from runtime.kafka import KafkaSettings
 from runtime.telemetry import tracer_provider
 from tests.conftest import PgSchema
 from tests.models import Base, Thing
+from tests.otlp import Collector
 from tests.processes import outboxkit
-
-
-@dataclass(frozen=True)
-class Received:
-    """A span as the collector received it, with the service that sent it."""
-
-    service: str
-    span: ExportedSpan
-
-    @property
-    def attributes(self) -> dict[str, Any]:
-        return {kv.key: _value(kv) for kv in self.span.attributes}
-
-    @property
-    def links(self) -> list[tuple[bytes, bytes]]:
-        return [(link.trace_id, link.span_id) for link in self.span.links]
-
-
-def _value(kv: KeyValue) -> Any:
-    return getattr(kv.value, kv.value.WhichOneof("value"))
-
-
-class Collector:
-    """An OTLP/HTTP trace endpoint on loopback: keeps every span it is sent."""
-
-    def __init__(self) -> None:
-        self.spans: list[Received] = []
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                collector.keep(ExportTraceServiceRequest.FromString(body))
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def keep(self, request: ExportTraceServiceRequest) -> None:
-        for resource_spans in request.resource_spans:
-            service = {kv.key: _value(kv) for kv in resource_spans.resource.attributes}["service.name"]
-            for scope_spans in resource_spans.scope_spans:
-                self.spans += [Received(service, span) for span in scope_spans.spans]
-
-    def named(self, name: str) -> list[Received]:
-        return [received for received in self.spans if received.span.name == name]
-
-
-@pytest.fixture
-def collector() -> Iterator[Collector]:
-    running = Collector()
-    yield running
-    running.server.shutdown()
-    running.server.server_close()
 
 
 def write_in_requests(url: str, topic: str, count: int) -> list[SpanContext]:

@@ -228,13 +228,8 @@ class JobsStack:
     def effects(self) -> Counter[str]:
         """How many effect rows each message id has."""
         with self.engine.connect() as conn:
-            return Counter(
-                dict(
-                    conn.execute(select(effects.c.message_id, func.count()).group_by(effects.c.message_id))
-                    .tuples()
-                    .all()
-                )
-            )
+            counted = conn.execute(select(effects.c.message_id, func.count()).group_by(effects.c.message_id))
+            return Counter({message_id: count for message_id, count in counted})
 
     def deliveries(self) -> int:
         """Messages the workers were handed, duplicates included."""

@@ -38,6 +38,7 @@ import outbox
 from jobs.inbox import Inbox, InboxCounts
 from outbox import SETTINGS_KEY, OutboxSettings
 from outbox.jobs import enqueue
+from outboxkit.chaos.processes import waited
 from runtime.kafka import KafkaSettings
 from tests.jobs_app_tables import FAILS_UNTIL_FIXED, RECORD_EFFECT, TABLES, deliveries, effects, parked
 from tests.processes import ROOT, free_port, get, metric, outboxkit
@@ -93,15 +94,7 @@ class Child:
             self.kill()
 
     def wait(self, timeout: float) -> int | None:
-        if self.popen is None:
-            return None
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        finally:
-            if self._log is not None and self.popen.poll() is not None:
-                self._log.close()
+        return waited(self.popen, self._log, timeout)
 
     def counted(self, name: str) -> float:
         """The counter `name` of its /metrics (0 while it does not answer): what this life did."""

@@ -58,12 +58,17 @@ class Proc:
         return code
 
     def wait(self, timeout: float) -> int | None:
-        if self.popen is None:
-            return None
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        finally:
-            if self._log is not None and self.popen.poll() is not None:
-                self._log.close()
+        return waited(self.popen, self._log, timeout)
+
+
+def waited(popen: subprocess.Popen[bytes] | None, log: IO[bytes] | None, timeout: float) -> int | None:
+    """`popen`'s exit code once it ended within `timeout`, else None; its log closed once it ended."""
+    if popen is None:
+        return None
+    try:
+        return popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        if log is not None and popen.poll() is not None:
+            log.close()

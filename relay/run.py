@@ -80,8 +80,10 @@ class Relay:
         tracer: Tracer | None = None,
         latency: Histogram | None = None,
         waiting: Callable[[str], None] = lambda why: None,
+        capture: CaptureSource | None = None,
     ) -> Relay:
         """The relay of `shard` of source `source_id` (not started): the one place its parts are picked.
+        `capture` reads the shard; by default the engine's source (`capture_for`).
 
         Fencing depends on the transactional id (see `transactional_id`): the relay that starts
         for a shard must register the id every earlier relay of that shard used, so that its
@@ -100,7 +102,7 @@ class Relay:
             waiting=waiting,
         )
         return cls(
-            capture_for(engine, shard),
+            capture or capture_for(engine, shard),
             publisher,
             Checkpoints(kafka, checkpoint_topic, source_id, shard),
             DeadLetters(engine),

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from outbox import SETTINGS_KEY, OutboxSettings, metadata, outbox_table
 from relay import Relay
+from relay.capture import CaptureSource
 from runtime.kafka import KafkaSettings
 from tests.models import Base, Thing
 from wire import Envelope, Signer
@@ -59,9 +60,17 @@ def make_relay(
     batch_size: int = 500,
     tracer: Tracer | None = None,
     signer: Signer | None = None,
+    capture: CaptureSource | None = None,
 ) -> Relay:
     return Relay.for_shard(
-        engine, kafka, source_id, checkpoint_topic, batch_size=batch_size, signer=signer, tracer=tracer
+        engine,
+        kafka,
+        source_id,
+        checkpoint_topic,
+        batch_size=batch_size,
+        signer=signer,
+        tracer=tracer,
+        capture=capture,
     )
 
 

@@ -1,4 +1,7 @@
-"""The relay as the sidecar process it is: SIGKILLed at any moment, or paused into a zombie.
+"""The relay as the sidecar process it is: shards shared and handed over, Kafka away, status,
+wake-ups, probes and metrics. (Its crash guarantees — SIGKILLed at any moment, paused into a
+zombie, PostgreSQL restarted under it — are in the capture contract suite,
+`test_capture_contract.py`, run once per capture source.)
 
 `outboxkit relay run` is started as an OS process against the real PostgreSQL and broker, and
 the outcome is read from Kafka by an independent read_committed consumer.
@@ -7,8 +10,6 @@ the outcome is read from Kafka by an independent read_committed consumer.
 from __future__ import annotations
 
 import json
-import os
-import random
 import signal
 import socket
 import subprocess
@@ -16,23 +17,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, make_url, text
-from sqlalchemy.orm import Session
+from sqlalchemy import make_url, text
 
-import outbox
-from outbox import SETTINGS_KEY, OutboxSettings
 from relay.errors import RelayError
 from relay.publisher import TransactionalPublisher
 from runtime.kafka import KafkaSettings
 from runtime.process import ExitCode
 from tests.conftest import PgSchema
-from tests.helpers import Record, committed_records
-from tests.models import Base, Thing
+from tests.helpers import committed_records
 from tests.processes import (
     Forwarder,
     fastest_answer,
@@ -43,92 +39,15 @@ from tests.processes import (
     stopped,
     wait_until_probe,
 )
+from tests.sidecars import (
+    RelayProcess,
+    Sidecar,
+    assert_exactly_once_in_commit_order,
+    running_sidecar,
+    wait_for_records,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class RelayProcess:
-    """`outboxkit relay run` as a child process, its log lines collected as they come."""
-
-    def __init__(self, env: dict[str, str], *extra: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "outboxkit.cli", "--log-level", "DEBUG", "relay", "run", *extra],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()  # its lock is reentrant: count() works inside wait_for()
-        threading.Thread(target=self._collect, daemon=True).start()
-
-    def _collect(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-
-    def count(self, text: str) -> int:
-        with self._changed:
-            return sum(text in line for line in self.lines)
-
-    def wait_for(self, text: str, times: int = 1, timeout: float = 60) -> None:
-        """Block until `text` has appeared in `times` log lines."""
-        with self._changed:
-            if not self._changed.wait_for(lambda: self.count(text) >= times, timeout):
-                raise AssertionError(
-                    f"{times}x {text!r} not logged within {timeout}s:\n{''.join(self.lines[-20:])}"
-                )
-
-    def wait_for_any(self, texts: tuple[str, ...], timeout: float = 60) -> None:
-        with self._changed:
-            if not self._changed.wait_for(lambda: any(self.count(text) for text in texts), timeout):
-                raise AssertionError(f"none of {texts} logged within {timeout}s")
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
-
-    def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout)
-
-
-@dataclass
-class Sidecar:
-    """An app database on PostgreSQL, its topic, and a way to start relay processes for it."""
-
-    app: Engine
-    topic: str
-    env: dict[str, str]
-    notify: bool = True
-
-    def start(self, **env: str) -> RelayProcess:
-        return RelayProcess(self.env | env)
-
-    def drain(self) -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "outboxkit.cli", "relay", "run", "--drain"],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == ExitCode.OK, done.stderr
-
-    def write(self, count: int, *, first: int = 0, groups: int = 5) -> None:
-        """`count` committed transactions, one new thing each (n = first, ...), over `groups` keys."""
-        settings = OutboxSettings(
-            topic_template=self.topic, notify_channel="outboxkit" if self.notify else ""
-        )
-        for n in range(first, first + count):
-            with Session(self.app, info={SETTINGS_KEY: settings}) as session:
-                session.add(Thing(group=f"g{n % groups}", n=n))
-                session.commit()
 
 
 @pytest.fixture
@@ -138,87 +57,8 @@ def sidecar(
     new_topic: Callable[..., str],
     unique_name: Callable[[str], str],
 ) -> Iterator[Sidecar]:
-    app = create_engine(pg_schema.url, connect_args=pg_schema.connect_args, pool_pre_ping=True)
-    outbox.metadata.create_all(app)
-    Base.metadata.create_all(app)
-    url = make_url(pg_schema.url).update_query_dict(pg_schema.connect_args)
-    env = os.environ | {
-        "OUTBOXKIT_RELAY_DATABASE_URL": url.render_as_string(hide_password=False),
-        "OUTBOXKIT_RELAY_SOURCE_ID": unique_name("src"),
-        "OUTBOXKIT_RELAY_CHECKPOINT_TOPIC": unique_name("ckpt"),
-        "OUTBOXKIT_RELAY_BATCH_SIZE": "7",
-        "OUTBOXKIT_RELAY_POLL_INTERVAL": "0.05",
-        "OUTBOXKIT_RELAY_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-    }
-    yield Sidecar(app, new_topic(3), env)
-    app.dispose()
-
-
-def assert_exactly_once_in_commit_order(records: list[Record], written: int, groups: int = 5) -> None:
-    ids = [record.event_id for record in records]
-    assert len(ids) == len(set(ids)), "an event was published twice"
-    assert sorted(r.value["state"]["n"] for r in records) == list(range(written)), "an event is missing"
-    for group in range(groups):
-        ns = [r.value["state"]["n"] for r in records if r.key == f"g{group}"]
-        assert ns == sorted(ns), f"key g{group} out of commit order"
-
-
-def test_a_relay_killed_right_after_a_kafka_commit_publishes_nothing_twice(
-    kafka: KafkaSettings, sidecar: Sidecar
-) -> None:
-    sidecar.write(60)
-    for commits in (1, 3, 2):  # killed just after its 1st, then 3rd, then 2nd commit of each life
-        relay = sidecar.start()
-        relay.wait_for("committed Kafka transaction", commits)
-        relay.kill()
-    sidecar.drain()
-    assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 60)
-
-
-def test_a_relay_killed_at_random_moments_while_the_app_writes_loses_and_duplicates_nothing(
-    kafka: KafkaSettings, sidecar: Sidecar
-) -> None:
-    writer = threading.Thread(target=sidecar.write, args=(300,))
-    writer.start()
-    rng, kills = random.Random(7), 0
-    while writer.is_alive() or kills < 6:
-        relay = sidecar.start()
-        time.sleep(rng.uniform(0.2, 1.5))
-        relay.kill()
-        kills += 1
-    writer.join()
-    sidecar.drain()
-    assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 300)
-
-
-def test_a_paused_relay_resuming_after_a_successor_took_over_stops_with_a_named_code_adding_nothing(
-    kafka: KafkaSettings, sidecar: Sidecar
-) -> None:
-    sidecar.env["OUTBOXKIT_RELAY_LEASE_TIMEOUT"] = "3"
-    sidecar.write(40)
-    zombie = sidecar.start()
-    zombie.wait_for("committed Kafka transaction")
-    zombie.signal(signal.SIGSTOP)
-
-    sidecar.write(40, first=40)  # the app keeps writing while the zombie sleeps
-    successor = sidecar.start()  # waits out the zombie's lease, fences it, publishes everything
-    try:
-        wait_for_records(kafka, sidecar.topic, 80, timeout=60)
-        zombie.signal(signal.SIGCONT)
-        # Paused inside a transaction, its commit is fenced and it exits; paused between two, it
-        # finds its lease gone and stands by. Either way it says so and publishes nothing more.
-        zombie.wait_for_any(("fenced", "standing by"), timeout=60)
-        if "standing by" in "".join(zombie.lines):
-            time.sleep(2)  # a standby must stay quiet: no commit after its lease was lost
-            assert zombie.process.poll() is None
-        else:
-            assert zombie.wait(60) == ExitCode.FENCED
-        successor.signal(signal.SIGTERM)
-        assert successor.wait(60) == ExitCode.OK
-    finally:
-        zombie.kill()
-        successor.kill()
-    assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 80)
+    with running_sidecar(kafka, pg_schema, new_topic(3), unique_name) as sidecar:
+        yield sidecar
 
 
 def test_two_relays_share_the_shards_and_a_killed_one_is_replaced_within_ten_seconds(
@@ -247,13 +87,6 @@ def test_two_relays_share_the_shards_and_a_killed_one_is_replaced_within_ten_sec
         first.kill()
         second.kill()
     assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 150, groups=10)
-
-
-def wait_for_records(kafka: KafkaSettings, topic: str, count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while len(committed_records(kafka, topic)) < count:
-        assert time.monotonic() < deadline, f"fewer than {count} records in {topic} after {timeout:.0f}s"
-        time.sleep(0.2)
 
 
 def test_kafka_stopped_for_twenty_seconds_then_restarted_loses_nothing(
@@ -390,25 +223,6 @@ def test_sigterm_with_the_broker_away_stops_the_relay_within_two_kafka_timeouts(
     assert took < 2 * 3 + 5  # two Kafka timeouts, and the close's flush
     sidecar.drain()
     assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 20)
-
-
-def test_postgresql_restarted_under_a_running_relay_loses_nothing(
-    kafka: KafkaSettings, sidecar: Sidecar
-) -> None:
-    relay = sidecar.start()
-    try:
-        sidecar.write(20)
-        wait_for_records(kafka, sidecar.topic, 20, timeout=60)
-        with stopped("postgres"):
-            time.sleep(5)  # the relay retries: its capture fails, its leases are gone
-        sidecar.write(20, first=20)
-        wait_for_records(kafka, sidecar.topic, 40, timeout=90)
-        assert relay.count("standing by") >= 1  # it noticed, and took its shard again
-        relay.signal(signal.SIGTERM)
-        assert relay.wait(60) == ExitCode.OK
-    finally:
-        relay.kill()
-    assert_exactly_once_in_commit_order(committed_records(kafka, sidecar.topic), 40)
 
 
 def test_a_relay_started_while_postgresql_is_away_waits_for_it_and_publishes_everything(

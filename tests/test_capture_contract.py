@@ -58,10 +58,11 @@ CAPTURE_KINDS = ("poll",)
 
 
 @contextmanager
-def capture_source(kind: str, engine: Engine, shard: Shard = ONLY) -> Iterator[CaptureSource]:
-    """The capture source `kind` reading `engine`'s outbox, for the block. What a source creates on
-    the server for itself (a replication slot, a publication) it drops after: a slot nobody reads
-    would pin the shared PostgreSQL's WAL."""
+def capture_source(kind: str, engine: Engine, source_id: str, shard: Shard = ONLY) -> Iterator[CaptureSource]:
+    """The capture source `kind` reading `engine`'s outbox for relays of `source_id` (unique per
+    test: what a source names on the server, a replication slot, derives from it), for the block.
+    What a source creates on the server for itself it drops after: a slot nobody reads would pin
+    the shared PostgreSQL's WAL."""
     if kind == "poll":
         yield PostgresCapture(engine, shard)
         return
@@ -126,7 +127,7 @@ def captured(
     with ExitStack() as sources:
 
         def new_relay(batch_size: int) -> Relay:
-            capture = sources.enter_context(capture_source(capture_kind, app))
+            capture = sources.enter_context(capture_source(capture_kind, app, source_id))
             relay = make_relay(app, kafka, source_id, checkpoints, batch_size=batch_size, capture=capture)
             relay.start()
             return relay

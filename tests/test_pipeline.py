@@ -1,7 +1,7 @@
 """The relay's basic promises against the real broker: resume after the checkpoint, fencing.
 
-The sink's own are in test_sink_*.py; the full crash proofs in test_relay_process.py and
-test_sink_process.py.
+The sink's own are in test_sink_*.py; the full crash proofs in test_capture_contract.py (the
+relay, once per capture source) and test_sink_process.py.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from opentelemetry.trace import Link, SpanKind, Tracer
 from sqlalchemy import Engine, create_engine
 
 from relay import names
-from relay.capture import Backlog, CaptureSource, Position, capture_for, expect_shards
+from relay.capture import Backlog, CaptureMode, CaptureSource, Position, capture_for, expect_shards
 from relay.checkpoint import Checkpoints
 from relay.dead_letters import DeadLetters
 from relay.errors import PublishAbortedError, RelayError, UnpublishableRecordError
@@ -80,6 +80,7 @@ class Relay:
         tracer: Tracer | None = None,
         latency: Histogram | None = None,
         waiting: Callable[[str], None] = lambda why: None,
+        capture: CaptureMode = "poll",
     ) -> Relay:
         """The relay of `shard` of source `source_id` (not started): the one place its parts are picked.
 
@@ -100,7 +101,7 @@ class Relay:
             waiting=waiting,
         )
         return cls(
-            capture_for(engine, shard),
+            capture_for(engine, shard, mode=capture, source_id=source_id),
             publisher,
             Checkpoints(kafka, checkpoint_topic, source_id, shard),
             DeadLetters(engine),
@@ -148,16 +149,17 @@ class Relay:
                 raise
             break
         self._isolating = max(0, self._isolating - len(envelopes))
-        if envelopes:
-            self._stats.published += len(envelopes)
-            self._stats.transactions += 1
-            log.debug(
-                "committed Kafka transaction with %d events, checkpoint after %s",
-                len(envelopes),
-                batch.position,
-            )
         self._stats.position = batch.position
+        if envelopes:
+            self._committed(len(envelopes), batch.position)
         return len(batch.rows)
+
+    def _committed(self, events: int, position: Position) -> None:
+        """Count a committed Kafka transaction, then tell the capture source (never before)."""
+        self._stats.published += events
+        self._stats.transactions += 1
+        log.debug("committed Kafka transaction with %d events, checkpoint after %s", events, position)
+        self._capture.published(position)
 
     def _publish(self, envelopes: list[Envelope], position: Position) -> None:
         """One Kafka transaction, in a span linked to the spans the events were written in; once
@@ -185,6 +187,7 @@ class Relay:
         return deleted
 
     def close(self) -> None:
+        self._capture.close()
         self._publisher.close()
 
     def run(
@@ -263,6 +266,7 @@ def _started_relay(
         signer=settings.signer,
         latency=latency,
         waiting=lambda why: health.beat(ok=False, why=why),
+        capture=settings.capture,
     )
     try:
         relay.start()

@@ -49,6 +49,12 @@ class SqliteCapture:
     def backlog(self, position: Position) -> Backlog:
         return rows.backlog(self._engine, [OUTBOX.id > position.after_id])
 
+    def published(self, position: Position) -> None:
+        """Nothing to let go of: polling keeps nothing in the database for the relay."""
+
+    def close(self) -> None:
+        """Nothing held open: each read takes a pooled connection."""
+
     def check(self, position: Position) -> None:
         """Ids never come back while the id counter is at or past the checkpoint and the checkpoint's
         row, until cleanup deletes it, holds the event published with it. One query per call."""

@@ -142,6 +142,7 @@ class Relay:
                     log.warning("%s; finding the refused record one transaction at a time", exc)
                 else:
                     self._dead_letters.move(batch.rows[exc.index].id, exc.reason)
+                    self._capture.dead_lettered(batch.rows[exc.index].id)
                     self._stats.dead_letters += 1
                 continue
             except PublishAbortedError:

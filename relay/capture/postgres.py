@@ -103,6 +103,9 @@ class PostgresCapture:
     def published(self, position: Position) -> None:
         """Nothing to let go of: polling keeps nothing in the database for the relay."""
 
+    def dead_lettered(self, row_id: int) -> None:
+        """Nothing to forget: the next read of the table no longer finds the row."""
+
     def close(self) -> None:
         """Nothing held open: each read takes a pooled connection."""
 

@@ -132,6 +132,11 @@ class CaptureSource(Protocol):
         for the polling sources, whose database keeps nothing for them."""
         ...
 
+    def dead_lettered(self, row_id: int) -> None:
+        """The relay moved row `row_id` to the dead letters: never hand it out again. A no-op for
+        the polling sources, which re-read the table, where it is gone."""
+        ...
+
     def close(self) -> None:
         """Release what the source holds open (WAL capture: its replication connection)."""
         ...

@@ -30,8 +30,6 @@ Limits of this preview:
 * psycopg2 moves a slot's confirmed position by itself on a server keepalive that arrives before
   any row of the session; `check` refuses a slot confirmed past the checkpoint, so rows such a
   move would skip stop the relay rather than go missing;
-* a dead-lettered row is handed out again by the same relay: WAL capture does not re-read the
-  table (the polling sources do).
 
 Cleanup deletes the rows this relay has seen published, by id: those of transactions it handed
 out and whose checkpoint committed, and those the slot re-sent at start below the checkpoint.
@@ -147,6 +145,12 @@ class WalCapture:
             except psycopg2.Error as exc:
                 self.close()
                 raise CaptureError(f"cannot confirm replication slot {self.slot}: {exc}") from exc
+
+    def dead_lettered(self, row_id: int) -> None:
+        """Drop the row from what is handed out. Should it be the last of the log, the checkpoint
+        stays before it: a restarted relay gets it again from the slot, finds it refused again, and
+        its second move to the dead letters finds no row to move."""
+        self._ready = deque(entry for entry in self._ready if entry.row.id != row_id)
 
     def delete_published(self, position: Position, limit: int, created_before: datetime | None) -> int:
         self._forget(position)

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 
 import psycopg
 import pytest
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
 import outbox
 from outbox import SETTINGS_KEY, OutboxSettings
-from relay import Relay
+from relay import Relay, RelaySettings
 from relay.capture import CapturedRow, CaptureSource, Position
 from relay.capture.wal import WalCapture, drop_slot, slot_name
 from relay.checkpoint import Checkpoints
@@ -50,16 +51,17 @@ class WalSource:
     def relay(self, batch_size: int = 500, *, confirming: bool = True) -> Relay:
         """A started relay; with `confirming=False`, one that dies before each slot confirmation
         (its Kafka transactions commit, the slot never hears of them)."""
-        capture: CaptureSource = WalCapture(self.app, self.source_id)
-        if not confirming:
-            capture = _Unconfirmed(capture)
-        relay = Relay(
-            capture,
-            TransactionalPublisher(self.kafka, transactional_id(self.source_id)),
-            Checkpoints(self.kafka, self.checkpoints, self.source_id),
-            DeadLetters(self.app),
-            batch_size=batch_size,
+        relay = Relay.for_shard(
+            self.app, self.kafka, self.source_id, self.checkpoints, batch_size=batch_size, capture="wal"
         )
+        if not confirming:
+            relay = Relay(
+                _Unconfirmed(WalCapture(self.app, self.source_id)),
+                TransactionalPublisher(self.kafka, transactional_id(self.source_id)),
+                Checkpoints(self.kafka, self.checkpoints, self.source_id),
+                DeadLetters(self.app),
+                batch_size=batch_size,
+            )
         self.relays.append(relay)
         relay.start()
         return relay
@@ -294,6 +296,11 @@ def test_a_checkpoint_past_the_database_or_the_slot_stops_the_relay(wal: WalSour
     drop_slot(wal.app, wal.source_id)
     with pytest.raises(UnsafeOutboxError, match="slot was missing"):
         WalCapture(wal.app, wal.source_id).check(Position(lsn=1, index=1))
+
+
+def test_wal_capture_is_refused_for_sqlite() -> None:
+    with pytest.raises(ValidationError, match="capture=wal"):
+        RelaySettings(capture="wal", database_url=SecretStr("sqlite:///app.db"))
 
 
 def test_positions_keep_older_checkpoints_readable() -> None:

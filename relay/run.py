@@ -20,7 +20,7 @@ from opentelemetry.trace import Link, SpanKind, Tracer
 from sqlalchemy import Engine, create_engine
 
 from relay import names
-from relay.capture import Backlog, CaptureSource, Position, capture_for, expect_shards
+from relay.capture import Backlog, CaptureMode, CaptureSource, Position, capture_for, expect_shards
 from relay.checkpoint import Checkpoints
 from relay.dead_letters import DeadLetters
 from relay.errors import PublishAbortedError, RelayError, UnpublishableRecordError
@@ -80,10 +80,11 @@ class Relay:
         tracer: Tracer | None = None,
         latency: Histogram | None = None,
         waiting: Callable[[str], None] = lambda why: None,
-        capture: CaptureSource | None = None,
+        capture: CaptureMode | CaptureSource = "poll",
     ) -> Relay:
         """The relay of `shard` of source `source_id` (not started): the one place its parts are picked.
-        `capture` reads the shard; by default the engine's source (`capture_for`).
+        `capture` reads the shard: a mode (`capture_for` picks the engine's source of it: polling by
+        default, `wal`), or a source built by the caller (the capture contract suite's).
 
         Fencing depends on the transactional id (see `transactional_id`): the relay that starts
         for a shard must register the id every earlier relay of that shard used, so that its
@@ -102,7 +103,9 @@ class Relay:
             waiting=waiting,
         )
         return cls(
-            capture or capture_for(engine, shard),
+            capture_for(engine, shard, mode=capture, source_id=source_id)
+            if isinstance(capture, str)
+            else capture,
             publisher,
             Checkpoints(kafka, checkpoint_topic, source_id, shard),
             DeadLetters(engine),
@@ -143,6 +146,7 @@ class Relay:
                     log.warning("%s; finding the refused record one transaction at a time", exc)
                 else:
                     self._dead_letters.move(batch.rows[exc.index].id, exc.reason)
+                    self._capture.dead_lettered(batch.rows[exc.index].id)
                     self._stats.dead_letters += 1
                 continue
             except PublishAbortedError:
@@ -150,16 +154,17 @@ class Relay:
                 raise
             break
         self._isolating = max(0, self._isolating - len(envelopes))
-        if envelopes:
-            self._stats.published += len(envelopes)
-            self._stats.transactions += 1
-            log.debug(
-                "committed Kafka transaction with %d events, checkpoint after %s",
-                len(envelopes),
-                batch.position,
-            )
         self._stats.position = batch.position
+        if envelopes:
+            self._committed(len(envelopes), batch.position)
         return len(batch.rows)
+
+    def _committed(self, events: int, position: Position) -> None:
+        """Count a committed Kafka transaction, then tell the capture source (never before)."""
+        self._stats.published += events
+        self._stats.transactions += 1
+        log.debug("committed Kafka transaction with %d events, checkpoint after %s", events, position)
+        self._capture.published(position)
 
     def _publish(self, envelopes: list[Envelope], position: Position) -> None:
         """One Kafka transaction, in a span linked to the spans the events were written in; once
@@ -187,6 +192,7 @@ class Relay:
         return deleted
 
     def close(self) -> None:
+        self._capture.close()
         self._publisher.close()
 
     def run(
@@ -265,6 +271,7 @@ def _started_relay(
         signer=settings.signer,
         latency=latency,
         waiting=lambda why: health.beat(ok=False, why=why),
+        capture=settings.capture,
     )
     try:
         relay.start()

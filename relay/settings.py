@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay.capture.source import CaptureMode
 from runtime.kafka import KafkaSettings
 from runtime.observe import EVERY_INTERFACE, HttpHost
 from runtime.urls import usable_url
@@ -35,6 +36,11 @@ class RelaySettings(BaseSettings):
         description="Names this outbox in checkpoints and transactional ids; unique per outbox database.",
     )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    capture: CaptureMode = Field(
+        "poll",
+        description="How the relay finds committed rows on PostgreSQL: `poll` (snapshot deltas, woken by "
+        "NOTIFY) or `wal` (preview: a logical replication slot; the role needs REPLICATION).",
+    )
     checkpoint_topic: str = "outboxkit.relay.checkpoints"
     batch_size: int = Field(500, ge=1, le=100_000, description="Events per Kafka transaction.")
     poll_interval: float = Field(
@@ -114,6 +120,12 @@ class RelaySettings(BaseSettings):
             raise ValueError(
                 "lease_timeout must be more than twice lease_interval, or healthy relays lose leases"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _wal_on_postgresql(self) -> RelaySettings:
+        if self.capture == "wal" and not self.database_url.get_secret_value().startswith("postgresql"):
+            raise ValueError("capture=wal reads PostgreSQL's write-ahead log: set capture=poll for SQLite")
         return self
 
     @model_validator(mode="after")

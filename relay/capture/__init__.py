@@ -5,7 +5,7 @@ from sqlalchemy import Engine
 
 from relay.capture.postgres import PostgresCapture
 from relay.capture.rows import envelope_of
-from relay.capture.source import Backlog, Batch, CapturedRow, CaptureSource, Position
+from relay.capture.source import Backlog, Batch, CapturedRow, CaptureMode, CaptureSource, Position
 from relay.capture.sqlite import SqliteCapture
 from relay.errors import ConfigError
 from relay.shards import ONLY, Shard
@@ -13,6 +13,7 @@ from relay.shards import ONLY, Shard
 __all__ = [
     "Backlog",
     "Batch",
+    "CaptureMode",
     "CaptureSource",
     "CapturedRow",
     "Position",
@@ -24,8 +25,16 @@ __all__ = [
 ]
 
 
-def capture_for(engine: Engine, shard: Shard = ONLY) -> CaptureSource:
-    """The capture source for the engine's database (and one shard of it, on PostgreSQL)."""
+def capture_for(
+    engine: Engine, shard: Shard = ONLY, *, mode: CaptureMode = "poll", source_id: str = "default"
+) -> CaptureSource:
+    """The capture source for the engine's database (and one shard of it, on PostgreSQL); with
+    `mode="wal"`, PostgreSQL's log through the slot of `source_id`'s shard."""
+    if mode == "wal":
+        # Only here: psycopg2 (the `wal` extra) is loaded by relays that stream the log.
+        from relay.capture.wal import WalCapture  # noqa: PLC0415
+
+        return WalCapture(engine, source_id, shard)
     if engine.dialect.name == "postgresql":
         return PostgresCapture(engine, shard)
     expect_shards(engine, shard.count)

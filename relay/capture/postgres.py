@@ -100,9 +100,19 @@ class PostgresCapture:
         )
         return rows.backlog(self._engine, [~published, *self._in_shard()])
 
+    def published(self, position: Position) -> None:
+        """Nothing to let go of: polling keeps nothing in the database for the relay."""
+
+    def dead_lettered(self, row_id: int) -> None:
+        """Nothing to forget: the next read of the table no longer finds the row."""
+
+    def close(self) -> None:
+        """Nothing held open: each read takes a pooled connection."""
+
     def check(self, position: Position) -> None:
         """A database's snapshots only move forward; one older than the checkpoint's is another
         database's past (a restored backup): the transactions it commits now count as published."""
+        rows.expect_mode(position, "poll")
         self._snapshot(position)
 
     def _in_shard(self) -> list[ColumnElement[bool]]:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, Engine, Row, Select, delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from outbox.table import outbox_table
-from relay.capture.source import Backlog, CapturedRow
+from relay.capture.source import Backlog, CapturedRow, CaptureMode, Position
 from relay.errors import CaptureError, ConfigError
 from wire import Envelope
 
@@ -38,6 +38,21 @@ def expect_dialect(engine: Engine, dialect: str, why: str) -> None:
         raise ConfigError(
             f"this capture source reads {dialect} only ({why}), not {engine.dialect.name}; "
             "outboxkit captures from SQLite and PostgreSQL"
+        )
+
+
+def expect_mode(position: Position, mode: CaptureMode) -> None:
+    """Refuse a checkpoint the other PostgreSQL capture wrote: positions do not carry over (a
+    snapshot says nothing of LSNs, nor an LSN of snapshots), and reading one as the other would
+    publish the outbox again or skip part of it."""
+    written: CaptureMode | None = "wal" if position.lsn is not None else None
+    if position.target is not None:
+        written = "poll"
+    if written not in (None, mode):
+        raise ConfigError(
+            f"this source's checkpoint ({position}) was written by {written} capture, the relay is set to "
+            f"OUTBOXKIT_RELAY_CAPTURE={mode}: positions do not carry over. Set it back to {written}, or "
+            "switch under a new OUTBOXKIT_RELAY_SOURCE_ID once the old relays drained the outbox"
         )
 
 
@@ -73,11 +88,40 @@ def backlog(engine: Engine, unpublished: list[ColumnElement[bool]]) -> Backlog:
     return Backlog(int(rows), None if oldest is None else _utc(oldest))
 
 
+class OutboxRow(Protocol):
+    """An outbox row's wire columns as another source than a query builds it (WAL capture)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def key(self) -> str | None: ...
+    @property
+    def payload(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def aggregatetype(self) -> str: ...
+    @property
+    def aggregateid(self) -> str: ...
+    @property
+    def aggregateversion(self) -> int: ...
+    @property
+    def schema_version(self) -> int: ...
+    @property
+    def headers(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
 def captured(rows: Sequence[Row[Any]]) -> list[CapturedRow]:
     return [CapturedRow(id=row.id, envelope=envelope_of(row)) for row in rows]
 
 
-def envelope_of(row: Row[Any]) -> Envelope:
+def envelope_of(row: Row[Any] | OutboxRow) -> Envelope:
     """An outbox row as the envelope to produce: the one mapping from table to wire."""
     headers: dict[str, str] = {} if row.headers in (None, "", "{}") else json.loads(row.headers)
     return Envelope(

@@ -24,9 +24,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from wire import Envelope
+
+# Where the relay finds committed rows on PostgreSQL: snapshot deltas, or the write-ahead log.
+CaptureMode = Literal["poll", "wal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,20 +37,31 @@ class Position:
     """How far capture has come. `after_id`: the last id handed out (of the current delta, on
     PostgreSQL); `base` / `target`: the two snapshots bounding that delta (PostgreSQL only);
     `after_event_id`: the event of row `after_id` (SQLite only), by which capture recognises that
-    id handed out again (None in checkpoints written before it was kept)."""
+    id handed out again (None in checkpoints written before it was kept).
+
+    WAL capture (`relay.capture.wal`) uses `lsn` and `index` instead: the commit LSN of the
+    transaction the last handed-out row belongs to, and how many of that transaction's rows were
+    handed out. Never an LSN alone: several rows share one (multi-row inserts, COPY), and a batch
+    may end inside a transaction. Checkpoints of the other sources have no `lsn` (None).
+    """
 
     after_id: int = 0
     base: str | None = None
     target: str | None = None
     after_event_id: str | None = None
+    lsn: int | None = None
+    index: int = 0
 
     def to_json(self) -> dict[str, object]:
-        return {
+        found: dict[str, object] = {
             "after_id": self.after_id,
             "base": self.base,
             "target": self.target,
             "after_event_id": self.after_event_id,
         }
+        if self.lsn is not None:  # only WAL positions: the others' checkpoints stay as they were
+            found.update(lsn=self.lsn, index=self.index)
+        return found
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Position:
@@ -57,9 +71,13 @@ class Position:
             base=None if base is None else str(base),
             target=None if target is None else str(target),
             after_event_id=None if event is None else str(event),
+            lsn=None if data.get("lsn") is None else int(str(data["lsn"])),
+            index=int(str(data.get("index", 0))),
         )
 
     def __str__(self) -> str:
+        if self.lsn is not None:
+            return f"{self.index} row(s) of the transaction committed at LSN {lsn_text(self.lsn)}"
         if self.target is None:
             return f"id {self.after_id}"
         return f"id {self.after_id} of the transactions visible in {self.target} but not in {self.base}"
@@ -108,8 +126,31 @@ class CaptureSource(Protocol):
         """The committed rows not yet published as of `position`."""
         ...
 
+    def published(self, position: Position) -> None:
+        """Called after the Kafka transaction that checkpointed `position` committed: a source
+        may now let go of what it kept for rows up to it (WAL capture confirms its slot). A no-op
+        for the polling sources, whose database keeps nothing for them."""
+        ...
+
+    def dead_lettered(self, row_id: int) -> None:
+        """The relay moved row `row_id` to the dead letters: never hand it out again. A no-op for
+        the polling sources, which re-read the table, where it is gone."""
+        ...
+
+    def close(self) -> None:
+        """Release what the source holds open (WAL capture: its replication connection)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
+    """`lag_bytes`: WAL the source's replication slot still holds for it (WAL capture only)."""
+
     rows: int
     oldest: datetime | None
+    lag_bytes: int | None = None
+
+
+def lsn_text(lsn: int) -> str:
+    """An LSN as PostgreSQL writes it (`16/B374D848`)."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"

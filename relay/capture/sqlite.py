@@ -49,6 +49,15 @@ class SqliteCapture:
     def backlog(self, position: Position) -> Backlog:
         return rows.backlog(self._engine, [OUTBOX.id > position.after_id])
 
+    def published(self, position: Position) -> None:
+        """Nothing to let go of: polling keeps nothing in the database for the relay."""
+
+    def dead_lettered(self, row_id: int) -> None:
+        """Nothing to forget: the next read of the table no longer finds the row."""
+
+    def close(self) -> None:
+        """Nothing held open: each read takes a pooled connection."""
+
     def check(self, position: Position) -> None:
         """Ids never come back while the id counter is at or past the checkpoint and the checkpoint's
         row, until cleanup deletes it, holds the event published with it. One query per call."""

@@ -1,0 +1,340 @@
+"""Capture from PostgreSQL's write-ahead log (preview; the contract is in `relay.capture.source`).
+
+A publication on the outbox table (inserts only; with shards, one per shard with the row filter
+`coalesce(shard_key, 0) % N = i`) and a logical replication slot with the `pgoutput` plugin, both
+named after the source id and shard (`slot_name`), created by the relay at start if missing —
+publication first, as the plugin reads it as of each change. The relay's role needs REPLICATION
+(or superuser) and, to create the publication, ownership of the outbox table.
+
+Both promises come from the log itself. pgoutput sends each committed transaction whole, at its
+commit, in commit order, its rows in the order they were written; nothing of a transaction that
+has not committed (or rolled back) is sent. Rows inserted with raw SQL, without `xid`, are
+captured like any other. So the position is the commit LSN of the transaction the last row came
+from plus how many of its rows were handed out (`Position.lsn`, `Position.index`): never an LSN
+alone, which several rows of one multi-row INSERT or COPY share, and a batch may end inside a
+transaction.
+
+The slot's confirmed position moves only after the Kafka transaction that checkpointed a
+position committed (`published`), and only to that position's commit LSN: every transaction
+committed before it is in Kafka, and the slot re-sends the one at it. On restart the slot
+re-sends from its confirmed position, which may be behind the checkpoint (a crash between the
+Kafka commit and the confirmation): rows up to the checkpoint are skipped, nothing is published
+twice.
+
+Limits of this preview:
+* rows committed before the slot existed are never captured: start a source in `wal` mode on an
+  empty outbox, or under a new source id once polling drained it;
+* a transaction is kept in memory whole until its commit arrives (pgoutput protocol 1 does not
+  stream open transactions);
+* an idle outbox pins WAL from the last published commit on (no heartbeats yet);
+* psycopg2 moves a slot's confirmed position by itself on a server keepalive that arrives before
+  any row of the session; `check` refuses a slot confirmed past the checkpoint, so rows such a
+  move would skip stop the relay rather than go missing;
+
+Cleanup deletes the rows this relay has seen published, by id: those of transactions it handed
+out and whose checkpoint committed, and those the slot re-sent at start below the checkpoint.
+What was published before the slot's confirmed position by an earlier relay, and not yet deleted
+when it stopped, is left behind (already in Kafka; delete it by hand, or keep it for retention).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import select
+from collections import deque
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from relay.capture import pgoutput, rows
+from relay.capture.rows import OUTBOX
+from relay.capture.source import Backlog, Batch, CapturedRow, Position, lsn_text
+from relay.errors import CaptureError, UnsafeOutboxError
+from relay.shards import ONLY, Shard
+
+_INTEGERS = frozenset({"id", "aggregateversion", "schema_version", "shard_key", "xid"})
+_LSN = "({} - '0/0'::pg_lsn)::bigint"  # an LSN as the bigint positions hold
+
+
+def slot_name(source_id: str, shard: Shard = ONLY) -> str:
+    """The slot's and publication's name for a source's shard: stable (derived, never random, as
+    the relay that takes the shard over must find them), within PostgreSQL's 63 characters and
+    its [a-z0-9_] for slots; the digest keeps ids that differ only in case or punctuation apart."""
+    readable = re.sub(r"[^a-z0-9]+", "_", source_id.lower())[:32]
+    digest = hashlib.sha256(source_id.encode()).hexdigest()[:8]
+    shard_part = "" if shard.count == 1 else f"_{shard.index}of{shard.count}"
+    return f"outboxkit_{readable}_{digest}{shard_part}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A captured row and its place: the commit LSN of its transaction, its index within it."""
+
+    lsn: int
+    index: int
+    row: CapturedRow
+
+    def published_by(self, position: Position) -> bool:
+        return position.lsn is not None and (self.lsn, self.index) < (position.lsn, position.index)
+
+
+@dataclass(frozen=True, slots=True)
+class _WalRow:
+    """An outbox row as the log carries it, in the shape `rows.envelope_of` reads."""
+
+    id: int
+    event_id: str
+    topic: str
+    key: str | None
+    payload: str
+    type: str
+    aggregatetype: str
+    aggregateid: str
+    aggregateversion: int
+    schema_version: int
+    headers: str
+    created_at: datetime
+
+
+class WalCapture:
+    """Streams one shard of a PostgreSQL outbox from a logical replication slot (see the module
+    docstring). `wait`: seconds a fetch that found nothing waits for the log before returning."""
+
+    def __init__(self, engine: Engine, source_id: str, shard: Shard = ONLY, *, wait: float = 0.05) -> None:
+        rows.expect_dialect(engine, "postgresql", "it reads the write-ahead log")
+        self._engine, self._shard, self._wait = engine, shard, wait
+        self.slot = slot_name(source_id, shard)
+        self._created = self._ensure_slot()
+        self._stream: Any = None  # the replication cursor, opened by the first fetch
+        self._ready: deque[_Entry] = deque()  # rows of committed transactions, not yet published
+        self._open: list[CapturedRow] | None = None  # the rows of the transaction being received
+        self._open_lsn = 0
+        self._columns: dict[int, tuple[str, ...]] = {}
+        self._published: deque[CapturedRow] = deque()  # for cleanup
+        self._checked = False
+
+    def fetch(self, after: Position, limit: int) -> Batch:
+        if not self._checked:
+            self.check(after)
+            self._checked = True
+            self._created = False  # the slot is this checkpoint's from now on
+        self._forget(after)
+        try:
+            self._receive(after, limit)
+        except psycopg2.Error as exc:
+            self.close()  # the slot re-sends from its confirmed position on the next fetch
+            raise CaptureError(f"cannot stream the outbox from replication slot {self.slot}: {exc}") from exc
+        taken = [self._ready[i] for i in range(min(limit, len(self._ready)))]
+        if not taken:
+            return Batch([], after)
+        last = taken[-1]
+        return Batch([entry.row for entry in taken], Position(lsn=last.lsn, index=last.index + 1))
+
+    def published(self, position: Position) -> None:
+        """Confirm the slot up to the commit LSN of `position`'s transaction: all before it are in
+        Kafka; that one the slot re-sends after a restart, and the checkpoint skips what of it is."""
+        if self._stream is not None and position.lsn is not None:
+            try:
+                self._stream.send_feedback(flush_lsn=position.lsn, force=True)
+            except psycopg2.Error as exc:
+                self.close()
+                raise CaptureError(f"cannot confirm replication slot {self.slot}: {exc}") from exc
+
+    def dead_lettered(self, row_id: int) -> None:
+        """Drop the row from what is handed out. Should it be the last of the log, the checkpoint
+        stays before it: a restarted relay gets it again from the slot, finds it refused again, and
+        its second move to the dead letters finds no row to move."""
+        self._ready = deque(entry for entry in self._ready if entry.row.id != row_id)
+
+    def delete_published(self, position: Position, limit: int, created_before: datetime | None) -> int:
+        self._forget(position)
+        chosen = [
+            row
+            for row in list(self._published)
+            if created_before is None
+            or (row.envelope.created_at is not None and row.envelope.created_at < created_before)
+        ][:limit]
+        if not chosen:
+            return 0
+        self.check(position)
+        deleted = rows.delete_oldest(self._engine, [OUTBOX.id.in_([row.id for row in chosen])], limit, None)
+        gone = {row.id for row in chosen}
+        self._published = deque(row for row in self._published if row.id not in gone)
+        return deleted
+
+    def backlog(self, position: Position) -> Backlog:
+        """The rows received and not yet published, and the WAL the slot holds (rows committed
+        but not yet streamed show in `lag_bytes` only)."""
+        waiting = [e.row.envelope.created_at for e in self._ready if not e.published_by(position)]
+        lag = self._query(
+            f"select {_LSN.format('pg_current_wal_lsn()')} - {_LSN.format('confirmed_flush_lsn')} "  # noqa: S608
+            "from pg_replication_slots where slot_name = :slot"
+        )
+        oldest = min((at for at in waiting if at is not None), default=None)
+        return Backlog(len(waiting), oldest, None if lag is None else int(lag))
+
+    def check(self, position: Position) -> None:
+        """Refuse a checkpoint this database or slot cannot continue: a WAL behind it (a restored
+        backup, another database), a slot created anew under it or confirmed past it (rows
+        committed in between would be skipped), a polling checkpoint."""
+        rows.expect_mode(position, "wal")
+        if position.lsn is None:
+            return
+        current = self._query(f"select {_LSN.format('pg_current_wal_lsn()')}")
+        confirmed = self._query(
+            f"select {_LSN.format('confirmed_flush_lsn')} from pg_replication_slots where slot_name = :slot"  # noqa: S608
+        )
+        problem = _slot_problem(int(current or 0), confirmed, self._created, position.lsn)
+        if problem is not None:
+            raise UnsafeOutboxError(
+                f"replication slot {self.slot} cannot continue the checkpoint ({position}): {problem}. "
+                f"{rows.START_OVER}"
+            )
+
+    def close(self) -> None:
+        """Close the replication connection: what it received and did not publish is re-sent."""
+        if self._stream is not None:
+            self._stream.connection.close()
+        self._stream, self._open = None, None
+        self._ready.clear()
+
+    def _forget(self, position: Position) -> None:
+        """Rows up to `position` are in Kafka: keep only their ids, for cleanup."""
+        while self._ready and self._ready[0].published_by(position):
+            self._published.append(self._ready.popleft().row)
+
+    def _receive(self, after: Position, limit: int) -> None:
+        """Read the log until `limit` rows are ready or it has nothing more (waiting once)."""
+        if self._stream is None:
+            self._stream = self._start(after)
+        waited = False
+        while len(self._ready) < limit:
+            message = self._stream.read_message()
+            if message is not None:
+                self._handle(pgoutput.parse(message.payload), after)
+            elif waited or self._ready:
+                return
+            else:
+                select.select([self._stream], [], [], self._wait)
+                waited = True
+
+    def _handle(self, message: pgoutput.Message, after: Position) -> None:
+        if isinstance(message, pgoutput.Begin):
+            self._open, self._open_lsn = [], message.commit_lsn
+        elif isinstance(message, pgoutput.Relation):
+            self._columns[message.oid] = message.columns
+        elif isinstance(message, pgoutput.Insert) and self._open is not None:
+            self._open.append(_captured(dict(zip(self._columns[message.oid], message.values, strict=True))))
+        elif isinstance(message, pgoutput.Commit) and self._open is not None:
+            for index, row in enumerate(self._open):
+                entry = _Entry(self._open_lsn, index, row)
+                if entry.published_by(after):  # re-sent by the slot, in Kafka already
+                    self._published.append(row)
+                else:
+                    self._ready.append(entry)
+            self._open = None
+
+    def _start(self, after: Position) -> Any:
+        """A replication connection streaming the slot from its confirmed position."""
+        url = self._engine.url
+        connection = psycopg2.connect(
+            host=url.host,
+            port=url.port,
+            user=url.username,
+            password=url.password,
+            dbname=url.database,
+            # Values come in the server's text form: pin the forms `_captured` reads.
+            options="-c DateStyle=ISO -c TimeZone=UTC",
+            connection_factory=psycopg2.extras.LogicalReplicationConnection,
+        )
+        cursor = connection.cursor()
+        cursor.start_replication(
+            slot_name=self.slot, decode=False, options={"proto_version": "1", "publication_names": self.slot}
+        )
+        # psycopg2 confirms a keepalive's position by itself while nothing was confirmed; this
+        # pins what was, so such a move cannot pass the checkpoint (see the module docstring).
+        cursor.send_feedback(flush_lsn=after.lsn or 0)
+        return cursor
+
+    def _ensure_slot(self) -> bool:
+        """Create the publication, then the slot, if missing; whether the slot was created."""
+        table = self._query(
+            "select format('%I.%I', n.nspname, c.relname) from pg_class c "
+            "join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass('outbox')"
+        )
+        if table is None:
+            raise CaptureError("no outbox table on this database's search path: run `outboxkit migrate`")
+        if self._query("select 1 from pg_publication where pubname = :slot") is None:
+            count, index = self._shard.count, self._shard.index
+            where = "" if count == 1 else f" where (coalesce(shard_key, 0) % {count} = {index})"
+            self._execute(
+                f"create publication \"{self.slot}\" for table {table}{where} with (publish = 'insert')"
+            )
+        if self._query("select 1 from pg_replication_slots where slot_name = :slot") is not None:
+            return False
+        # Waits for transactions running now to end: the slot starts where no open one began earlier.
+        self._execute("select pg_create_logical_replication_slot(:slot, 'pgoutput')")
+        return True
+
+    def _query(self, sql: str) -> Any:
+        try:
+            with self._engine.connect() as conn:
+                return conn.execute(text(sql), {"slot": self.slot}).scalar()
+        except SQLAlchemyError as exc:
+            raise CaptureError(f"cannot read replication slot {self.slot}: {exc}") from exc
+
+    def _execute(self, sql: str) -> None:
+        try:
+            with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text(sql), {"slot": self.slot})
+        except SQLAlchemyError as exc:
+            raise CaptureError(
+                f"cannot create publication and replication slot {self.slot}: {exc} (the relay's role needs "
+                "REPLICATION and to own the outbox table)"
+            ) from exc
+
+
+def drop_slot(engine: Engine, source_id: str, shard: Shard = ONLY) -> None:
+    """Drop a source shard's slot and publication, ending the connection streaming it if any:
+    its WAL is released, and what it had not published is never captured."""
+    name = slot_name(source_id, shard)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(
+            text(
+                "select pg_terminate_backend(active_pid) from pg_replication_slots "
+                "where slot_name = :slot and active_pid is not null"
+            ),
+            {"slot": name},
+        )
+        conn.execute(
+            text(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = :slot"
+            ),
+            {"slot": name},
+        )
+        conn.execute(text(f'drop publication if exists "{name}"'))
+
+
+def _slot_problem(current: int, confirmed: int | None, created: bool, checkpoint: int) -> str | None:
+    if current < checkpoint:
+        return f"the database's WAL ends at {lsn_text(current)}, before it (restored from a backup?)"
+    if confirmed is None or created:
+        return "the slot was missing (dropped, or another database): rows committed meanwhile were not kept"
+    if confirmed > checkpoint:
+        return f"the slot is confirmed up to {lsn_text(confirmed)}, past it: rows in between may be skipped"
+    return None
+
+
+def _captured(columns: dict[str, str | None]) -> CapturedRow:
+    values: dict[str, Any] = {field.name: columns.get(field.name) for field in fields(_WalRow)}
+    for name in _INTEGERS & values.keys():
+        values[name] = None if values[name] is None else int(values[name])
+    values["created_at"] = datetime.fromisoformat(str(values["created_at"]))
+    row = _WalRow(**values)
+    return CapturedRow(id=row.id, envelope=rows.envelope_of(row))

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from outbox import SETTINGS_KEY, OutboxSettings, metadata, outbox_table
 from relay import Relay
-from relay.capture import CaptureSource
+from relay.capture import CaptureMode, CaptureSource
 from runtime.kafka import KafkaSettings
 from tests.models import Base, Thing
 from wire import Envelope, Signer
@@ -60,7 +60,7 @@ def make_relay(
     batch_size: int = 500,
     tracer: Tracer | None = None,
     signer: Signer | None = None,
-    capture: CaptureSource | None = None,
+    capture: CaptureMode | CaptureSource = "poll",
 ) -> Relay:
     return Relay.for_shard(
         engine,

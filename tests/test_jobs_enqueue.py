@@ -8,7 +8,6 @@ about what the outbox holds, so the actors are declared on a private Dramatiq `S
 
 from __future__ import annotations
 
-import asyncio
 import math
 import pickle
 import time
@@ -24,15 +23,12 @@ import dramatiq.broker
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from opentelemetry.sdk.trace import TracerProvider
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import Engine
 
-import outbox
 from outbox import SETTINGS_KEY, OutboxSettings, PayloadTooLargeError
 from outbox.jobs import JobError, enqueue, enqueue_async
-from tests.conftest import PgSchema
 from tests.models import Base, Order
-from tests.units import AsyncUnit, SyncUnit, Unit, outbox_rows, unit_maker
+from tests.units import AsyncUnit, SyncUnit, Unit, app_database, outbox_rows
 from wire.jobs import DEFAULT_JOBS_TOPIC, JOB_AGGREGATE_TYPE, JOB_EVENT_TYPE, TRACE_OPTION, Job
 
 
@@ -81,26 +77,11 @@ def declare(
 
 @pytest.fixture(params=["sqlite-sync", "sqlite-async", "postgresql-sync", "postgresql-async"])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[App]:
-    dialect, mode = request.param.split("-")
-    if dialect == "sqlite":
-        sync_url, async_url = f"sqlite:///{tmp_path / 'app.db'}", f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
-        connect_args: dict[str, str] = {}
-    else:  # psycopg's async driver: asyncpg is not installed
-        schema: PgSchema = request.getfixturevalue("pg_schema")
-        sync_url, async_url, connect_args = schema.url, schema.url, schema.connect_args
-    engine = create_engine(sync_url, connect_args=connect_args)
-    Base.metadata.create_all(engine)
-    outbox.metadata.create_all(engine)
-    loop = asyncio.new_event_loop()
-    async_engine = create_async_engine(async_url, connect_args=connect_args) if mode == "async" else None
-    app = App(engine, lambda info: unit_maker(engine, async_engine, loop, info), StubBroker())
-    yield app
-    for unit in app.units:
-        unit.close()
-    if async_engine is not None:
-        loop.run_until_complete(async_engine.dispose())
-    loop.close()
-    engine.dispose()
+    with app_database(request, tmp_path, Base.metadata) as (engine, units):
+        app = App(engine, units, StubBroker())
+        yield app
+        for unit in app.units:
+            unit.close()
 
 
 ONE_OF_EACH = pytest.mark.parametrize("app", ["sqlite-sync", "postgresql-async"], indirect=True)

@@ -6,7 +6,6 @@ Each specification runs four times: SQLite and PostgreSQL, each with a `Session`
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,10 +14,8 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from sqlalchemy import Engine, create_engine, delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import Engine, delete, func, insert, select, update
 
-import outbox
 from outbox import (
     SETTINGS_KEY,
     BulkOperationError,
@@ -31,7 +28,6 @@ from outbox import (
     ValueTooLongError,
 )
 from outbox.table import versions_table
-from tests.conftest import PgSchema
 from tests.models import (
     AuditLog,
     Base,
@@ -45,7 +41,7 @@ from tests.models import (
     Thing,
     ThingFlagged,
 )
-from tests.units import Unit, outbox_rows, unit_maker
+from tests.units import Unit, app_database, outbox_rows
 
 
 @dataclass
@@ -69,26 +65,8 @@ class App:
 
 @pytest.fixture(params=["sqlite-sync", "sqlite-async", "postgresql-sync", "postgresql-async"])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[App]:
-    dialect, mode = request.param.split("-")
-    if dialect == "sqlite":
-        sync_url, async_url, connect_args = (
-            f"sqlite:///{tmp_path / 'app.db'}",
-            f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
-            {},
-        )
-    else:
-        schema: PgSchema = request.getfixturevalue("pg_schema")
-        sync_url, async_url, connect_args = schema.url, schema.url, schema.connect_args
-    engine = create_engine(sync_url, connect_args=connect_args)
-    Base.metadata.create_all(engine)
-    outbox.metadata.create_all(engine)
-    loop = asyncio.new_event_loop()
-    async_engine = create_async_engine(async_url, connect_args=connect_args) if mode == "async" else None
-    yield App(engine, lambda info: unit_maker(engine, async_engine, loop, info))
-    if async_engine is not None:
-        loop.run_until_complete(async_engine.dispose())
-    loop.close()
-    engine.dispose()
+    with app_database(request, tmp_path, Base.metadata) as (engine, units):
+        yield App(engine, units)
 
 
 def payload(row: Any) -> dict[str, Any]:

@@ -7,14 +7,18 @@ both kinds of session, on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, Executable, select
+import pytest
+from sqlalchemy import Engine, Executable, MetaData, create_engine, select
 from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
+import outbox
 from outbox import Event, outbox_table, publish, publish_async
 
 
@@ -118,6 +122,36 @@ def outbox_rows(engine: Engine) -> list[Row[Any]]:
     """The outbox as the relay would read it: committed rows in id order."""
     with engine.connect() as conn:
         return list(conn.execute(select(outbox_table).order_by(outbox_table.c.id)))
+
+
+UnitMaker = Callable[[dict[str, Any]], Callable[[], Unit]]
+
+
+@contextmanager
+def app_database(
+    request: pytest.FixtureRequest, tmp_path: Path, tables: MetaData
+) -> Iterator[tuple[Engine, UnitMaker]]:
+    """The database of a fixture parametrized "<sqlite|postgresql>-<sync|async>", with `tables` and
+    the outbox's created, and what makes its units (Session or AsyncSession) for a session `info`."""
+    dialect, mode = request.param.split("-")
+    if dialect == "sqlite":
+        sync_url, async_url = f"sqlite:///{tmp_path / 'app.db'}", f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+        connect_args: dict[str, str] = {}
+    else:  # psycopg's async driver: asyncpg is not installed
+        schema = request.getfixturevalue("pg_schema")
+        sync_url, async_url, connect_args = schema.url, schema.url, schema.connect_args
+    engine = create_engine(sync_url, connect_args=connect_args)
+    tables.create_all(engine)
+    outbox.metadata.create_all(engine)
+    loop = asyncio.new_event_loop()
+    async_engine = create_async_engine(async_url, connect_args=connect_args) if mode == "async" else None
+    try:
+        yield engine, lambda info: unit_maker(engine, async_engine, loop, info)
+    finally:
+        if async_engine is not None:
+            loop.run_until_complete(async_engine.dispose())
+        loop.close()
+        engine.dispose()
 
 
 def unit_maker(

@@ -8,6 +8,7 @@ restarted in a loop against its live successor, from a settings mistake (2) or a
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from enum import IntEnum
 from types import FrameType
@@ -40,3 +41,12 @@ class StopFlag:
 def configure_logging(level: str) -> None:
     """One line per record on stderr, with time, level and logger name (`--log-level`)."""
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still exists (signal 0 asks the kernel without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

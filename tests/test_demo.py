@@ -23,6 +23,7 @@ from sqlalchemy import make_url
 
 from outboxkit.databases import drop_database, server
 from runtime.kafka import KafkaSettings
+from runtime.process import alive
 from tests.helpers import rows
 from tests.processes import outboxkit
 
@@ -205,14 +206,6 @@ def test_a_demo_killed_outright_leaves_no_worker_behind(
     demo.kill()
     demo.wait()
     deadline = time.monotonic() + 120  # a generous cap: the worker checks every second
-    while _running(worker):
+    while alive(worker):
         assert time.monotonic() < deadline, f"the worker (pid {worker}) outlived the demo"
         time.sleep(0.2)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.delivery import broker_from_url
 from outboxkit.demo.mailer import Mailer
+from runtime.process import alive
 
 
 class WorkerSettings(BaseSettings):
@@ -49,17 +50,9 @@ class EndsWithTheDemo(dramatiq.Middleware):
         threading.Thread(target=self._watch, name="ends-with-the-demo", daemon=True).start()
 
     def _watch(self) -> None:
-        while _running(self._pid):
+        while alive(self._pid):
             time.sleep(1)
         os.kill(os.getppid(), signal.SIGTERM)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 settings = WorkerSettings()

@@ -307,7 +307,9 @@ def drop_slot(engine: Engine, source_id: str, shard: Shard = ONLY) -> None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(
             text(
-                "select pg_terminate_backend(active_pid) from pg_replication_slots "
+                # With a timeout it waits until the walsender has exited (PostgreSQL 14+): without
+                # one it only signals, and the drop below may find the slot still active (seen).
+                "select pg_terminate_backend(active_pid, 10000) from pg_replication_slots "
                 "where slot_name = :slot and active_pid is not null"
             ),
             {"slot": name},

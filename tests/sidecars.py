@@ -63,7 +63,9 @@ class RelayProcess:
     def wait_for_any(self, texts: tuple[str, ...], timeout: float = 60) -> None:
         with self._changed:
             if not self._changed.wait_for(lambda: any(self.count(text) for text in texts), timeout):
-                raise AssertionError(f"none of {texts} logged within {timeout}s")
+                raise AssertionError(
+                    f"none of {texts} logged within {timeout}s:\n{''.join(self.lines[-20:])}"
+                )
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)

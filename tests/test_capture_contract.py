@@ -17,8 +17,8 @@ consumer, never through the source's internals, so the same test holds any sourc
 **Adding a source** is adding its name to `CAPTURE_KINDS` and a branch to `capture_source`:
 in-process tests get the source from that factory; process tests pass the name to the relay as
 `OUTBOXKIT_RELAY_CAPTURE`, the relay setting `capture` that selects the source ("poll", the
-default; "wal" is coming, issue 15). Until the relay has that setting, the variable is ignored
-(its settings ignore unknown variables), so the process tests run today's polling source.
+default, or "wal"), with the source's server-side state (a replication slot) made by the
+factory before the app writes and dropped after.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from outbox import SETTINGS_KEY, OutboxSettings
 from outbox.ids import EventIdGenerator
 from relay import Relay
 from relay.capture import CaptureSource, PostgresCapture
+from relay.capture.wal import WalCapture, drop_slot
 from relay.shards import ONLY, Shard
 from runtime.kafka import KafkaSettings
 from runtime.process import ExitCode
@@ -54,7 +55,7 @@ from tests.sidecars import Sidecar, assert_exactly_once_in_commit_order, running
 from wire import shard_key
 
 # Every capture source the relay has, by the name of its `capture` setting.
-CAPTURE_KINDS = ("poll",)
+CAPTURE_KINDS = ("poll", "wal")
 
 
 @contextmanager
@@ -65,6 +66,14 @@ def capture_source(kind: str, engine: Engine, source_id: str, shard: Shard = ONL
     the shared PostgreSQL's WAL."""
     if kind == "poll":
         yield PostgresCapture(engine, shard)
+        return
+    if kind == "wal":
+        source = WalCapture(engine, source_id, shard)
+        try:
+            yield source
+        finally:
+            source.close()
+            drop_slot(engine, source_id, shard)
         return
     raise ValueError(f"no capture source {kind!r}: add it to capture_source (and CAPTURE_KINDS)")
 
@@ -340,7 +349,13 @@ def sidecar(
     unique_name: Callable[[str], str],
 ) -> Iterator[Sidecar]:
     capture = {"OUTBOXKIT_RELAY_CAPTURE": capture_kind}
-    with running_sidecar(kafka, pg_schema, new_topic(3), unique_name, **capture) as sidecar:
+    # What a source keeps on the server for itself (a slot) exists before the app writes, as it
+    # would in production: a slot created later never sees rows committed before it.
+    with ExitStack() as stack:
+        sidecar = stack.enter_context(running_sidecar(kafka, pg_schema, new_topic(3), unique_name, **capture))
+        stack.enter_context(
+            capture_source(capture_kind, sidecar.app, sidecar.env["OUTBOXKIT_RELAY_SOURCE_ID"])
+        )
         yield sidecar
 
 

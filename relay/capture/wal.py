@@ -19,7 +19,8 @@ position committed (`published`), and only to that position's commit LSN: every 
 committed before it is in Kafka, and the slot re-sends the one at it. On restart the slot
 re-sends from its confirmed position, which may be behind the checkpoint (a crash between the
 Kafka commit and the confirmation): rows up to the checkpoint are skipped, nothing is published
-twice.
+twice. A successor taking over a shard ends the connection its predecessor may still stream the
+slot on (a slot serves one at a time): that relay has lost the shard's lease and been fenced.
 
 Limits of this preview:
 * rows committed before the slot existed are never captured: start a source in `wal` mode on an
@@ -40,8 +41,10 @@ when it stopped, is left behind (already in Kafka; delete it by hand, or keep it
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import select
+import time
 from collections import deque
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -49,7 +52,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extras
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from relay.capture import pgoutput, rows
@@ -58,8 +61,14 @@ from relay.capture.source import Backlog, Batch, CapturedRow, Position, lsn_text
 from relay.errors import CaptureError, UnsafeOutboxError
 from relay.shards import ONLY, Shard
 
+log = logging.getLogger(__name__)
+
 _INTEGERS = frozenset({"id", "aggregateversion", "schema_version", "shard_key", "xid"})
 _LSN = "({} - '0/0'::pg_lsn)::bigint"  # an LSN as the bigint positions hold
+# Seconds one fetch reads the log at most to catch up with its end: the relay checks its leases
+# between fetches, so a fetch must return well within the lease timeout (15 s by default).
+CATCH_UP_SECONDS = 5.0
+_PING_SECONDS = 0.02  # between requests for the server's position while catching up
 
 
 def slot_name(source_id: str, shard: Shard = ONLY) -> str:
@@ -104,11 +113,16 @@ class _WalRow:
 
 class WalCapture:
     """Streams one shard of a PostgreSQL outbox from a logical replication slot (see the module
-    docstring). `wait`: seconds a fetch that found nothing waits for the log before returning."""
+    docstring).
 
-    def __init__(self, engine: Engine, source_id: str, shard: Shard = ONLY, *, wait: float = 0.05) -> None:
+    A fetch that returns no rows has caught up with the log: every transaction committed before the
+    fetch began was received (or `CATCH_UP_SECONDS` passed; the next fetch goes on). So an empty
+    batch means what it means for the polling sources, and `relay run --drain` stops only once
+    what was committed before it is in Kafka."""
+
+    def __init__(self, engine: Engine, source_id: str, shard: Shard = ONLY) -> None:
         rows.expect_dialect(engine, "postgresql", "it reads the write-ahead log")
-        self._engine, self._shard, self._wait = engine, shard, wait
+        self._engine, self._shard = engine, shard
         self.slot = slot_name(source_id, shard)
         self._created = self._ensure_slot()
         self._stream: Any = None  # the replication cursor, opened by the first fetch
@@ -190,7 +204,7 @@ class WalCapture:
         confirmed = self._query(
             f"select {_LSN.format('confirmed_flush_lsn')} from pg_replication_slots where slot_name = :slot"  # noqa: S608
         )
-        problem = _slot_problem(int(current or 0), confirmed, self._created, position.lsn)
+        problem = _slot_problem(int(current or 0), confirmed, self._created, position.lsn, self._checked)
         if problem is not None:
             raise UnsafeOutboxError(
                 f"replication slot {self.slot} cannot continue the checkpoint ({position}): {problem}. "
@@ -210,19 +224,31 @@ class WalCapture:
             self._published.append(self._ready.popleft().row)
 
     def _receive(self, after: Position, limit: int) -> None:
-        """Read the log until `limit` rows are ready or it has nothing more (waiting once)."""
+        """Read the log until `limit` rows are ready, or some are and nothing more has arrived, or
+        none are and the stream has caught up with the log's end as of now (see the class)."""
         if self._stream is None:
             self._stream = self._start(after)
-        waited = False
+        end, deadline = None, 0.0
         while len(self._ready) < limit:
             message = self._stream.read_message()
             if message is not None:
                 self._handle(pgoutput.parse(message.payload), after)
-            elif waited or self._ready:
+                continue
+            if self._ready:
                 return
-            else:
-                select.select([self._stream], [], [], self._wait)
-                waited = True
+            if end is None:
+                end, deadline = self._flushed_end(), time.monotonic() + CATCH_UP_SECONDS
+            # `wal_end`: how far the server has decoded (from a keepalive, or the last message):
+            # every transaction that committed before it was sent, and so read above.
+            if (self._open is None and self._stream.wal_end >= end) or time.monotonic() > deadline:
+                return
+            self._stream.send_feedback(reply=True)  # asks for a keepalive with the server's position
+            select.select([self._stream], [], [], _PING_SECONDS)
+
+    def _flushed_end(self) -> int:
+        """Where the log ends on disk now: every committed transaction lies before it (a commit
+        returns once flushed; asynchronous commits flush within `wal_writer_delay`)."""
+        return int(self._query(f"select {_LSN.format('pg_current_wal_flush_lsn()')}"))
 
     def _handle(self, message: pgoutput.Message, after: Position) -> None:
         if isinstance(message, pgoutput.Begin):
@@ -241,7 +267,20 @@ class WalCapture:
             self._open = None
 
     def _start(self, after: Position) -> Any:
-        """A replication connection streaming the slot from its confirmed position."""
+        """A replication connection streaming the slot from its confirmed position.
+
+        A slot streams to one connection at a time. This relay holds the shard's lease and has
+        fenced its predecessor's producer, so a connection still streaming the slot is that
+        predecessor's (paused, or dead and not yet noticed by the server): it is ended, or it would
+        hold the shard's log until `wal_sender_timeout`. Its relay can commit nothing more."""
+        try:
+            with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                if _end_streaming(conn, self.slot):
+                    log.warning(
+                        "ended the connection still streaming slot %s: its relay lost the shard", self.slot
+                    )
+        except SQLAlchemyError as exc:
+            raise CaptureError(f"cannot take over replication slot {self.slot}: {exc}") from exc
         url = self._engine.url
         connection = psycopg2.connect(
             host=url.host,
@@ -305,15 +344,7 @@ def drop_slot(engine: Engine, source_id: str, shard: Shard = ONLY) -> None:
     its WAL is released, and what it had not published is never captured."""
     name = slot_name(source_id, shard)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(
-            text(
-                # With a timeout it waits until the walsender has exited (PostgreSQL 14+): without
-                # one it only signals, and the drop below may find the slot still active (seen).
-                "select pg_terminate_backend(active_pid, 10000) from pg_replication_slots "
-                "where slot_name = :slot and active_pid is not null"
-            ),
-            {"slot": name},
-        )
+        _end_streaming(conn, name)
         conn.execute(
             text(
                 "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = :slot"
@@ -323,12 +354,32 @@ def drop_slot(engine: Engine, source_id: str, shard: Shard = ONLY) -> None:
         conn.execute(text(f'drop publication if exists "{name}"'))
 
 
-def _slot_problem(current: int, confirmed: int | None, created: bool, checkpoint: int) -> str | None:
+def _end_streaming(conn: Connection, slot: str) -> bool:
+    """End the connection streaming `slot`, if any; whether there was one."""
+    ended = conn.execute(
+        text(
+            # With a timeout it waits until the walsender has exited (PostgreSQL 14+): without one
+            # it only signals, and what comes next may find the slot still active (seen).
+            "select pg_terminate_backend(active_pid, 10000) from pg_replication_slots "
+            "where slot_name = :slot and active_pid is not null"
+        ),
+        {"slot": slot},
+    ).first()
+    return ended is not None
+
+
+def _slot_problem(
+    current: int, confirmed: int | None, created: bool, checkpoint: int, streamed: bool
+) -> str | None:
+    """What keeps the slot from continuing `checkpoint`, if anything. A slot confirmed past it
+    is a problem only for a source about to stream from it (`streamed` False, with the checkpoint
+    just read from Kafka); after that, only a successor that took the shard over confirms it
+    further, and the relay's leases and fencing stop this one."""
     if current < checkpoint:
         return f"the database's WAL ends at {lsn_text(current)}, before it (restored from a backup?)"
     if confirmed is None or created:
         return "the slot was missing (dropped, or another database): rows committed meanwhile were not kept"
-    if confirmed > checkpoint:
+    if confirmed > checkpoint and not streamed:
         return f"the slot is confirmed up to {lsn_text(confirmed)}, past it: rows in between may be skipped"
     return None
 

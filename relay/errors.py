@@ -6,7 +6,9 @@
     ├── CaptureError              the outbox cannot be read or written (database down, table
     │   │                         missing): retried with backoff; the operator checks the database
     │   └── UnsafeOutboxError     rows at or below the checkpoint were never published (ids reused):
-    │                             the relay stops, deletes nothing; the message says how to recover
+    │       │                     the relay stops, deletes nothing; the message says how to recover
+    │       └── SlotInvalidatedError  PostgreSQL invalidated the WAL relay's replication slot
+    │                             (`max_slot_wal_keep_size`): exit 4; `outboxkit relay reset-slot`
     ├── CheckpointError           the last committed position cannot be read back from Kafka:
     │                             retried; the operator checks the checkpoint topic
     ├── PublishAbortedError       a Kafka transaction was aborted, nothing of it visible: retried
@@ -52,6 +54,25 @@ class UnsafeOutboxError(CaptureError):
     ids. Capture would skip those rows and cleanup delete them, so the relay stops instead and
     deletes nothing; retrying cannot help. The message names the row or snapshot and what to do.
     """
+
+
+class SlotInvalidatedError(UnsafeOutboxError):
+    """PostgreSQL invalidated the replication slot a WAL relay streams from: it kept more WAL than
+    `max_slot_wal_keep_size` allows (a relay stopped, or too slow, for long) and dropped what the
+    slot needed. The slot can never stream again, and rows committed since its confirmed position
+    reach Kafka only from the outbox table itself: `outboxkit relay reset-slot --yes` does that."""
+
+    exit_code = ExitCode.SLOT_LOST
+
+    def __init__(self, slot: str) -> None:
+        super().__init__(
+            f"replication slot {slot} was invalidated by PostgreSQL (wal_status 'lost': it held more "
+            "WAL than max_slot_wal_keep_size): it can never stream again. Stop the relays of this "
+            "source, then run `outboxkit relay reset-slot --yes` (with their settings): it recreates the "
+            "slot and publishes from the outbox table what is not in Kafka yet. Give the slot more room "
+            "(max_slot_wal_keep_size) or watch outboxkit_relay_slot_lag_bytes so it does not happen again"
+        )
+        self.slot = slot
 
 
 class CheckpointError(RelayError):

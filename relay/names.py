@@ -40,6 +40,16 @@ OLDEST_UNPUBLISHED: Final = (
     "outboxkit_relay_oldest_unpublished_seconds",
     "age of the oldest unpublished event",
 )
+SLOT_LAG_BYTES: Final = (
+    "outboxkit_relay_slot_lag_bytes",
+    "WAL capture: bytes of WAL the server keeps for the relay's replication slot (the most of any "
+    "shard held); PostgreSQL invalidates the slot past max_slot_wal_keep_size",
+)
+SLOT_LAG_SECONDS: Final = (
+    "outboxkit_relay_slot_lag_seconds",
+    "WAL capture: for how long the slot has held that WAL — since the oldest waiting event was "
+    "written, or since the slot was last confirmed (heartbeats keep it low on an idle outbox)",
+)
 COMMIT_TO_PUBLISHED: Final = (
     "outboxkit_relay_commit_to_published_seconds",
     "seconds from an event's write to the outbox (its created_at) to the commit of the Kafka "

@@ -202,6 +202,8 @@ class RelayService:
         metrics.gauge(*names.READY, lambda: float(self.health.ready))
         metrics.gauge(*names.BACKLOG_EVENTS, self._backlog_rows)
         metrics.gauge(*names.OLDEST_UNPUBLISHED, self._oldest_age)
+        metrics.gauge(*names.SLOT_LAG_BYTES, partial(self._most, "lag_bytes"))
+        metrics.gauge(*names.SLOT_LAG_SECONDS, partial(self._most, "lag_seconds"))
         for histogram in histograms:
             metrics.histogram(histogram)
         return metrics
@@ -230,6 +232,12 @@ class RelayService:
     def _oldest_age(self) -> float:
         oldest = [backlog.oldest for backlog in self._backlogs() if backlog.oldest is not None]
         return (datetime.now(UTC) - min(oldest)).total_seconds() if oldest else 0.0
+
+    def _most(self, lag: str) -> float:
+        """The largest slot lag (`Backlog.lag_bytes` or `lag_seconds`) of the held shards; 0 for
+        sources without a slot."""
+        found = [getattr(backlog, lag) for backlog in self._backlogs()]
+        return float(max((value for value in found if value is not None), default=0))
 
     def _refresh_leases(self) -> None:
         if self._clock() < self._next_refresh:

@@ -9,28 +9,41 @@ it is needed most.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, create_engine, func, select
 
 from outbox.table import dead_letters_table, outbox_table
-from relay.capture import Backlog, CaptureSource, Position, capture_for
+from relay.capture import Backlog, CaptureSource, Position, capture_for, rows
+from relay.capture.slots import MISSING, SlotState, slot_name, slot_problem, slot_state
 from relay.checkpoint import Checkpoints
-from relay.errors import UnsafeOutboxError
+from relay.errors import SlotInvalidatedError, UnsafeOutboxError
 from relay.leases import holders
 from relay.settings import RelaySettings
 from relay.shards import Shard
 
 
 @dataclass(frozen=True)
+class SlotStatus:
+    """A WAL source shard's replication slot: `lag_bytes` is the WAL the server keeps for it;
+    `wal_status` None when there is no such slot."""
+
+    name: str
+    active: bool
+    wal_status: str | None
+    lag_bytes: int | None
+
+
+@dataclass(frozen=True)
 class ShardStatus:
     shard: str
     checkpoint: str
-    backlog: int
+    backlog: int | None  # None for a WAL source: only streaming the slot would count its rows
     oldest_unpublished: datetime | None
     lease_holder: str | None
     problem: str | None = None  # rows at or below the checkpoint never published (`UnsafeOutboxError`)
+    slot: SlotStatus | None = None  # WAL sources only
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,7 @@ class RelayStatus:
 
     @property
     def backlog(self) -> int:
-        return sum(shard.backlog for shard in self.shards)
+        return sum(shard.backlog or 0 for shard in self.shards)
 
     @property
     def unheld(self) -> list[str]:
@@ -80,9 +93,10 @@ class RelayStatus:
                 if shard.oldest_unpublished
                 else ""
             )
+            waiting = "?" if shard.backlog is None else shard.backlog
             lines.append(
-                f"  {shard.shard}: {shard.backlog} waiting{age}; lease: {shard.lease_holder or 'nobody'}; "
-                f"checkpoint: {shard.checkpoint}"
+                f"  {shard.shard}: {waiting} waiting{age}; lease: {shard.lease_holder or 'nobody'}; "
+                f"checkpoint: {shard.checkpoint}" + _slot_line(shard.slot)
             )
         lines += [f"  STOPPED {shard.shard}: {shard.problem}" for shard in self.shards if shard.problem]
         lines += [
@@ -104,6 +118,15 @@ class RelayStatus:
         return "\n".join(lines)
 
 
+def _slot_line(slot: SlotStatus | None) -> str:
+    if slot is None:
+        return ""
+    if slot.wal_status is None:
+        return f"; slot {slot.name}: MISSING"
+    lag = "?" if slot.lag_bytes is None else f"{slot.lag_bytes} bytes of WAL held"
+    return f"; slot {slot.name}: {'active' if slot.active else 'inactive'}, {slot.wal_status}, {lag}"
+
+
 def relay_status(settings: RelaySettings, *, dead_letters_shown: int = 5) -> RelayStatus:
     engine = create_engine(settings.database_url.get_secret_value())
     try:
@@ -113,11 +136,10 @@ def relay_status(settings: RelaySettings, *, dead_letters_shown: int = 5) -> Rel
         if engine.dialect.name == "postgresql":
             with engine.connect() as conn:
                 held = holders(conn, settings.source_id)
-            shards = [
-                ShardStatus(**(asdict(status) | {"lease_holder": held.get(index)}))
-                for index, status in enumerate(shards)
-            ]
-        dead_letters, latest, without_xid = _dead_letters_and_strays(engine, dead_letters_shown)
+            shards = [replace(status, lease_holder=held.get(index)) for index, status in enumerate(shards)]
+        dead_letters, latest, without_xid = _dead_letters_and_strays(
+            engine, dead_letters_shown, strays=settings.capture == "poll"
+        )
     finally:
         engine.dispose()
     return RelayStatus(
@@ -134,12 +156,39 @@ def _shard_status(settings: RelaySettings, engine: Engine, shard: Shard) -> Shar
     position: Position = Checkpoints(
         settings.kafka, settings.checkpoint_topic, settings.source_id, shard
     ).read()
+    if settings.capture == "wal":
+        return _wal_shard_status(engine, settings.source_id, shard, position)
     capture = capture_for(engine, shard)
     backlog: Backlog = capture.backlog(position)
     holder = "this process (SQLite has one relay)" if engine.dialect.name == "sqlite" else None
     return ShardStatus(
         str(shard), str(position), backlog.rows, backlog.oldest, holder, _problem(capture, position)
     )
+
+
+def _wal_shard_status(engine: Engine, source_id: str, shard: Shard, position: Position) -> ShardStatus:
+    """A WAL source's shard, from its slot as the server shows it: read-only, status creates no
+    slot (a relay does, at start), and streams none (that would take it from a running relay)."""
+    rows.expect_mode(position, "wal")
+    name = slot_name(source_id, shard)
+    state = slot_state(engine, name)
+    if state is None:  # no relay started yet (nothing to continue), or the slot was dropped
+        problem = None if position.lsn is None else f"replication slot {name}: {MISSING}"
+        slot = SlotStatus(name, False, None, None)
+    else:
+        problem, slot = (
+            _wal_problem(state, position),
+            SlotStatus(name, state.active, state.wal_status, state.lag_bytes),
+        )
+    return ShardStatus(str(shard), str(position), None, None, None, problem, slot)
+
+
+def _wal_problem(state: SlotState, position: Position) -> str | None:
+    if state.lost:
+        return str(SlotInvalidatedError(state.name))
+    if position.lsn is None:
+        return None
+    return slot_problem(state.server_lsn, state.confirmed_lsn, False, position.lsn, False)
 
 
 def _problem(capture: CaptureSource, position: Position) -> str | None:
@@ -151,20 +200,24 @@ def _problem(capture: CaptureSource, position: Position) -> str | None:
     return None
 
 
-def _dead_letters_and_strays(engine: Engine, shown: int) -> tuple[int, list[DeadLetter], int]:
+def _dead_letters_and_strays(
+    engine: Engine, shown: int, *, strays: bool
+) -> tuple[int, list[DeadLetter], int]:
+    """The dead letters, and with `strays` the rows without xid (which polling never captures;
+    the log does)."""
     d = dead_letters_table.c
     with engine.connect() as conn:
         count = int(conn.execute(select(func.count()).select_from(dead_letters_table)).scalar_one())
-        rows = conn.execute(
+        found = conn.execute(
             select(d.id, d.event_id, d.type, d.reason, d.dead_lettered_at)
             .order_by(d.dead_lettered_at.desc())
             .limit(shown)
         ).all()
-        strays = 0
-        if engine.dialect.name == "postgresql":
-            strays = int(
+        without_xid = 0
+        if strays and engine.dialect.name == "postgresql":
+            without_xid = int(
                 conn.execute(
                     select(func.count()).select_from(outbox_table).where(outbox_table.c.xid.is_(None))
                 ).scalar_one()
             )
-    return count, [DeadLetter(*row) for row in rows], strays
+    return count, [DeadLetter(*row) for row in found], without_xid

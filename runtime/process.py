@@ -2,7 +2,8 @@
 
 The exit codes are one set for all commands, so a supervisor (Kubernetes, systemd) reads the
 same number the same way whichever process ended: a fenced relay zombie (3), which must not be
-restarted in a loop against its live successor, from a settings mistake (2) or a crash (1).
+restarted in a loop against its live successor, from a settings mistake (2) or a crash (1), and
+a WAL relay whose replication slot PostgreSQL invalidated (4), which no restart fixes either.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class ExitCode(IntEnum):
     ERROR = 1
     CONFIG = 2
     FENCED = 3  # another relay owns the transactional id now: this instance is a zombie
+    SLOT_LOST = 4  # PostgreSQL invalidated the relay's replication slot: `outboxkit relay reset-slot`
 
 
 class StopFlag:

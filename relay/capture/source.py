@@ -144,11 +144,13 @@ class CaptureSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
-    """`lag_bytes`: WAL the source's replication slot still holds for it (WAL capture only)."""
+    """`lag_bytes`: WAL the source's replication slot still holds for it, and `lag_seconds` for
+    how long it has held it (WAL capture only)."""
 
     rows: int
     oldest: datetime | None
     lag_bytes: int | None = None
+    lag_seconds: float | None = None
 
 
 def lsn_text(lsn: int) -> str:

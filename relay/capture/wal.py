@@ -40,14 +40,12 @@ when it stopped, is left behind (already in Kafka; delete it by hand, or keep it
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import select
 import time
 from collections import deque
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
@@ -57,28 +55,18 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from relay.capture import pgoutput, rows
 from relay.capture.rows import OUTBOX
-from relay.capture.source import Backlog, Batch, CapturedRow, Position, lsn_text
+from relay.capture.slots import LSN, slot_name, slot_problem, slot_state
+from relay.capture.source import Backlog, Batch, CapturedRow, Position
 from relay.errors import CaptureError, UnsafeOutboxError
 from relay.shards import ONLY, Shard
 
 log = logging.getLogger(__name__)
 
 _INTEGERS = frozenset({"id", "aggregateversion", "schema_version", "shard_key", "xid"})
-_LSN = "({} - '0/0'::pg_lsn)::bigint"  # an LSN as the bigint positions hold
 # Seconds one fetch reads the log at most to catch up with its end: the relay checks its leases
 # between fetches, so a fetch must return well within the lease timeout (15 s by default).
 CATCH_UP_SECONDS = 5.0
 _PING_SECONDS = 0.02  # between requests for the server's position while catching up
-
-
-def slot_name(source_id: str, shard: Shard = ONLY) -> str:
-    """The slot's and publication's name for a source's shard: stable (derived, never random, as
-    the relay that takes the shard over must find them), within PostgreSQL's 63 characters and
-    its [a-z0-9_] for slots; the digest keeps ids that differ only in case or punctuation apart."""
-    readable = re.sub(r"[^a-z0-9]+", "_", source_id.lower())[:32]
-    digest = hashlib.sha256(source_id.encode()).hexdigest()[:8]
-    shard_part = "" if shard.count == 1 else f"_{shard.index}of{shard.count}"
-    return f"outboxkit_{readable}_{digest}{shard_part}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +120,7 @@ class WalCapture:
         self._columns: dict[int, tuple[str, ...]] = {}
         self._published: deque[CapturedRow] = deque()  # for cleanup
         self._checked = False
+        self._confirmed_at = datetime.now(UTC)  # when `published` last confirmed the slot
 
     def fetch(self, after: Position, limit: int) -> Batch:
         if not self._checked:
@@ -156,6 +145,7 @@ class WalCapture:
         if self._stream is not None and position.lsn is not None:
             try:
                 self._stream.send_feedback(flush_lsn=position.lsn, force=True)
+                self._confirmed_at = datetime.now(UTC)
             except psycopg2.Error as exc:
                 self.close()
                 raise CaptureError(f"cannot confirm replication slot {self.slot}: {exc}") from exc
@@ -184,14 +174,15 @@ class WalCapture:
 
     def backlog(self, position: Position) -> Backlog:
         """The rows received and not yet published, and the WAL the slot holds (rows committed
-        but not yet streamed show in `lag_bytes` only)."""
+        but not yet streamed show in `lag_bytes` only), and for how long: since the oldest row
+        waiting was written, or else since the slot was last confirmed (by this relay; since it
+        started if it has not confirmed yet)."""
         waiting = [e.row.envelope.created_at for e in self._ready if not e.published_by(position)]
-        lag = self._query(
-            f"select {_LSN.format('pg_current_wal_lsn()')} - {_LSN.format('confirmed_flush_lsn')} "  # noqa: S608
-            "from pg_replication_slots where slot_name = :slot"
-        )
+        slot = slot_state(self._engine, self.slot)
         oldest = min((at for at in waiting if at is not None), default=None)
-        return Backlog(len(waiting), oldest, None if lag is None else int(lag))
+        lag = None if slot is None else slot.lag_bytes
+        age = (datetime.now(UTC) - (oldest or self._confirmed_at)).total_seconds() if lag else 0.0
+        return Backlog(len(waiting), oldest, lag, age)
 
     def check(self, position: Position) -> None:
         """Refuse a checkpoint this database or slot cannot continue: a WAL behind it (a restored
@@ -200,11 +191,11 @@ class WalCapture:
         rows.expect_mode(position, "wal")
         if position.lsn is None:
             return
-        current = self._query(f"select {_LSN.format('pg_current_wal_lsn()')}")
+        current = self._query(f"select {LSN.format('pg_current_wal_lsn()')}")
         confirmed = self._query(
-            f"select {_LSN.format('confirmed_flush_lsn')} from pg_replication_slots where slot_name = :slot"  # noqa: S608
+            f"select {LSN.format('confirmed_flush_lsn')} from pg_replication_slots where slot_name = :slot"  # noqa: S608
         )
-        problem = _slot_problem(int(current or 0), confirmed, self._created, position.lsn, self._checked)
+        problem = slot_problem(int(current or 0), confirmed, self._created, position.lsn, self._checked)
         if problem is not None:
             raise UnsafeOutboxError(
                 f"replication slot {self.slot} cannot continue the checkpoint ({position}): {problem}. "
@@ -248,7 +239,7 @@ class WalCapture:
     def _flushed_end(self) -> int:
         """Where the log ends on disk now: every committed transaction lies before it (a commit
         returns once flushed; asynchronous commits flush within `wal_writer_delay`)."""
-        return int(self._query(f"select {_LSN.format('pg_current_wal_flush_lsn()')}"))
+        return int(self._query(f"select {LSN.format('pg_current_wal_flush_lsn()')}"))
 
     def _handle(self, message: pgoutput.Message, after: Position) -> None:
         if isinstance(message, pgoutput.Begin):
@@ -366,22 +357,6 @@ def _end_streaming(conn: Connection, slot: str) -> bool:
         {"slot": slot},
     ).first()
     return ended is not None
-
-
-def _slot_problem(
-    current: int, confirmed: int | None, created: bool, checkpoint: int, streamed: bool
-) -> str | None:
-    """What keeps the slot from continuing `checkpoint`, if anything. A slot confirmed past it
-    is a problem only for a source about to stream from it (`streamed` False, with the checkpoint
-    just read from Kafka); after that, only a successor that took the shard over confirms it
-    further, and the relay's leases and fencing stop this one."""
-    if current < checkpoint:
-        return f"the database's WAL ends at {lsn_text(current)}, before it (restored from a backup?)"
-    if confirmed is None or created:
-        return "the slot was missing (dropped, or another database): rows committed meanwhile were not kept"
-    if confirmed > checkpoint and not streamed:
-        return f"the slot is confirmed up to {lsn_text(confirmed)}, past it: rows in between may be skipped"
-    return None
 
 
 def _captured(columns: dict[str, str | None]) -> CapturedRow:

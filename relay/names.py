@@ -20,6 +20,11 @@ COUNTERS: Final = {
         "outbox rows Kafka refused for good, moved to outbox_dead_letters",
     ),
     "deleted": ("outboxkit_relay_deleted_total", "published outbox rows deleted by cleanup"),
+    "heartbeats": (
+        "outboxkit_relay_heartbeats_total",
+        "WAL capture: empty Kafka transactions that moved the checkpoint past WAL other tables "
+        "wrote, so the slot could let it go",
+    ),
     "commit_seconds": (
         "outboxkit_relay_commit_seconds_total",
         "seconds spent producing and committing Kafka transactions",

@@ -53,6 +53,8 @@ class Relay:
         batch_size: int = 500,
         tracer: Tracer | None = None,
         latency: Histogram | None = None,
+        heartbeat_interval: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._capture = capture
         self._publisher = publisher
@@ -63,6 +65,10 @@ class Relay:
         self._tracer = tracer or trace.get_tracer(names.TRACER)
         self._latency = latency  # commit -> published, of each event (`names.COMMIT_TO_PUBLISHED`)
         self._stats = RelayStats()
+        self._heartbeat_interval = heartbeat_interval
+        self._clock = clock
+        self._checkpointed = Position()  # the position in Kafka: read at start, then each commit's
+        self._checkpointed_at = clock()
 
     @classmethod
     def for_shard(
@@ -81,10 +87,13 @@ class Relay:
         latency: Histogram | None = None,
         waiting: Callable[[str], None] = lambda why: None,
         capture: CaptureMode | CaptureSource = "poll",
+        heartbeat_interval: float = 0.0,
     ) -> Relay:
         """The relay of `shard` of source `source_id` (not started): the one place its parts are picked.
         `capture` reads the shard: a mode (`capture_for` picks the engine's source of it: polling by
-        default, `wal`), or a source built by the caller (the capture contract suite's).
+        default, `wal`), or a source built by the caller (the capture contract suite's). With a
+        `heartbeat_interval`, an idle relay checkpoints the position its source moved to that often
+        (see `step`): what WAL capture needs to let its slot go of other tables' WAL.
 
         Fencing depends on the transactional id (see `transactional_id`): the relay that starts
         for a shard must register the id every earlier relay of that shard used, so that its
@@ -112,6 +121,7 @@ class Relay:
             batch_size=batch_size,
             tracer=tracer,
             latency=latency,
+            heartbeat_interval=heartbeat_interval,
         )
 
     @property
@@ -123,7 +133,8 @@ class Relay:
         """Fence older instances, then resume from the committed checkpoint (in that order)."""
         self._checkpoints.ensure_topic()
         self._publisher.start()
-        self._stats.position = self._checkpoints.read()
+        self._stats.position = self._checkpointed = self._checkpoints.read()
+        self._checkpointed_at = self._clock()
         log.info("relay of %s resuming after %s", self._checkpoints.key, self._stats.position)
 
     def step(self) -> int:
@@ -132,6 +143,11 @@ class Relay:
         When Kafka refuses a record for good, the broker may report it for every record that
         shared its request, so the culprit is not known yet: the records of that batch are then
         published one per transaction, and only one that fails alone becomes a dead letter.
+
+        An empty batch whose position moved past the checkpoint (WAL capture caught up with WAL
+        other tables wrote) is checkpointed in an empty Kafka transaction once `heartbeat_interval`
+        has passed since the last checkpoint (a heartbeat), and the source told as after a batch:
+        it confirms its slot, which lets that WAL go.
         """
         while True:
             limit = 1 if self._isolating else self._batch_size
@@ -157,12 +173,27 @@ class Relay:
         self._stats.position = batch.position
         if envelopes:
             self._committed(len(envelopes), batch.position)
+        else:
+            self._heartbeat(batch.position)
         return len(batch.rows)
+
+    def _heartbeat(self, position: Position) -> None:
+        """Checkpoint `position`, which no event came with, if a heartbeat is due (see `step`)."""
+        if (
+            self._heartbeat_interval > 0
+            and position != self._checkpointed
+            and self._clock() - self._checkpointed_at >= self._heartbeat_interval
+        ):
+            self._publisher.publish([], self._checkpoints.record(position))
+            self._stats.heartbeats += 1
+            self._committed(0, position)
 
     def _committed(self, events: int, position: Position) -> None:
         """Count a committed Kafka transaction, then tell the capture source (never before)."""
-        self._stats.published += events
-        self._stats.transactions += 1
+        self._checkpointed, self._checkpointed_at = position, self._clock()
+        if events:
+            self._stats.published += events
+            self._stats.transactions += 1
         log.debug("committed Kafka transaction with %d events, checkpoint after %s", events, position)
         self._capture.published(position)
 
@@ -272,6 +303,8 @@ def _started_relay(
         latency=latency,
         waiting=lambda why: health.beat(ok=False, why=why),
         capture=settings.capture,
+        # Polling sources hold nothing on the server for an idle relay: no heartbeat to pay for.
+        heartbeat_interval=settings.heartbeat_interval if settings.capture == "wal" else 0.0,
     )
     try:
         relay.start()

@@ -41,6 +41,13 @@ class RelaySettings(BaseSettings):
         description="How the relay finds committed rows on PostgreSQL: `poll` (snapshot deltas, woken by "
         "NOTIFY) or `wal` (preview: a logical replication slot; the role needs REPLICATION).",
     )
+    heartbeat_interval: float = Field(
+        10.0,
+        ge=0,
+        description="WAL capture: seconds between heartbeats of an idle relay (an empty Kafka transaction "
+        "that moves the checkpoint past what other tables wrote, then the slot's confirmed position), "
+        "so an idle outbox does not keep WAL. 0: off.",
+    )
     checkpoint_topic: str = "outboxkit.relay.checkpoints"
     batch_size: int = Field(500, ge=1, le=100_000, description="Events per Kafka transaction.")
     poll_interval: float = Field(

@@ -14,6 +14,7 @@ class RelayStats:
     aborted: int = 0
     dead_letters: int = 0
     deleted: int = 0
+    heartbeats: int = 0  # empty Kafka transactions that only moved the checkpoint (WAL capture)
     commit_seconds: float = 0.0
     position: Position = field(default_factory=Position)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import make_url
+from sqlalchemy import make_url, text
 
 from relay import Relay, RelaySettings
 from relay.capture.slots import slot_name, slot_state
@@ -97,3 +97,59 @@ def scraped(relay: Relay) -> str:
 
     service.run(after_a_round)
     return seen[0]
+
+
+def heartbeating(wal: WalSource, interval: float) -> Relay:
+    relay = Relay.for_shard(
+        wal.app, wal.kafka, wal.source_id, wal.checkpoints, capture="wal", heartbeat_interval=interval
+    )
+    wal.relays.append(relay)
+    relay.start()
+    return relay
+
+
+def server_lsn(wal: WalSource) -> int:
+    with wal.app.connect() as conn:
+        return int(conn.execute(text("select (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")).scalar_one())
+
+
+def test_heartbeats_let_an_idle_outbox_slot_go_of_other_tables_wal_and_publish_nothing_twice(
+    wal: WalSource, pg_schema: PgSchema
+) -> None:
+    relay = heartbeating(wal, interval=0.2)
+    with raw_connection(pg_schema) as conn:
+        expected = wal.insert(conn, "before", 2)
+    publish(relay, 2)
+    write_elsewhere(pg_schema)
+    written = server_lsn(wal)  # the other table's WAL ends before this
+    for _ in range(400):  # steps of an idle relay; each waits for the log for a moment
+        relay.step()
+        state = slot_state(wal.app, slot_name(wal.source_id))
+        if state is not None and (state.confirmed_lsn or 0) >= written:
+            break
+    assert state is not None
+    assert (state.confirmed_lsn or 0) >= written  # the WAL the outbox did not need is let go
+    assert relay.stats.heartbeats >= 1
+    assert relay.stats.published == 2
+    relay.close()
+
+    with raw_connection(pg_schema) as conn:
+        expected += wal.insert(conn, "after", 2)
+    successor = heartbeating(wal, interval=0.2)
+    assert (successor.stats.position.lsn or 0) >= written  # resumed from the heartbeat's checkpoint
+    publish(successor, 2)
+    assert wal.published() == expected  # each once: nothing before the heartbeat was sent again
+
+
+def test_without_heartbeats_the_slot_keeps_other_tables_wal(wal: WalSource, pg_schema: PgSchema) -> None:
+    relay = heartbeating(wal, interval=0)
+    with raw_connection(pg_schema) as conn:
+        wal.insert(conn, "t", 1)
+    publish(relay, 1)
+    write_elsewhere(pg_schema)
+    for _ in range(20):
+        assert relay.step() == 0
+    assert relay.stats.heartbeats == 0
+    state = slot_state(wal.app, slot_name(wal.source_id))
+    assert state is not None
+    assert (state.lag_bytes or 0) >= _OTHER_ROWS * 60

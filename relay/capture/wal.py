@@ -27,7 +27,9 @@ Limits of this preview:
   empty outbox, or under a new source id once polling drained it;
 * a transaction is kept in memory whole until its commit arrives (pgoutput protocol 1 does not
   stream open transactions);
-* an idle outbox pins WAL from the last published commit on (no heartbeats yet);
+* an idle outbox pins WAL from the last published commit on, unless the relay heartbeats: an
+  empty fetch that caught up moves the position to where the server has decoded, which the
+  relay checkpoints in an empty Kafka transaction and then confirms (`Relay`'s heartbeat);
 * psycopg2 moves a slot's confirmed position by itself on a server keepalive that arrives before
   any row of the session; `check` refuses a slot confirmed past the checkpoint, so rows such a
   move would skip stop the relay rather than go missing;
@@ -129,13 +131,13 @@ class WalCapture:
             self._created = False  # the slot is this checkpoint's from now on
         self._forget(after)
         try:
-            self._receive(after, limit)
+            decoded = self._receive(after, limit)
         except psycopg2.Error as exc:
             self.close()  # the slot re-sends from its confirmed position on the next fetch
             raise CaptureError(f"cannot stream the outbox from replication slot {self.slot}: {exc}") from exc
         taken = [self._ready[i] for i in range(min(limit, len(self._ready)))]
         if not taken:
-            return Batch([], after)
+            return Batch([], after if decoded <= (after.lsn or 0) else Position(lsn=decoded, index=0))
         last = taken[-1]
         return Batch([entry.row for entry in taken], Position(lsn=last.lsn, index=last.index + 1))
 
@@ -214,9 +216,14 @@ class WalCapture:
         while self._ready and self._ready[0].published_by(position):
             self._published.append(self._ready.popleft().row)
 
-    def _receive(self, after: Position, limit: int) -> None:
+    def _receive(self, after: Position, limit: int) -> int:
         """Read the log until `limit` rows are ready, or some are and nothing more has arrived, or
-        none are and the stream has caught up with the log's end as of now (see the class)."""
+        none are and the stream has caught up with the log's end as of now (see the class).
+
+        Returns how far the server had decoded when it caught up with nothing ready (0 otherwise):
+        every transaction committed before that point was received and published, so the empty
+        batch's position moves there, and a heartbeat may checkpoint it and confirm the slot
+        (WAL other tables wrote is let go; a transaction committing at it or later is sent again)."""
         if self._stream is None:
             self._stream = self._start(after)
         end, deadline = None, 0.0
@@ -226,15 +233,23 @@ class WalCapture:
                 self._handle(pgoutput.parse(message.payload), after)
                 continue
             if self._ready:
-                return
+                return 0
             if end is None:
                 end, deadline = self._flushed_end(), time.monotonic() + CATCH_UP_SECONDS
-            # `wal_end`: how far the server has decoded (from a keepalive, or the last message):
-            # every transaction that committed before it was sent, and so read above.
-            if (self._open is None and self._stream.wal_end >= end) or time.monotonic() > deadline:
-                return
+            decoded = self._caught_up(end, deadline)
+            if decoded is not None:
+                return decoded
             self._stream.send_feedback(reply=True)  # asks for a keepalive with the server's position
             select.select([self._stream], [], [], _PING_SECONDS)
+        return 0
+
+    def _caught_up(self, end: int, deadline: float) -> int | None:
+        """How far the server has decoded, once that is at `end` or past it (0 once `deadline`
+        passed first; None until then). `wal_end` comes from a keepalive, or the last message:
+        every transaction that committed before it was sent, and so read."""
+        if self._open is None and self._stream.wal_end >= end:
+            return int(self._stream.wal_end)
+        return 0 if time.monotonic() > deadline else None
 
     def _flushed_end(self) -> int:
         """Where the log ends on disk now: every committed transaction lies before it (a commit

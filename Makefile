@@ -45,9 +45,11 @@ bench: $(BIN)/outboxkit
 	$(BIN)/python -m bench plot
 
 ## The long proof: 30 minutes of workload and faults (Kafka and PostgreSQL restarts too), then verify.
+## CAPTURE=wal: the relays read the outbox from the write-ahead log instead of polling it.
+CAPTURE ?= poll
 chaos: $(BIN)/outboxkit
 	scripts/services up
-	$(BIN)/outboxkit chaos --seconds 1800 --events 0 --restart-services
+	$(BIN)/outboxkit chaos --seconds 1800 --events 0 --restart-services --capture $(CAPTURE)
 
 ## kubeconform, kube-score, the Pod Security evaluator (tools/pss) and Kubernetes' schemas, into
 ## the cache: a few minutes the first time, then seconds (tests/test_k8s_manifests.py uses them).

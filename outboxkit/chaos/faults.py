@@ -1,4 +1,5 @@
-"""The fault injector: one fault every few seconds, chosen at random, counted by kind.
+"""The fault injector: one fault every few seconds, chosen at random (each kind once before any
+twice), counted by kind.
 
 Process faults: SIGKILL a relay or a sink (and start it again), SIGSTOP a relay past its lease
 timeout (it resumes as a zombie: its successor holds the shards and the same transactional id),
@@ -69,7 +70,9 @@ class Injector:
             self._faults["restart kafka"] = (0.5, lambda: restart("kafka"))
 
     def inject(self) -> str:
-        kinds = list(self._faults)
+        """One fault: of a kind not injected yet while there is one (so a short run meets every
+        kind), then of any kind, by weight."""
+        kinds = [kind for kind in self._faults if kind not in self.counts] or list(self._faults)
         kind = self._rng.choices(kinds, [self._faults[k][0] for k in kinds])[0]
         done = self._faults[kind][1]() or kind  # a fault may turn into another (no sink to remove)
         self.counts[done] += 1

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from outbox import OutboxSettings, schema
@@ -29,12 +29,16 @@ from outboxkit.chaos.processes import Proc
 from outboxkit.chaos.workload import Account, Base, Mix, Workload
 from outboxkit.databases import committed_events, create_database, drop_database, server
 from outboxkit.writers import FAILED
+from relay.capture import CaptureMode
+from relay.shards import Shard
 from relay.topics import ensure_topic
 from runtime.kafka import KafkaSettings
 from verify import Findings, VerifySettings, verify
 from verify.errors import VerifyError
 
 PAUSE = 5.0  # seconds a paused relay sleeps: past its lease timeout (3 s) and its transaction timeout
+SHARDS = 2  # of the outbox: relays split it, and a relay taking a shard over is a fault of its own
+SLOTS_TIMEOUT = 120.0  # seconds the relays may take to make their replication slots (capture=wal)
 
 
 class ChaosSettings(BaseSettings):
@@ -46,10 +50,11 @@ class ChaosSettings(BaseSettings):
 
     pg_url: str = "postgresql+psycopg://outboxkit@127.0.0.1:55432/outboxkit"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    capture: CaptureMode = "poll"  # how the relays read the outbox (OUTBOXKIT_RELAY_CAPTURE)
     seconds: float = 170.0  # at most; the run ends sooner once the targets below are reached
     events: int = 50_000  # committed events to reach (0: run the full `seconds`)
     faults: int = 20  # faults to reach...
-    fault_kinds: int = 6  # ...of this many kinds (6 without service restarts, 8 with)
+    fault_kinds: int = 6  # ...of this many kinds (6 without service restarts, 8 with; each comes once first)
     mix: Mix = Mix(rate=520.0, writers=8)  # what the workload offers: rate, writers, kinds of work
     fault_every: float = 5.5
     relays: int = 2
@@ -148,6 +153,8 @@ def run_chaos(
         try:
             for proc in fleet.all():
                 proc.start()
+            if settings.capture == "wal":
+                _slots_made(workload_engine, stage, log)
             workload.start()
             loaded = time.monotonic()
             reached = _inject(
@@ -166,6 +173,9 @@ def run_chaos(
             workload.stop()
             for proc in fleet.all():
                 proc.stop(30)
+            if settings.capture == "wal":
+                _drop_slots(workload_engine, stage)
+            workload_engine.dispose()
         return ChaosReport(
             run,
             time.monotonic() - started,
@@ -228,12 +238,47 @@ def _drained(settings: ChaosSettings, stage: Stage, log: Callable[[str], None]) 
         time.sleep(3)
 
 
+def _source_id(stage: Stage) -> str:
+    return f"chaos-{stage.run}"
+
+
+def _slots_made(engine: Engine, stage: Stage, log: Callable[[str], None]) -> None:
+    """Wait until the relays have made every shard's replication slot: a slot sees only rows
+    committed after it was made, so the workload must not write before."""
+    from relay.capture.wal import slot_name  # noqa: PLC0415 - psycopg2 (the `wal` extra) for wal runs only
+
+    names = [slot_name(_source_id(stage), Shard(index, SHARDS)) for index in range(SHARDS)]
+    query = text("SELECT count(*) FROM pg_replication_slots WHERE slot_name = ANY(:names)")
+    deadline = time.monotonic() + SLOTS_TIMEOUT
+    while True:
+        with engine.connect() as conn:
+            if conn.execute(query, {"names": names}).scalar_one() == SHARDS:
+                log(f"replication slots made: {', '.join(names)}")
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"the relays made no replication slots {names} within {SLOTS_TIMEOUT:.0f} s: "
+                f"see their logs in {stage.logs}"
+            )
+        time.sleep(0.2)
+
+
+def _drop_slots(engine: Engine, stage: Stage) -> None:
+    """Drop the run's replication slots (and publications): a slot pins WAL for as long as it
+    exists, and PostgreSQL drops no database that still has one."""
+    from relay.capture.wal import drop_slot  # noqa: PLC0415 - as in `_slots_made`
+
+    for index in range(SHARDS):
+        drop_slot(engine, _source_id(stage), Shard(index, SHARDS))
+
+
 def _fleet(settings: ChaosSettings, stage: Stage) -> Fleet:
     run, topic = stage.run, stage.topic
     relay_env = {
         "OUTBOXKIT_RELAY_DATABASE_URL": stage.app_url,
-        "OUTBOXKIT_RELAY_SOURCE_ID": f"chaos-{run}",
-        "OUTBOXKIT_RELAY_SHARDS": "2",
+        "OUTBOXKIT_RELAY_SOURCE_ID": _source_id(stage),
+        "OUTBOXKIT_RELAY_CAPTURE": settings.capture,
+        "OUTBOXKIT_RELAY_SHARDS": str(SHARDS),
         "OUTBOXKIT_RELAY_LEASE_INTERVAL": "0.5",
         "OUTBOXKIT_RELAY_LEASE_TIMEOUT": "3",
         "OUTBOXKIT_RELAY_KAFKA_TIMEOUT": "10",

@@ -35,18 +35,22 @@ def register(commands: Commands) -> None:
     )
     chaos.add_argument("--fault-every", type=float, help="seconds between faults (default 5.5)")
     chaos.add_argument(
+        "--capture",
+        help="how the relays read the outbox: poll (default) or wal (a replication slot per shard)",
+    )
+    chaos.add_argument(
         "--restart-services",
         action="store_true",
         help="also stop and start Kafka and PostgreSQL (./scripts/services)",
     )
-    chaos.set_defaults(handler=_chaos, extras="relay,sink,duckdb")
+    chaos.set_defaults(handler=_chaos, extras="relay,sink,duckdb,wal")  # wal: for --capture wal
 
 
 def _chaos(args: argparse.Namespace, named: Named) -> int:
     from outboxkit.chaos import ChaosSettings, run_chaos
 
     flags = {"seconds": args.seconds, "events": args.events, "faults": args.faults}
-    flags["fault_every"] = args.fault_every
+    flags |= {"fault_every": args.fault_every, "capture": args.capture}
     given = {name: value for name, value in flags.items() if value is not None}
     mix = args.mix | ({"rate": args.rate} if args.rate is not None else {})
     settings = named.load(ChaosSettings, **given)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
@@ -31,17 +31,33 @@ from tests.otlp import Collector
 
 
 class Endpoints(BaseSettings):
-    """Where the test services are: the same variables scripts/services honours."""
+    """Where the test services are: the same variables scripts/services honours. A service named
+    by its URL is external; the others are scripts/services' own on loopback, at the ports it
+    starts them on (OUTBOXKIT_KAFKA_PORT and so on: a private stack), which tests may restart."""
 
     model_config = SettingsConfigDict(env_prefix="OUTBOXKIT_", extra="ignore")
 
-    kafka_bootstrap: str = "127.0.0.1:19092"
-    pg_url: str = "postgresql://outboxkit@127.0.0.1:55432/outboxkit"
-    redis_url: str = "redis://127.0.0.1:56379/0"
-    rabbitmq_url: str = "amqp://outboxkit:outboxkit@127.0.0.1:55672/%2F"
+    kafka_port: int = 19092
+    pg_port: int = 55432
+    redis_port: int = 56379
+    rabbitmq_port: int = 55672
+    kafka_bootstrap: str = ""
+    pg_url: str = ""
+    redis_url: str = ""
+    rabbitmq_url: str = ""
     state_dir: Path = Path("/var/tmp/outboxkit")
     cache_dir: Path | None = None
     ci: bool = Field(False, validation_alias="CI")
+
+    @model_validator(mode="after")
+    def _local_services(self) -> Endpoints:
+        self.kafka_bootstrap = self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+        self.pg_url = self.pg_url or f"postgresql://outboxkit@127.0.0.1:{self.pg_port}/outboxkit"
+        self.redis_url = self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+        self.rabbitmq_url = (
+            self.rabbitmq_url or f"amqp://outboxkit:outboxkit@127.0.0.1:{self.rabbitmq_port}/%2F"
+        )
+        return self
 
 
 ENDPOINTS = Endpoints()

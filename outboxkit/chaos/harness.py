@@ -30,6 +30,7 @@ from outboxkit.chaos.workload import Account, Base, Mix, Workload
 from outboxkit.databases import committed_events, create_database, drop_database, server
 from outboxkit.writers import FAILED
 from relay.capture import CaptureMode
+from relay.capture.slots import slot_name
 from relay.shards import Shard
 from relay.topics import ensure_topic
 from runtime.kafka import KafkaSettings
@@ -245,8 +246,6 @@ def _source_id(stage: Stage) -> str:
 def _slots_made(engine: Engine, stage: Stage, log: Callable[[str], None]) -> None:
     """Wait until the relays have made every shard's replication slot: a slot sees only rows
     committed after it was made, so the workload must not write before."""
-    from relay.capture.wal import slot_name  # noqa: PLC0415 - psycopg2 (the `wal` extra) for wal runs only
-
     names = [slot_name(_source_id(stage), Shard(index, SHARDS)) for index in range(SHARDS)]
     query = text("SELECT count(*) FROM pg_replication_slots WHERE slot_name = ANY(:names)")
     deadline = time.monotonic() + SLOTS_TIMEOUT
@@ -266,7 +265,7 @@ def _slots_made(engine: Engine, stage: Stage, log: Callable[[str], None]) -> Non
 def _drop_slots(engine: Engine, stage: Stage) -> None:
     """Drop the run's replication slots (and publications): a slot pins WAL for as long as it
     exists, and PostgreSQL drops no database that still has one."""
-    from relay.capture.wal import drop_slot  # noqa: PLC0415 - as in `_slots_made`
+    from relay.capture.wal import drop_slot  # noqa: PLC0415 - psycopg2 (the `wal` extra) for wal runs only
 
     for index in range(SHARDS):
         drop_slot(engine, _source_id(stage), Shard(index, SHARDS))

@@ -1,4 +1,5 @@
-"""`outboxkit relay run|status`: publish the outbox to Kafka, or report how far it is."""
+"""`outboxkit relay run|status|reset-slot`: publish the outbox to Kafka, report how far it is, or
+recreate the replication slots PostgreSQL invalidated (WAL capture)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from runtime.process import ExitCode, StopFlag
 
 
 def register(commands: Commands) -> None:
-    run_and_status(
+    actions = run_and_status(
         commands,
         "relay",
         "publish the outbox to Kafka",
@@ -20,6 +21,13 @@ def register(commands: Commands) -> None:
         status_help="backlog, oldest waiting event, checkpoint and lease holder per shard, dead letters",
         extras="relay",
     )
+    reset = actions.add_parser(
+        "reset-slot",
+        help="WAL capture: recreate the source's lost (invalidated) or missing replication slots, and "
+        "publish from the outbox table what is not in Kafka yet (the relays stopped first)",
+    )
+    reset.add_argument("--yes", action="store_true", help="do it (it reads the outbox's topics back whole)")
+    reset.set_defaults(handler=_reset_slot)
 
 
 def _run(args: argparse.Namespace, named: Named) -> int:
@@ -40,4 +48,29 @@ def _status(args: argparse.Namespace, named: Named) -> int:
 
     report = relay_status(named.load(RelaySettings))
     print(report.to_json() if args.json else report.render())
+    return ExitCode.OK
+
+
+def _reset_slot(args: argparse.Namespace, named: Named) -> int:
+    from relay import RelaySettings
+    from relay.errors import ConfigError
+    from relay.slot_reset import reset_slots
+
+    settings = named.load(RelaySettings)
+    if settings.capture != "wal":
+        raise ConfigError(
+            "reset-slot is for WAL capture: set OUTBOXKIT_RELAY_CAPTURE=wal, as the relays have"
+        )
+    if not args.yes:
+        print(
+            "outboxkit relay reset-slot recreates each lost or missing replication slot of source "
+            f"{settings.source_id} and publishes what its outbox table holds that Kafka does not (see the "
+            "README: it reads the outbox's topics back whole). Stop the source's relays, then run it "
+            "again with --yes"
+        )
+        return ExitCode.CONFIG
+    done = reset_slots(settings)
+    print(
+        "\n".join(reset.render() for reset in done) or "every slot of this source can go on: nothing to reset"
+    )
     return ExitCode.OK

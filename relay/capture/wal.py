@@ -59,7 +59,7 @@ from relay.capture import pgoutput, rows
 from relay.capture.rows import OUTBOX
 from relay.capture.slots import LSN, slot_name, slot_problem, slot_state
 from relay.capture.source import Backlog, Batch, CapturedRow, Position
-from relay.errors import CaptureError, UnsafeOutboxError
+from relay.errors import CaptureError, SlotInvalidatedError, UnsafeOutboxError
 from relay.shards import ONLY, Shard
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ _INTEGERS = frozenset({"id", "aggregateversion", "schema_version", "shard_key", 
 # between fetches, so a fetch must return well within the lease timeout (15 s by default).
 CATCH_UP_SECONDS = 5.0
 _PING_SECONDS = 0.02  # between requests for the server's position while catching up
+_PRIVILEGES = " (the relay's role needs REPLICATION, and to own the outbox table for the publication)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,7 @@ class WalCapture:
             decoded = self._receive(after, limit)
         except psycopg2.Error as exc:
             self.close()  # the slot re-sends from its confirmed position on the next fetch
+            self._expect_kept()  # the server ends the stream of a slot it invalidates
             raise CaptureError(f"cannot stream the outbox from replication slot {self.slot}: {exc}") from exc
         taken = [self._ready[i] for i in range(min(limit, len(self._ready)))]
         if not taken:
@@ -191,6 +193,7 @@ class WalCapture:
         backup, another database), a slot created anew under it or confirmed past it (rows
         committed in between would be skipped), a polling checkpoint."""
         rows.expect_mode(position, "wal")
+        self._expect_kept()
         if position.lsn is None:
             return
         current = self._query(f"select {LSN.format('pg_current_wal_lsn()')}")
@@ -203,6 +206,12 @@ class WalCapture:
                 f"replication slot {self.slot} cannot continue the checkpoint ({position}): {problem}. "
                 f"{rows.START_OVER}"
             )
+
+    def _expect_kept(self) -> None:
+        """Raise `SlotInvalidatedError` if PostgreSQL invalidated the slot (`max_slot_wal_keep_size`)."""
+        slot = slot_state(self._engine, self.slot)
+        if slot is not None and slot.lost:
+            raise SlotInvalidatedError(self.slot)
 
     def close(self) -> None:
         """Close the replication connection: what it received and did not publish is re-sent."""
@@ -287,18 +296,7 @@ class WalCapture:
                     )
         except SQLAlchemyError as exc:
             raise CaptureError(f"cannot take over replication slot {self.slot}: {exc}") from exc
-        url = self._engine.url
-        connection = psycopg2.connect(
-            host=url.host,
-            port=url.port,
-            user=url.username,
-            password=url.password,
-            dbname=url.database,
-            # Values come in the server's text form: pin the forms `_captured` reads.
-            options="-c DateStyle=ISO -c TimeZone=UTC",
-            connection_factory=psycopg2.extras.LogicalReplicationConnection,
-        )
-        cursor = connection.cursor()
+        cursor = replication_connection(self._engine).cursor()
         cursor.start_replication(
             slot_name=self.slot, decode=False, options={"proto_version": "1", "publication_names": self.slot}
         )
@@ -309,18 +307,10 @@ class WalCapture:
 
     def _ensure_slot(self) -> bool:
         """Create the publication, then the slot, if missing; whether the slot was created."""
-        table = self._query(
-            "select format('%I.%I', n.nspname, c.relname) from pg_class c "
-            "join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass('outbox')"
-        )
-        if table is None:
-            raise CaptureError("no outbox table on this database's search path: run `outboxkit migrate`")
-        if self._query("select 1 from pg_publication where pubname = :slot") is None:
-            count, index = self._shard.count, self._shard.index
-            where = "" if count == 1 else f" where (coalesce(shard_key, 0) % {count} = {index})"
-            self._execute(
-                f"create publication \"{self.slot}\" for table {table}{where} with (publish = 'insert')"
-            )
+        try:
+            ensure_publication(self._engine, self.slot, self._shard)
+        except SQLAlchemyError as exc:
+            raise CaptureError(f"cannot create publication {self.slot}: {exc}{_PRIVILEGES}") from exc
         if self._query("select 1 from pg_replication_slots where slot_name = :slot") is not None:
             return False
         # Waits for transactions running now to end: the slot starts where no open one began earlier.
@@ -339,15 +329,47 @@ class WalCapture:
             with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.execute(text(sql), {"slot": self.slot})
         except SQLAlchemyError as exc:
-            raise CaptureError(
-                f"cannot create publication and replication slot {self.slot}: {exc} (the relay's role needs "
-                "REPLICATION and to own the outbox table)"
-            ) from exc
+            raise CaptureError(f"cannot create replication slot {self.slot}: {exc}{_PRIVILEGES}") from exc
 
 
-def drop_slot(engine: Engine, source_id: str, shard: Shard = ONLY) -> None:
-    """Drop a source shard's slot and publication, ending the connection streaming it if any:
-    its WAL is released, and what it had not published is never captured."""
+def replication_connection(engine: Engine) -> Any:
+    """A psycopg2 connection in logical replication mode to the engine's database."""
+    url = engine.url
+    return psycopg2.connect(
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        dbname=url.database,
+        # Values come in the server's text form: pin the forms `_captured` reads.
+        options="-c DateStyle=ISO -c TimeZone=UTC",
+        connection_factory=psycopg2.extras.LogicalReplicationConnection,
+    )
+
+
+def ensure_publication(engine: Engine, name: str, shard: Shard) -> None:
+    """Create the publication of a source's shard if missing: the outbox table's inserts, with
+    shards only those of the shard's rows (the row filter)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        table = conn.execute(
+            text(
+                "select format('%I.%I', n.nspname, c.relname) from pg_class c "
+                "join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass('outbox')"
+            )
+        ).scalar()
+        if table is None:
+            raise CaptureError("no outbox table on this database's search path: run `outboxkit migrate`")
+        if conn.execute(text("select 1 from pg_publication where pubname = :name"), {"name": name}).first():
+            return
+        where = "" if shard.count == 1 else f" where (coalesce(shard_key, 0) % {shard.count} = {shard.index})"
+        conn.execute(
+            text(f"create publication \"{name}\" for table {table}{where} with (publish = 'insert')")
+        )
+
+
+def drop_slot(engine: Engine, source_id: str, shard: Shard = ONLY, *, publication: bool = True) -> None:
+    """Drop a source shard's slot and (with `publication`) its publication, ending the connection
+    streaming it if any: its WAL is released, and what it had not published is never captured."""
     name = slot_name(source_id, shard)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         _end_streaming(conn, name)
@@ -357,7 +379,8 @@ def drop_slot(engine: Engine, source_id: str, shard: Shard = ONLY) -> None:
             ),
             {"slot": name},
         )
-        conn.execute(text(f'drop publication if exists "{name}"'))
+        if publication:
+            conn.execute(text(f'drop publication if exists "{name}"'))
 
 
 def _end_streaming(conn: Connection, slot: str) -> bool:

@@ -15,12 +15,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar, cast
 
 from bench import b1, b2, b3, b4, b5, b6
 from bench.host import describe, host_facts
 from bench.pg import Endpoints
-from bench.report import BenchmarkError, Options, Report, markdown, run_facts, write_json
+from bench.report import CAPTURES, BenchmarkError, Options, Report, markdown, run_facts, write_json
+from relay.capture import CaptureMode
 
 
 class Defaults(NamedTuple):
@@ -126,6 +127,7 @@ def _options(args: argparse.Namespace, benchmark: Benchmark) -> Options:
         rates=args.rates,
         poll_intervals=args.poll_intervals,
         wakeup=args.wakeup,
+        captures=args.capture,
     )
 
 
@@ -166,6 +168,12 @@ def _parser() -> argparse.ArgumentParser:
         "--poll-intervals", type=_positive(float), help="b3: seconds, baseline first (0.5,0.02)"
     )
     common.add_argument("--wakeup", action="store_true", help="b3: also the relay woken by the app's NOTIFY")
+    common.add_argument(
+        "--capture",
+        type=_captures,
+        default=CAPTURES,
+        help="b2, b3: how the relay reads the outbox, comma-separated, side by side (poll,wal)",
+    )
     parser = argparse.ArgumentParser(prog="python -m bench", description="outboxkit benchmarks")
     commands = parser.add_subparsers(dest="benchmark", required=True)
     for name, benchmark in BENCHMARKS.items():
@@ -202,6 +210,14 @@ def _shares(text: str) -> tuple[float, ...]:
     if not values or not all(0 <= value < 100 for value in values):
         raise argparse.ArgumentTypeError(f"{text!r}: give percentages from 0 to below 100 like 0,50,90")
     return values
+
+
+def _captures(text: str) -> tuple[CaptureMode, ...]:
+    """Comma-separated capture modes, e.g. poll,wal (each at most once, in the order given)."""
+    values = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
+    if not values or not set(values) <= set(CAPTURES):
+        raise argparse.ArgumentTypeError(f"{text!r}: give capture modes among {','.join(CAPTURES)}")
+    return cast("tuple[CaptureMode, ...]", values)
 
 
 if __name__ == "__main__":

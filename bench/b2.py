@@ -4,7 +4,8 @@ A relay that was away (deploy, outage) comes back to a backlog; how fast it catc
 stale the warehouse gets. The backlog (`bench.backlog`: N committed rows, 1000 aggregates,
 ~200-byte payloads) is re-loaded before every measurement and each measurement writes to a fresh
 3-partition topic. Three variants (`bench.drain`) give the figure its scale: outboxkit's relay at
-each batch size (events per Kafka transaction), the naive one-row-at-a-time poller it replaces,
+each batch size (events per Kafka transaction) with each capture (`--capture`: polling and wal by
+default, wal's rate judged against polling's), the naive one-row-at-a-time poller it replaces,
 and the producer's ceiling, the same records from memory with no database. Repetitions run
 interleaved (naive, then outboxkit and ceiling at each batch size, again and again), so drift on
 the shared machine falls on all variants alike.
@@ -19,9 +20,10 @@ the run fails unless every event drained is there exactly once and nothing else 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
+from statistics import median
 
 from sqlalchemy import Engine, create_engine
 
@@ -32,6 +34,7 @@ from bench.kafka import PARTITIONS, Topics, broker_facts, check_exactly, committ
 from bench.pg import Endpoints, scratch_database, server_facts
 from bench.report import BenchmarkError, Goal, Options, Report, Table, Targets, ThreeWay
 from relay import RelaySettings
+from relay.capture import CaptureMode
 from runtime.kafka import KafkaSettings
 
 TITLE = "relay drain: events/s emptying a PostgreSQL outbox backlog, outboxkit vs naive poller vs producer"
@@ -47,9 +50,11 @@ SIZES = Sizes(FULL_ROWS, QUICK_ROWS, FULL_NAIVE_ROWS, QUICK_NAIVE_ROWS, FULL_BAT
 
 @dataclass(frozen=True)
 class DrainComparison(ThreeWay):
-    """One batch size: events/s per repetition of each variant, and CPU seconds per 1,000 events."""
+    """One capture at one batch size: events/s per repetition of each variant (naive and ceiling
+    read no outbox by capture: theirs are the same in both), and CPU seconds per 1,000 events."""
 
     benchmark: str
+    capture: CaptureMode
     batch_size: int
     unit: str
     rows: int
@@ -88,28 +93,51 @@ def run(endpoints: Endpoints, options: Options) -> Report:
             outbox.metadata.create_all(engine)
             samples = _Samples()
             for _ in range(options.reps):
-                _repetition(engine, topics, plan, samples)
+                _repetition(engine, topics, plan, options.captures, samples)
             payload = backlog.average_payload_bytes(engine)
             return _report(
-                _comparisons(plan, samples), plan, payload, server_facts(engine), broker_facts(kafka)
+                _comparisons(plan, options.captures, samples),
+                plan,
+                payload,
+                server_facts(engine),
+                broker_facts(kafka),
             )
         finally:
             engine.dispose()
 
 
-def _repetition(engine: Engine, topics: Topics, plan: Plan, samples: _Samples) -> None:
-    """One measurement of each variant: naive, then outboxkit and the ceiling at each batch size."""
+Prepare = Callable[[], Callable[[], drain.Drained]]  # called before the backlog is loaded; drains after
+
+
+def _repetition(
+    engine: Engine, topics: Topics, plan: Plan, captures: Sequence[CaptureMode], samples: _Samples
+) -> None:
+    """One measurement of each variant: naive, then at each batch size outboxkit with each capture
+    and the ceiling."""
     kafka, checkpoints = topics.kafka, topics.checkpoints
-    variants: list[tuple[str, int, Callable[[], drain.Drained]]] = [
-        ("naive", plan.naive_rows, partial(drain.naive, engine, kafka, plan.naive_rows))
+    variants: list[tuple[str, int, Prepare]] = [
+        ("naive", plan.naive_rows, _ready(partial(drain.naive, engine, kafka, plan.naive_rows)))
     ]
     for size in plan.batch_sizes:
         variants += [
-            (f"outboxkit/{size}", plan.rows, partial(drain.outboxkit, engine, kafka, checkpoints, size)),
-            (f"ceiling/{size}", plan.rows, partial(_ceiling, engine, kafka, plan.rows, size)),
+            (_outboxkit(c, size), plan.rows, partial(drain.outboxkit, engine, kafka, checkpoints, size, c))
+            for c in captures
         ]
-    for variant, drained, measure in variants:
-        samples.add(variant, _measure(engine, topics, variant, plan, drained=drained, run=measure))
+        variants.append(
+            (f"ceiling/{size}", plan.rows, _ready(partial(_ceiling, engine, kafka, plan.rows, size)))
+        )
+    for variant, drained, prepare in variants:
+        samples.add(variant, _measure(engine, topics, variant, plan, drained=drained, prepare=prepare))
+
+
+def _ready(run: Callable[[], drain.Drained]) -> Prepare:
+    """A variant that needs nothing made before the backlog is loaded."""
+    return lambda: run
+
+
+def _outboxkit(capture: CaptureMode, size: int) -> str:
+    """The variant's name: 'outboxkit/500' polling (the names of the runs before wal), 'outboxkit-wal/500'."""
+    return f"outboxkit{'' if capture == 'poll' else '-' + capture}/{size}"
 
 
 def _ceiling(engine: Engine, kafka: KafkaSettings, rows: int, size: int) -> drain.Drained:
@@ -123,11 +151,12 @@ def _measure(
     plan: Plan,
     *,
     drained: int,
-    run: Callable[[], drain.Drained],
+    prepare: Prepare,
 ) -> drain.Drained:
-    """Load the backlog for a fresh topic, drain it with `run`, and refuse the figure unless the
-    topic then holds the oldest `drained` events exactly once and nothing else."""
+    """Load the backlog for a fresh topic (`prepare` first), drain it, and refuse the figure unless
+    the topic then holds the oldest `drained` events exactly once and nothing else."""
     topic = topics.new(f"b2-{variant.replace('/', '-')}")
+    run = prepare()
     backlog.reload(engine, topic, plan.rows)
     expected = backlog.event_ids(engine, drained)
     result = run()
@@ -137,24 +166,26 @@ def _measure(
     return result
 
 
-def _comparisons(plan: Plan, samples: _Samples) -> list[DrainComparison]:
+def _comparisons(plan: Plan, captures: Sequence[CaptureMode], samples: _Samples) -> list[DrainComparison]:
     return [
         DrainComparison(
             NAME,
+            capture,
             size,
             "events/s",
             plan.rows,
             plan.naive_rows,
-            outboxkit=samples.rates(f"outboxkit/{size}"),
+            outboxkit=samples.rates(_outboxkit(capture, size)),
             naive=samples.rates("naive"),
             ceiling=samples.rates(f"ceiling/{size}"),
             cpu_per_1k={
-                "outboxkit": samples.cpu(f"outboxkit/{size}"),
+                "outboxkit": samples.cpu(_outboxkit(capture, size)),
                 "naive": samples.cpu("naive"),
                 "ceiling": samples.cpu(f"ceiling/{size}"),
             },
         )
         for size in plan.batch_sizes
+        for capture in captures
     ]
 
 
@@ -183,14 +214,28 @@ def _report(
 
 def _table(comparisons: list[DrainComparison]) -> Table:
     return Table(
-        ("benchmark", "batch size", *ThreeWay.COLUMNS),
-        "lr" + ThreeWay.ALIGN,
-        tuple((c.benchmark, f"{c.batch_size:,}", *c.cells()) for c in comparisons),
+        ("benchmark", "capture", "batch size", *ThreeWay.COLUMNS),
+        "llr" + ThreeWay.ALIGN,
+        tuple((c.benchmark, c.capture, f"{c.batch_size:,}", *c.cells()) for c in comparisons),
     )
 
 
 def _goals(comparisons: list[DrainComparison]) -> list[Goal]:
-    """The issue's three targets, at every batch size measured (the relay's default first)."""
-    return [
-        goal for c in sorted(comparisons, key=TARGETS.order) for goal in TARGETS.goals(c, TARGETS.where(c))
-    ]
+    """The relay issue's three targets for each capture, and the WAL issue's (wal drains at least
+    as fast as polling), at every batch size measured (the relay's default first)."""
+    ordered = sorted(comparisons, key=TARGETS.order)
+    goals = [goal for c in ordered for goal in TARGETS.goals(c, f"{c.capture}, {TARGETS.where(c)}")]
+    by_size = {(c.capture, c.batch_size): c for c in ordered}
+    for c in ordered:
+        poll = by_size.get(("poll", c.batch_size))
+        if c.capture == "wal" and poll is not None:
+            wal_rate, poll_rate = median(c.outboxkit), median(poll.outboxkit)
+            goals.append(
+                Goal(
+                    "wal >= polling's rate",
+                    TARGETS.where(c),
+                    f"wal / poll {wal_rate / poll_rate:.2f} ({wal_rate:,.0f} vs {poll_rate:,.0f} events/s)",
+                    wal_rate >= poll_rate,
+                )
+            )
+    return goals

@@ -1,8 +1,9 @@
 """B2's three ways of moving an outbox backlog into Kafka, each timed the same way.
 
 * `outboxkit`: the relay as `outboxkit relay run --drain` runs it — PostgreSQL capture by snapshot
-  deltas, one Kafka transaction per batch carrying the checkpoint — built as the tests build it,
-  on an engine with `pool_pre_ping` as `relay_from_settings` makes it;
+  deltas (`poll`) or from a logical replication slot (`wal`), one Kafka transaction per batch
+  carrying the checkpoint — built as the tests build it, on an engine with `pool_pre_ping` as
+  `relay_from_settings` makes it;
 * `naive`: the outbox poller people write by hand — lock the oldest row, produce it with a plain
   idempotent producer, wait for the broker's ack (`flush`), delete the row, commit; one row at a
   time, so each event costs a database commit and a Kafka round trip;
@@ -11,9 +12,9 @@
   checkpointing and its own Python cost nothing.
 
 Timing covers the draining only: creating producers, `init_transactions` and the relay's start
-(fencing, reading its checkpoint back) happen once per process and are left out of every variant.
-CPU is `time.process_time()` of this process — Python and librdkafka's threads; PostgreSQL's
-server processes are not in it.
+(fencing, reading its checkpoint back; with `wal`, making its slot) happen once per process and are
+left out of every variant. CPU is `time.process_time()` of this process — Python and librdkafka's
+threads; PostgreSQL's server processes (which decode the log for `wal`) are not in it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from sqlalchemy import Connection, Engine, delete, select
 from bench.report import BenchmarkError, Options
 from outbox import outbox_table
 from relay import Position, PostgresCapture, Relay
-from relay.capture import envelope_of
+from relay.capture import CaptureMode, envelope_of
+from relay.capture.wal import drop_slot
 from runtime.kafka import KafkaSettings
 from wire import Envelope
 
@@ -118,16 +120,28 @@ def _result(clock: _Clock) -> Drained:
     return Drained(clock.events, clock.seconds, clock.cpu_seconds)
 
 
-def outboxkit(engine: Engine, kafka: KafkaSettings, checkpoint_topic: str, batch_size: int) -> Drained:
-    """Drain the whole outbox with outboxkit's relay, `batch_size` events per Kafka transaction."""
+def outboxkit(
+    engine: Engine, kafka: KafkaSettings, checkpoint_topic: str, batch_size: int, capture: CaptureMode
+) -> Callable[[], Drained]:
+    """outboxkit's relay reading the outbox by `capture`, `batch_size` events per Kafka transaction:
+    made now, before the backlog is loaded (a wal source's slot, made with the relay, sees only
+    rows committed after it), and draining the whole outbox when called."""
     source = f"bench-b2-{uuid.uuid4().hex[:8]}"
-    relay = Relay.for_shard(engine, kafka, source, checkpoint_topic, batch_size=batch_size)
-    relay.start()
-    deadline = time.monotonic() + TIMEOUT
-    with _timed() as clock:
-        stats = relay.run(lambda: time.monotonic() > deadline, drain=True)
-    clock.events = stats.published
-    return _result(clock)
+    relay = Relay.for_shard(engine, kafka, source, checkpoint_topic, batch_size=batch_size, capture=capture)
+
+    def drained() -> Drained:
+        try:
+            relay.start()
+            deadline = time.monotonic() + TIMEOUT
+            with _timed() as clock:
+                stats = relay.run(lambda: time.monotonic() > deadline, drain=True)
+        finally:  # the relay's loop closed it
+            if capture == "wal":  # its WAL, a backlog's worth per measurement, is released at once
+                drop_slot(engine, source)
+        clock.events = stats.published
+        return _result(clock)
+
+    return drained
 
 
 def naive(engine: Engine, kafka: KafkaSettings, rows: int) -> Drained:

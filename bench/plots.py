@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 
 # Per benchmark: the variants drawn side by side, in order, and what tells its groups apart.
 VARIANTS = ("baseline", "outbox", "naive", "ceiling", "outboxkit")
-GROUPS = ("warehouse", "conflicts", "clients", "batch_size", "jobs")
+GROUPS = ("warehouse", "conflicts", "clients", "capture", "batch_size", "jobs")
 
 
 def plot(results: Path, out: Path) -> list[Path]:
@@ -116,7 +116,8 @@ def _latency(documents: dict[str, dict[str, Any]], path: Path) -> Path:
     variants: dict[str, list[dict[str, Any]]] = {}
     for document in documents.values():
         for result in document["results"]:
-            label = f"poll {result['poll_interval']} s" + (" + wake-up" if result["wakeup"] else "")
+            capture = "wal, " if result.get("capture") == "wal" else ""  # files before wal: polling
+            label = f"{capture}poll {result['poll_interval']} s" + (" + wake-up" if result["wakeup"] else "")
             variants.setdefault(label, []).append(result)
     for n, (label, results) in enumerate(variants.items()):
         runs = [run for result in results for run in result["runs"]]

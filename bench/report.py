@@ -24,6 +24,9 @@ from statistics import median
 from typing import ClassVar, Protocol
 
 from bench.host import host_facts
+from relay.capture import CaptureMode
+
+CAPTURES: tuple[CaptureMode, ...] = ("poll", "wal")  # polling first: the baseline wal is judged against
 
 
 class BenchmarkError(Exception):
@@ -49,6 +52,7 @@ class Options:
     poll_intervals: tuple[float, ...] | None = None  # B3: relay poll intervals, the first the baseline
     wakeup: bool = False  # B3: also measure the relay woken by the app's NOTIFY
     conflicts: tuple[float, ...] | None = None  # B4: % of events updating a key met before
+    captures: tuple[CaptureMode, ...] = CAPTURES  # B2, B3: how the relay reads the outbox, side by side
 
 
 class Result(Protocol):

@@ -115,23 +115,34 @@ def _run_quick(
     return done.stdout
 
 
-def test_b2_quick_drains_with_all_three_variants_and_reports_ratios(
+def test_b2_quick_drains_with_all_three_variants_and_both_captures_and_reports_ratios(
     pg_database: str, kafka: KafkaSettings, tmp_path: Path
 ) -> None:
     results = tmp_path / "b2.json"
     stdout = _run_quick("b2", results, pg_database, kafka)
-    assert "| B2 relay drain | 500 |" in stdout
+    assert "| B2 relay drain | poll | 500 |" in stdout
+    assert "| B2 relay drain | wal | 500 |" in stdout
     assert "naive: drained the oldest 500 rows of the 5,000-row backlog" in stdout
     document = json.loads(results.read_text())
-    [result] = document["results"]
-    assert (result["batch_size"], result["rows"], result["naive_rows"]) == (500, 5000, 500)
-    for variant in ("outboxkit", "naive", "ceiling"):
-        assert len(result[variant]) == 1  # --quick: one repetition
-        assert result[variant][0] > 0
-        assert result["cpu_per_1k"][variant][0] > 0
-    assert result["vs_naive"] == pytest.approx(result["outboxkit_median"] / result["naive_median"])
-    assert result["vs_ceiling"] == pytest.approx(result["outboxkit_median"] / result["ceiling_median"])
-    assert [goal["where"] for goal in document["goals"]] == ["batch size 500 (default)"] * 3
+    poll, wal = document["results"]
+    assert (poll["capture"], wal["capture"]) == ("poll", "wal")
+    for result in (poll, wal):
+        assert (result["batch_size"], result["rows"], result["naive_rows"]) == (500, 5000, 500)
+        for variant in ("outboxkit", "naive", "ceiling"):
+            assert len(result[variant]) == 1  # --quick: one repetition
+            assert result[variant][0] > 0
+            assert result["cpu_per_1k"][variant][0] > 0
+        assert result["vs_naive"] == pytest.approx(result["outboxkit_median"] / result["naive_median"])
+        assert result["vs_ceiling"] == pytest.approx(result["outboxkit_median"] / result["ceiling_median"])
+    assert poll["naive"] == wal["naive"]  # one naive and one ceiling measurement serve both captures
+    assert [(goal["goal"], goal["where"]) for goal in document["goals"]][-1] == (
+        "wal >= polling's rate",
+        "batch size 500 (default)",
+    )
+    assert [goal["where"] for goal in document["goals"]][:-1] == [
+        *["poll, batch size 500 (default)"] * 3,
+        *["wal, batch size 500 (default)"] * 3,
+    ]
     assert document["host"]["kafka"]["librdkafka"] == confluent_kafka.libversion()[0]
     assert document["host"]["kafka"]["bootstrap_servers"] == kafka.bootstrap_servers
 
@@ -163,21 +174,36 @@ def test_b2_refuses_a_figure_when_the_topic_holds_duplicates(pg_database: str, k
         b2.run(Endpoints(pg_url=pg_database, kafka_bootstrap=kafka.bootstrap_servers), options)
 
 
-def test_b3_quick_reports_latency_percentiles_for_both_poll_intervals(
+def test_b3_quick_reports_latency_percentiles_for_both_poll_intervals_and_captures(
     pg_database: str, kafka: KafkaSettings, tmp_path: Path
 ) -> None:
     results = tmp_path / "b3.json"
     stdout = _run_quick("b3", results, pg_database, kafka)
     assert "| commit -> visible p99 |" in stdout
+    assert "| wal, poll 0.5 s | wal / poll |" in stdout
     document = json.loads(results.read_text())
-    assert [(r["poll_interval"], r["offered"]) for r in document["results"]] == [(0.5, 200), (0.02, 200)]
+    assert [(r["capture"], r["poll_interval"], r["offered"]) for r in document["results"]] == [
+        ("poll", 0.5, 200),
+        ("poll", 0.02, 200),
+        ("wal", 0.5, 200),
+        ("wal", 0.02, 200),
+    ]
     assert "Highest sustainable offered rate" in stdout
     for result in document["results"]:
         [run] = result["runs"]  # --quick: one repetition of 200 events/s for 2 s
         assert run["events"] == 400
         assert 0 < run["achieved"] <= 1.1 * run["offered"]
         assert 0 < run["commit_p50"] <= run["commit_p95"] <= run["commit_p99"] <= run["commit_max"]
-    assert len(document["goals"]) == 2
+    goals = [(goal["goal"], goal["where"]) for goal in document["goals"]]  # wal: 100 ms and its 50 ms
+    assert goals == [
+        ("p99 commit -> visible <= 100 ms at 1,000 events/s", "poll 0.5 s"),
+        ("p99 commit -> visible <= 100 ms at 1,000 events/s", "poll 0.02 s"),
+        ("p99 commit -> visible <= 100 ms at 1,000 events/s", "wal, poll 0.5 s"),
+        ("p99 commit -> visible <= 50 ms at 1,000 events/s", "wal, poll 0.5 s"),
+        ("p99 commit -> visible <= 100 ms at 1,000 events/s", "wal, poll 0.02 s"),
+        ("p99 commit -> visible <= 50 ms at 1,000 events/s", "wal, poll 0.02 s"),
+    ]
+    assert "wal / poll" in document["goals"][2]["measured"]
     assert document["host"]["kafka"]["librdkafka"] == confluent_kafka.libversion()[0]
 
 

@@ -61,12 +61,13 @@ def check_topic(topic: str) -> str:
 
 
 def write(conn: Connection, drafts: Sequence[Draft], settings: OutboxSettings) -> list[str]:
-    """Insert one outbox row per draft, in order, on `conn`; return the event ids."""
+    """Write one outbox row (or logical message, see `OutboxSettings.write_as`) per draft, in order,
+    on `conn`; return the event ids."""
     if not drafts:
         return []
     trace = current_trace_headers()
     rows = [_row(draft, settings, trace) for draft in drafts]
-    store(conn, rows)
+    store(conn, rows, settings.write_as)
     return [row["event_id"] for row in rows]
 
 

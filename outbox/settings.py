@@ -7,7 +7,7 @@ can carry its own: `sessionmaker(engine, info={SETTINGS_KEY: OutboxSettings(max_
 from __future__ import annotations
 
 from functools import cache
-from typing import Final
+from typing import Final, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from wire.jobs import DEFAULT_JOBS_TOPIC
 
 SETTINGS_KEY: Final = "outboxkit.settings"
+WriteAs = Literal["row", "message"]
 
 
 class OutboxSettings(BaseSettings):
@@ -37,6 +38,13 @@ class OutboxSettings(BaseSettings):
     topic_template: str = Field(
         "outbox.event.{aggregate_type}",
         description="Topic of a model that names none, as Debezium's outbox event router routes by default.",
+    )
+    write_as: WriteAs = Field(
+        "row",
+        description="How events are written on PostgreSQL. `row`: an outbox row, which every relay reads. "
+        "`message`: a transactional logical decoding message in the write-ahead log, no row (no table "
+        "growth, no cleanup); only a relay with OUTBOXKIT_RELAY_CAPTURE=wal reads them, and the server "
+        "needs wal_level=logical. Refused on SQLite.",
     )
     jobs_topic: str = Field(
         DEFAULT_JOBS_TOPIC,

@@ -35,6 +35,12 @@ from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, S
 
 metadata = MetaData()
 
+# The prefix of the logical decoding messages events are written as when they get no row
+# (`OutboxSettings.write_as="message"`), followed by the outbox table's oid: every replication
+# slot of a database receives every message written in it, whatever the schema, so the prefix
+# names the one outbox a relay reads. `v1` is the content's format (`outbox.store`).
+MESSAGE_PREFIX = "outboxkit.outbox.v1:"
+
 outbox_table = Table(
     "outbox",
     metadata,

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from outbox import (
     SETTINGS_KEY,
     BulkOperationError,
+    ConfigurationError,
     Event,
     HeaderError,
     OutboxSettings,
@@ -278,6 +279,25 @@ def test_a_key_of_255_characters_fits_counted_in_characters_not_bytes(app: App) 
 def assert_nothing_committed(app: App) -> None:
     assert app.rows() == []
     assert app.count(Order) == 0
+
+
+def test_events_written_as_messages_leave_no_row_and_count_versions_and_sqlite_refuses_them(app: App) -> None:
+    """Table-less writes: on PostgreSQL the events go into the log (`tests/test_relay_wal_messages.py`
+    reads them there), their versions count on as rows' would; SQLite has no such log."""
+    unit = app.unit(OutboxSettings(write_as="message"))
+    unit.add(Order(id=1, customer="ada", amount_cents=100))
+    if app.engine.dialect.name == "sqlite":
+        with pytest.raises(ConfigurationError, match=r"OUTBOXKIT_OUTBOX_WRITE_AS=message .* set it to row"):
+            unit.commit()
+        unit.rollback()
+        assert_nothing_committed(app)
+        return
+    unit.publish(OrderShipped(order_id=1, carrier="dhl"))
+    unit.commit()
+    assert app.rows() == []
+    assert app.count(Order) == 1
+    with app.engine.connect() as conn:
+        assert conn.execute(select(versions_table.c.version)).scalars().all() == [2]
 
 
 def test_a_payload_that_is_not_json_is_refused_with_the_business_rows(app: App) -> None:

@@ -161,7 +161,7 @@ class Relay:
                     self._isolating = len(envelopes)
                     log.warning("%s; finding the refused record one transaction at a time", exc)
                 else:
-                    self._dead_letters.move(batch.rows[exc.index].id, exc.reason)
+                    self._dead_letters.move(batch.rows[exc.index], exc.reason)
                     self._capture.dead_lettered(batch.rows[exc.index].id)
                     self._stats.dead_letters += 1
                 continue

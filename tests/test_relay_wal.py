@@ -8,6 +8,7 @@ consumer. Every relay's slot and publication is dropped at the end (a slot left 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 
 import outbox
 from outbox import SETTINGS_KEY, OutboxSettings
+from outbox.table import MESSAGE_PREFIX
 from relay import Relay, RelaySettings
 from relay.capture import CapturedRow, CaptureSource, Position
 from relay.capture.wal import WalCapture, drop_slot, slot_name
@@ -31,8 +33,9 @@ from relay.shards import Shard
 from relay.topics import ensure_topic
 from runtime.kafka import KafkaSettings
 from tests.conftest import PgSchema
-from tests.helpers import committed_event_ids
-from tests.models import Base, Thing
+from tests.helpers import committed_event_ids, committed_records
+from tests.models import Base, Thing, ThingFlagged
+from wire import shard_key
 
 _COLUMNS = "event_id, aggregatetype, aggregateid, aggregateversion, type, topic, key, payload, shard_key"
 
@@ -308,3 +311,197 @@ def test_positions_keep_older_checkpoints_readable() -> None:
     assert Position.from_json(old) == Position(after_id=7, base="1:1:", target="2:2:")
     assert Position.from_json(old).to_json() == old  # polling checkpoints are written as before
     assert Position.from_json(Position(lsn=2**40, index=3).to_json()) == Position(lsn=2**40, index=3)
+
+
+# --- events written as logical messages (OUTBOXKIT_OUTBOX_WRITE_AS=message) ------------------
+
+
+def messages(wal: WalSource) -> Session:
+    """A session of an app that writes its events as logical messages, not rows."""
+    return Session(wal.app, info={SETTINGS_KEY: OutboxSettings(topic_template=wal.topic, write_as="message")})
+
+
+def flag(session: Session, group: str, reason: str = "test") -> str:
+    """One domain event of thing `group`, written in `session`'s transaction; its event id."""
+    return outbox.publish(session, ThingFlagged(group=group, reason=reason))
+
+
+def driver(session: Session) -> psycopg.Connection[tuple[object, ...]]:
+    """The session's own database connection, for raw SQL in its transaction."""
+    raw = session.connection().connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    return raw
+
+
+def outbox_count(wal: WalSource) -> int:
+    with wal.app.connect() as conn:
+        return int(conn.execute(text("select count(*) from outbox")).scalar_one())
+
+
+def test_model_events_written_as_messages_are_published_once_in_commit_order_leaving_no_row(
+    wal: WalSource,
+) -> None:
+    relay = wal.relay()
+    with messages(wal) as first, messages(wal) as second:
+        first.add(Thing(id=1, group="a", n=1))
+        first.flush()  # first in the log, and the transaction stays open...
+        second.add_all([Thing(id=2, group="b", n=2), Thing(id=3, group="b", n=3)])
+        second.commit()  # ...while the second commits before it
+        first.add(Thing(id=4, group="a", n=4))
+        first.commit()
+    publish(relay, 4)
+    records = committed_records(wal.kafka, wal.topic)
+    assert [(r.key, r.headers["outboxkit-aggregate-version"], r.value["state"]["n"]) for r in records] == [
+        ("b", "1", 2),
+        ("b", "2", 3),
+        ("a", "1", 1),
+        ("a", "2", 4),
+    ]
+    assert outbox_count(wal) == 0
+
+
+def test_rows_and_messages_mixed_in_and_across_transactions_are_published_in_the_order_written(
+    wal: WalSource, pg_schema: PgSchema
+) -> None:
+    relay = wal.relay(batch_size=2)  # positions fall between a row and a message, both ways
+    with messages(wal) as session:
+        expected = [flag(session, "a")]
+        expected += wal.insert(driver(session), "row", 2)  # two rows in the same transaction
+        expected += [flag(session, "a"), flag(session, "b")]
+        session.commit()
+    with raw_connection(pg_schema) as conn:
+        expected += wal.insert(conn, "rows-only", 1)
+    with messages(wal) as session:
+        expected += [flag(session, "b")]
+        session.commit()
+    publish(relay, 7)
+    assert wal.published() == expected
+    assert relay.delete_published(100, None) == 3  # the rows; the messages left nothing to delete
+    assert outbox_count(wal) == 0
+
+
+def test_messages_of_a_rolled_back_transaction_or_savepoint_are_never_published(wal: WalSource) -> None:
+    relay = wal.relay()
+    with messages(wal) as session:
+        flag(session, "gone")
+        session.flush()
+        session.rollback()
+    with messages(wal) as session:
+        kept = [flag(session, "kept")]
+        savepoint = session.begin_nested()
+        flag(session, "kept", "rolled back with its savepoint")
+        savepoint.rollback()
+        kept.append(flag(session, "kept"))
+        session.commit()
+    publish(relay, 2)
+    assert relay.step() == 0  # caught up with the log: nothing else comes
+    records = committed_records(wal.kafka, wal.topic)
+    assert [(r.event_id, r.headers["outboxkit-aggregate-version"]) for r in records] == [
+        (kept[0], "1"),
+        (kept[1], "2"),  # the rolled-back version was rolled back with it
+    ]
+
+
+def test_a_restart_inside_a_transaction_of_messages_and_rows_skips_exactly_what_was_published(
+    wal: WalSource,
+) -> None:
+    first = wal.relay(batch_size=3)
+    with messages(wal) as session:
+        expected = [flag(session, f"g{n % 2}") for n in range(4)]
+        expected += wal.insert(driver(session), "mid", 2)
+        expected += [flag(session, f"g{n % 2}") for n in range(4)]
+        session.commit()  # ten events at one commit LSN
+    with messages(wal) as session:
+        expected += [flag(session, "next")]
+        session.commit()
+    publish(first, 3)
+    first.close()  # confirmed up to the big transaction's commit: the slot re-sends all of it
+    second = wal.relay(batch_size=3)
+    assert second.stats.position.index == 3
+    publish(second, 8)
+    assert wal.published() == expected
+
+
+def test_the_relay_keeps_its_shards_messages_which_publication_row_filters_do_not_filter(
+    wal: WalSource,
+) -> None:
+    shards = [WalCapture(wal.app, wal.source_id, Shard(i, 2)) for i in range(2)]
+    try:
+        with messages(wal) as session:
+            written = [(flag(session, group), shard_key(group)) for group in ("a", "b", "c", "d", "e")]
+            written += [(event_id, n) for n, event_id in enumerate(wal.insert(driver(session), "t", 4))]
+            session.commit()
+        expected = [[event_id for event_id, key in written if key % 2 == i] for i in range(2)]
+        seen = [
+            [row.envelope.event_id for row in _drain(capture, len(expected[i]))]
+            for i, capture in enumerate(shards)
+        ]
+    finally:
+        for i, capture in enumerate(shards):
+            capture.close()
+            drop_slot(wal.app, wal.source_id, Shard(i, 2))
+    assert seen == expected
+    assert all(expected)  # both shards had some of each kind to keep
+
+
+def test_non_transactional_messages_and_messages_of_other_outboxes_or_writers_are_ignored(
+    wal: WalSource,
+) -> None:
+    relay = wal.relay()
+    with wal.app.begin() as conn:
+        oid = conn.execute(text("select cast(to_regclass('outbox') as oid)")).scalar_one()
+        ours, another_outbox = f"{MESSAGE_PREFIX}{oid}", f"{MESSAGE_PREFIX}{oid + 1}"
+        for n, (transactional, prefix) in enumerate(((False, ours), (True, another_outbox))):
+            conn.execute(
+                text("select pg_logical_emit_message(:transactional, :prefix, cast(:content as text))"),
+                {"transactional": transactional, "prefix": prefix, "content": _event_json(wal, f"fake-{n}")},
+            )
+        conn.execute(text("select pg_logical_emit_message(true, 'someone.else', 'not an event')"))
+    with messages(wal) as session:
+        kept = flag(session, "kept")
+        session.commit()
+    publish(relay, 1)
+    assert relay.step() == 0
+    assert wal.published() == [kept]
+
+
+def _event_json(wal: WalSource, event_id: str) -> str:
+    """A logical message's content as `outbox.store` writes it: the row's columns."""
+    columns = {
+        "event_id": event_id, "aggregatetype": "thing", "aggregateid": "x", "aggregateversion": 1,
+        "type": "Forged", "topic": wal.topic, "key": "x", "payload": "{}", "headers": "{}",
+        "schema_version": 1, "shard_key": 0, "xid": None, "created_at": "2026-01-01T00:00:00+00:00",
+    }  # fmt: skip
+    return json.dumps(columns)
+
+
+def test_a_message_kafka_refuses_for_good_is_a_dead_letter_kept_whole_and_written_once(
+    wal: WalSource, unique_name: Callable[[str], str]
+) -> None:
+    wal.topic = unique_name("small")
+    ensure_topic(wal.kafka, wal.topic, config={"max.message.bytes": "4000"})
+    first = wal.relay()
+    with messages(wal) as session:
+        published = [flag(session, "a"), flag(session, "a", "x" * 20_000), flag(session, "a")]
+        session.commit()
+    with messages(wal) as session:
+        last = flag(session, "a", "y" * 20_000)  # the last of the log: the checkpoint stays before it
+        session.commit()
+    publish(first, 2)
+    for _ in range(400):  # then it reaches the last one
+        if first.stats.dead_letters == 2:
+            break
+        first.step()
+    first.close()
+    second = wal.relay()  # gets the last one again from the slot, and finds it refused again
+    assert second.step() == 0
+    assert (first.stats.dead_letters, second.stats.dead_letters) == (2, 1)
+    assert wal.published() == [published[0], published[2]]
+    with wal.app.connect() as conn:
+        letters = conn.execute(text("select * from outbox_dead_letters order by aggregateversion")).all()
+    assert [(d.event_id, d.aggregateversion, d.key, d.type) for d in letters] == [
+        (published[1], 2, "a", "ThingFlagged"),
+        (last, 4, "a", "ThingFlagged"),
+    ]
+    assert json.loads(letters[0].payload) == {"group": "a", "reason": "x" * 20_000}
+    assert all(d.id < 0 and d.topic == wal.topic and d.reason for d in letters)  # no row to point to

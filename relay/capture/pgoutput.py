@@ -4,9 +4,11 @@ Decoded from the wire format of PostgreSQL's "Logical Replication Message Format
 message type, then big-endian integers, NUL-terminated strings and, for a row, its columns in
 text form. Without streaming (protocol 1), pgoutput sends each transaction whole, at its commit,
 in commit order: `Begin`, `Relation` (before the first row of a table, and again when it
-changed), `Insert`..., `Commit`. Every other message (updates, deletes, truncates, origins,
-types) is returned as None: the publication publishes inserts only, and the relay needs no more.
-Pure: bytes in, dataclasses out.
+changed), `Insert`..., `Commit`. With the `messages` option (PostgreSQL 14+) the logical decoding
+messages of `pg_logical_emit_message` come too (`LogicalMessage`): a transactional one among its
+transaction's changes, in their order; a non-transactional one at once, outside any transaction.
+Every other message (updates, deletes, truncates, origins, types) is returned as None: the
+publication publishes inserts only, and the relay needs no more. Pure: bytes in, dataclasses out.
 """
 
 from __future__ import annotations
@@ -49,7 +51,19 @@ class Insert:
     values: tuple[str | None, ...]
 
 
-Message = Begin | Commit | Relation | Insert | None
+@dataclass(frozen=True, slots=True)
+class LogicalMessage:
+    """A message of `pg_logical_emit_message(transactional, prefix, content)`, written at `lsn`.
+    Messages belong to no table: every slot of the database receives every one, whatever its
+    publications, and decoding tells them apart by `prefix` only."""
+
+    transactional: bool
+    lsn: int
+    prefix: str
+    content: bytes
+
+
+Message = Begin | Commit | Relation | Insert | LogicalMessage | None
 
 
 class _Reader:
@@ -110,6 +124,12 @@ def _insert(reader: _Reader) -> Insert:
     return Insert(oid, tuple(_value(reader) for _ in range(reader.number(2))))
 
 
+def _message(reader: _Reader) -> LogicalMessage:
+    transactional = reader.number(1) & 1 == 1  # the flags: 1 for a transactional message
+    lsn, prefix = reader.number(8), reader.string()
+    return LogicalMessage(transactional, lsn, prefix, reader.raw(reader.number(4)))
+
+
 def _value(reader: _Reader) -> str | None:
     kind = reader.raw(1)
     if kind == b"n":
@@ -127,4 +147,5 @@ _PARSERS: dict[bytes, Callable[[_Reader], Message]] = {
     b"C": _commit,
     b"R": _relation,
     b"I": _insert,
+    b"M": _message,
 }

@@ -139,6 +139,26 @@ def envelope_of(row: Row[Any] | OutboxRow) -> Envelope:
     )
 
 
+def columns_of(row: CapturedRow) -> dict[str, object]:
+    """The outbox columns `envelope_of` read `row` from, back from its envelope: what a dead letter
+    keeps of an event that has no row to move (a logical message)."""
+    envelope = row.envelope
+    return {
+        "id": row.id,
+        "event_id": envelope.event_id,
+        "aggregatetype": envelope.aggregate_type,
+        "aggregateid": envelope.aggregate_id,
+        "aggregateversion": envelope.aggregate_version,
+        "type": envelope.event_type,
+        "topic": envelope.topic,
+        "key": None if envelope.key is None else envelope.key.decode(),
+        "payload": envelope.payload.decode(),
+        "headers": json.dumps({name: value.decode() for name, value in envelope.extra_headers}),
+        "schema_version": envelope.schema_version,
+        "created_at": envelope.created_at,
+    }
+
+
 def _utc(at: datetime) -> datetime:
     """SQLite hands back its UTC times without an offset; PostgreSQL with one."""
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

@@ -85,10 +85,21 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class CapturedRow:
-    """An outbox row as the relay read it for publishing: its id, and the envelope to produce."""
+    """An outbox row as the relay read it for publishing: its id, and the envelope to produce.
+
+    An event written as a logical message (`OutboxSettings.write_as="message"`, read by WAL
+    capture only) has no row: its id is negative (`relay.capture.wal.message_id`), so cleanup,
+    which deletes rows by id, never counts it, and its dead letter is written whole from the
+    envelope instead of moved from the table.
+    """
 
     id: int
     envelope: Envelope
+
+    @property
+    def has_row(self) -> bool:
+        """Whether the event is a row of the outbox table (a logical message is not)."""
+        return self.id > 0
 
 
 @dataclass(frozen=True, slots=True)

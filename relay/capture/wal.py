@@ -34,6 +34,16 @@ Limits of this preview:
   any row of the session; `check` refuses a slot confirmed past the checkpoint, so rows such a
   move would skip stop the relay rather than go missing;
 
+**Events without a row.** An app writing with `OutboxSettings.write_as="message"` emits each
+event as a transactional logical message (`outbox.store`): prefix `outbox.table.MESSAGE_PREFIX`
+and the outbox table's oid, content the row's columns as JSON. pgoutput sends them (option
+`messages`) among their transaction's rows, in the order they were written, so rows and
+messages mix in one transaction and one position counts both. Every slot of the database gets
+every message — publications and their row filters do not apply to them — so the relay keeps
+only the transactional ones with its outbox's prefix, and of those the ones of its shard
+(`coalesce(shard_key, 0) % N = i`, the publication's filter). They get a negative id
+(`message_id`): cleanup has nothing to delete for them, and a dead letter keeps them whole.
+
 Cleanup deletes the rows this relay has seen published, by id: those of transactions it handed
 out and whose checkpoint committed, and those the slot re-sent at start below the checkpoint.
 What was published before the slot's confirmed position by an earlier relay, and not yet deleted
@@ -42,10 +52,13 @@ when it stopped, is left behind (already in Kafka; delete it by hand, or keep it
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import select
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +68,7 @@ import psycopg2.extras
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from outbox.table import MESSAGE_PREFIX
 from relay.capture import pgoutput, rows
 from relay.capture.rows import OUTBOX
 from relay.capture.slots import LSN, slot_name, slot_problem, slot_state
@@ -116,6 +130,7 @@ class WalCapture:
         self._engine, self._shard = engine, shard
         self.slot = slot_name(source_id, shard)
         self._created = self._ensure_slot()
+        self._prefix = MESSAGE_PREFIX + str(self._query("select cast(to_regclass('outbox') as oid)"))
         self._stream: Any = None  # the replication cursor, opened by the first fetch
         self._ready: deque[_Entry] = deque()  # rows of committed transactions, not yet published
         self._open: list[CapturedRow] | None = None  # the rows of the transaction being received
@@ -223,7 +238,11 @@ class WalCapture:
     def _forget(self, position: Position) -> None:
         """Rows up to `position` are in Kafka: keep only their ids, for cleanup."""
         while self._ready and self._ready[0].published_by(position):
-            self._published.append(self._ready.popleft().row)
+            self._keep_for_cleanup(self._ready.popleft().row)
+
+    def _keep_for_cleanup(self, row: CapturedRow) -> None:
+        if row.has_row:  # a logical message left nothing in the table
+            self._published.append(row)
 
     def _receive(self, after: Position, limit: int) -> int:
         """Read the log until `limit` rows are ready, or some are and nothing more has arrived, or
@@ -272,14 +291,30 @@ class WalCapture:
             self._columns[message.oid] = message.columns
         elif isinstance(message, pgoutput.Insert) and self._open is not None:
             self._open.append(_captured(dict(zip(self._columns[message.oid], message.values, strict=True))))
+        elif isinstance(message, pgoutput.LogicalMessage) and self._open is not None:
+            self._open.extend(self._event_of(message))
         elif isinstance(message, pgoutput.Commit) and self._open is not None:
-            for index, row in enumerate(self._open):
-                entry = _Entry(self._open_lsn, index, row)
-                if entry.published_by(after):  # re-sent by the slot, in Kafka already
-                    self._published.append(row)
-                else:
-                    self._ready.append(entry)
+            self._commit(self._open, after)
             self._open = None
+
+    def _commit(self, events: list[CapturedRow], after: Position) -> None:
+        """A transaction's events, rows and messages, in the order written: their index is their place."""
+        for index, row in enumerate(events):
+            entry = _Entry(self._open_lsn, index, row)
+            if entry.published_by(after):  # re-sent by the slot, in Kafka already
+                self._keep_for_cleanup(row)
+            else:
+                self._ready.append(entry)
+
+    def _event_of(self, message: pgoutput.LogicalMessage) -> list[CapturedRow]:
+        """The event in `message` if it is one of this outbox's, in this shard (see the module
+        docstring); none for any other message of the database."""
+        if not message.transactional or message.prefix != self._prefix:
+            return []
+        columns = json.loads(message.content)
+        if (columns["shard_key"] or 0) % self._shard.count != self._shard.index:
+            return []
+        return [_captured(columns | {"id": message_id(columns["event_id"])})]
 
     def _start(self, after: Position) -> Any:
         """A replication connection streaming the slot from its confirmed position.
@@ -298,7 +333,9 @@ class WalCapture:
             raise CaptureError(f"cannot take over replication slot {self.slot}: {exc}") from exc
         cursor = replication_connection(self._engine).cursor()
         cursor.start_replication(
-            slot_name=self.slot, decode=False, options={"proto_version": "1", "publication_names": self.slot}
+            slot_name=self.slot,
+            decode=False,
+            options={"proto_version": "1", "publication_names": self.slot, "messages": "true"},
         )
         # psycopg2 confirms a keepalive's position by itself while nothing was confirmed; this
         # pins what was, so such a move cannot pass the checkpoint (see the module docstring).
@@ -397,7 +434,15 @@ def _end_streaming(conn: Connection, slot: str) -> bool:
     return ended is not None
 
 
-def _captured(columns: dict[str, str | None]) -> CapturedRow:
+def message_id(event_id: str) -> int:
+    """The id of an event written as a logical message, which has no row: negative (see
+    `CapturedRow.has_row`), and derived from the event id, so a message the slot re-sends gets the
+    same one (and a dead letter written for it once is found the second time)."""
+    digest = int.from_bytes(hashlib.sha256(event_id.encode()).digest()[:8], "big")
+    return -1 - (digest >> 1)
+
+
+def _captured(columns: Mapping[str, Any]) -> CapturedRow:
     values: dict[str, Any] = {field.name: columns.get(field.name) for field in fields(_WalRow)}
     for name in _INTEGERS & values.keys():
         values[name] = None if values[name] is None else int(values[name])

@@ -136,7 +136,7 @@ def _expect_logical(conn: Connection) -> None:
 
 def _store_postgresql(conn: Connection, rows: Sequence[Row], write_as: WriteAs) -> None:
     aggregates = {(row["aggregatetype"], row["aggregateid"]) for row in rows}
-    if len(aggregates) == 1:
+    if len(aggregates) == 1 and len(rows) <= _ONE_AGGREGATE_MOST:
         params: Row = {"aggregatetype": rows[0]["aggregatetype"], "aggregateid": rows[0]["aggregateid"]}
         for n, row in enumerate(rows):
             params |= {f"{column}_{n}": row[column] for column in _ONE_AGGREGATE_COLUMNS}
@@ -148,6 +148,10 @@ def _store_postgresql(conn: Connection, rows: Sequence[Row], write_as: WriteAs) 
 _ONE_AGGREGATE_COLUMNS = (
     "event_id", "type", "topic", "key", "payload", "headers", "schema_version", "shard_key",
 )  # fmt: skip
+# Events of one aggregate the `VALUES` statement takes at most; more go through the arrays. It
+# binds each event's columns one by one, and PostgreSQL takes at most 65,535 parameters (7,281
+# events); and it is prepared once per count, which only the usual few events should fill.
+_ONE_AGGREGATE_MOST = 64
 
 
 @cache

@@ -178,6 +178,14 @@ def test_events_of_one_aggregate_in_one_flush_get_consecutive_versions_in_flush_
     assert [payload(r)["state"]["carrier"] for r in rows[1:3]] == ["dhl", "ups"]
 
 
+def test_ten_thousand_events_of_one_aggregate_in_one_flush_are_written_with_their_versions(app: App) -> None:
+    """More than one statement's 65,535 parameters would hold, bound one by one."""
+    unit = app.unit()
+    unit.add(*(Thing(id=n, group="g", n=n) for n in range(10_000)))
+    unit.commit()
+    assert [row.aggregateversion for row in app.rows()] == list(range(1, 10_001))
+
+
 def test_models_choose_their_payload_key_and_which_operations_emit(app: App) -> None:
     unit = app.unit()
     customer, shipment = (

@@ -16,9 +16,19 @@ In one process the baseline also runs the mixin's `Session` listeners (they are 
 app with some outbox models); measured CPU per baseline transaction with and without them differed
 by less than the run-to-run noise (~470 us either way).
 
-Honesty checks: before and after each measurement every table is counted, and a run whose
-baseline wrote any outbox row, or whose outbox variant wrote other than exactly one outbox row and
-one new version counter per transaction, raises `BenchmarkError` instead of reporting a figure.
+A third variant writes the same events as logical messages (`OUTBOXKIT_OUTBOX_WRITE_AS=message`,
+the table-less writes of WAL capture): the same model and statement, the version counter bumped
+as before, a `pg_logical_emit_message` instead of the outbox insert. Its ratio to the plain
+transaction is judged against the goal of the log-based capture issue (>= 0.85). No relay runs
+in any variant: B1 is what the app's transaction costs, and decoding the log happens in the relay's
+walsender, which B2 and B3 measure.
+
+Honesty checks: before and after each measurement every table is counted, and so are the logical
+messages written (read from a replication slot of the scratch database's own, outside the timed
+part); a run whose baseline wrote any outbox row or message, whose outbox variant wrote other
+than exactly one outbox row and one new version counter per transaction, or whose message variant
+other than one message and one counter and no row, raises `BenchmarkError` instead of reporting a
+figure.
 """
 
 from __future__ import annotations
@@ -30,16 +40,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sqlalchemy import BigInteger, Engine, String, create_engine, func, select
+from sqlalchemy import BigInteger, Connection, Engine, String, create_engine, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import outbox
 from bench.pg import scratch_database, server_facts
-from bench.report import BenchmarkError, Comparison, Options, Report
-from outbox import Outbox, OutboxMixin, outbox_table
+from bench.report import BenchmarkError, Comparison, Goal, Options, Report
+from outbox import SETTINGS_KEY, Outbox, OutboxMixin, OutboxSettings, outbox_table
+from outbox.settings import WriteAs
 from outbox.table import versions_table
 
-TITLE = "app-transaction overhead: txn/s of one ORM insert + commit, plain model vs OutboxMixin"
+TITLE = (
+    "app-transaction overhead: txn/s of one ORM insert + commit, plain model vs OutboxMixin (rows, messages)"
+)
+MESSAGES_GOAL = 0.85  # of the plain transaction's rate: the log-based capture issue's target
 WARMUP_TXNS = 20  # per client, untimed: fills the pool and SQLAlchemy's and psycopg's statement caches
 
 
@@ -65,18 +79,32 @@ class OutboxOrder(OrderColumns, OutboxMixin, Base):
     __outbox__ = Outbox(topic="shop.orders", aggregate_type="order")
 
 
+MESSAGES_WRITTEN = "logical messages"  # counted beside the tables
+
+
 @dataclass(frozen=True)
 class Variant:
-    """A model to insert, and the tables that must grow by one row per committed transaction."""
+    """A model to insert, how the app writes its events, and what must grow by one per committed
+    transaction: tables, or `MESSAGES_WRITTEN`."""
 
     name: str
     model: type[Base]
     writes: frozenset[str]
+    write_as: WriteAs = "row"
+
+    def sessions(self, engine: Engine) -> sessionmaker[Session]:
+        return sessionmaker(engine, info={SETTINGS_KEY: OutboxSettings(write_as=self.write_as)})
 
 
 BASELINE = Variant("baseline", PlainOrder, frozenset({PlainOrder.__tablename__}))
 OUTBOX = Variant(
     "outbox", OutboxOrder, frozenset({OutboxOrder.__tablename__, outbox_table.name, versions_table.name})
+)
+MESSAGES = Variant(
+    "outbox as logical messages",
+    OutboxOrder,
+    frozenset({OutboxOrder.__tablename__, versions_table.name, MESSAGES_WRITTEN}),
+    write_as="message",
 )
 COUNTED = (*Base.metadata.sorted_tables, *outbox.metadata.sorted_tables)
 
@@ -87,36 +115,107 @@ class ClientRun(NamedTuple):
 
 
 def run(server_url: str, options: Options) -> Report:
-    """Measure both variants at each client count in a scratch database on `server_url`'s server."""
+    """Measure the variants at each client count in a scratch database on `server_url`'s server."""
     with scratch_database(server_url) as url:
         engine = create_engine(url, pool_size=max(options.clients), max_overflow=0)
         try:
             Base.metadata.create_all(engine)
             outbox.metadata.create_all(engine)
-            comparisons = [_compare(engine, clients, options) for clients in options.clients]
-            return Report(comparisons, server_facts(engine))
+            with _MessageCounter(engine) as messages:
+                comparisons = [c for clients in options.clients for c in _compare(messages, clients, options)]
+            return Report(comparisons, server_facts(engine), goals=_goals(comparisons))
         finally:
             engine.dispose()
 
 
-def _compare(engine: Engine, clients: int, options: Options) -> Comparison:
+def _compare(messages: _MessageCounter, clients: int, options: Options) -> list[Comparison]:
+    """The outbox's rows and its messages, each against the same plain transactions."""
     # Interleaved, never all baseline first: drift (table growth, checkpoints, autovacuum, other
-    # load on the machine) then falls on both variants alike.
-    baseline: list[float] = []
-    with_outbox: list[float] = []
+    # load on the machine) then falls on every variant alike.
+    rates: dict[str, list[float]] = {variant.name: [] for variant in (BASELINE, OUTBOX, MESSAGES)}
     for _ in range(options.reps):
-        baseline.append(_measure(engine, BASELINE, clients, options.seconds))
-        with_outbox.append(_measure(engine, OUTBOX, clients, options.seconds))
-    return Comparison("B1 app-transaction", clients, "txn/s", tuple(baseline), tuple(with_outbox))
+        for variant in (BASELINE, OUTBOX, MESSAGES):
+            rates[variant.name].append(_measure(messages, variant, clients, options.seconds))
+    baseline = tuple(rates[BASELINE.name])
+    return [
+        Comparison("B1 app-transaction", clients, "txn/s", baseline, tuple(rates[OUTBOX.name])),
+        Comparison(
+            f"B1 app-transaction, {MESSAGES.name}", clients, "txn/s", baseline, tuple(rates[MESSAGES.name])
+        ),
+    ]
 
 
-def _measure(engine: Engine, variant: Variant, clients: int, seconds: float) -> float:
+def _goals(comparisons: list[Comparison]) -> list[Goal]:
+    return [
+        Goal(
+            f">= {MESSAGES_GOAL}x plain",
+            f"{c.clients} client(s), {MESSAGES.name}",
+            f"{c.ratio:.2f}x",
+            c.ratio >= MESSAGES_GOAL,
+        )
+        for c in comparisons
+        if c.benchmark.endswith(MESSAGES.name)
+    ]
+
+
+def _measure(messages: _MessageCounter, variant: Variant, clients: int, seconds: float) -> float:
     """Committed transactions per second of `clients` threads inserting `variant`'s model."""
-    before = _counts(engine)
-    factory = sessionmaker(engine)
+    engine = messages.engine
+    before = _counts(engine) | {MESSAGES_WRITTEN: messages.total()}
+    factory = variant.sessions(engine)
     committed, rate = run_clients(lambda: _commit_order(factory, variant.model), clients, seconds)
-    _verify(variant, committed, before, _counts(engine))
+    _verify(variant, committed, before, _counts(engine) | {MESSAGES_WRITTEN: messages.total()})
     return rate
+
+
+class _MessageCounter:
+    """Counts the logical messages written in the scratch database, through a replication slot of
+    its own (dropped on exit: a slot left behind would pin WAL and keep the database from being
+    dropped). Each count decodes what was written since the last one, outside any timed part."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._name = f"b1_{engine.url.database}"
+        self._counted = 0
+
+    def __enter__(self) -> _MessageCounter:
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if conn.execute(text("SELECT current_setting('wal_level')")).scalar_one() != "logical":
+                raise BenchmarkError(
+                    "B1 measures events written as logical messages too, which needs PostgreSQL with "
+                    "wal_level=logical: run it against the server scripts/services starts"
+                )
+            conn.execute(text(f'CREATE PUBLICATION "{self._name}"'))  # none of the tables: messages only
+            conn.execute(
+                text("SELECT pg_create_logical_replication_slot(:slot, 'pgoutput')"), {"slot": self._name}
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("SELECT pg_drop_replication_slot(:slot)"), {"slot": self._name})
+            conn.execute(text(f'DROP PUBLICATION "{self._name}"'))
+
+    def total(self) -> int:
+        """Messages written since the counter started."""
+        with self.engine.connect() as conn:
+            self._counted += _decoded_messages(conn, self._name)
+            conn.commit()
+        return self._counted
+
+
+def _decoded_messages(conn: Connection, slot: str) -> int:
+    """Consume `slot`'s changes; how many were logical messages (pgoutput's 'M')."""
+    return int(
+        conn.execute(
+            text(
+                "SELECT count(*) FROM pg_logical_slot_get_binary_changes(CAST(:slot AS name), NULL, NULL, "
+                "'proto_version', '1', 'publication_names', CAST(:slot AS text), 'messages', 'true') "
+                "WHERE get_byte(data, 0) = ascii('M')"
+            ),
+            {"slot": slot},
+        ).scalar_one()
+    )
 
 
 def run_clients(transaction: Callable[[], None], clients: int, seconds: float) -> tuple[int, float]:
@@ -167,11 +266,12 @@ def _counts(engine: Engine) -> dict[str, int]:
 
 
 def _verify(variant: Variant, committed: int, before: dict[str, int], after: dict[str, int]) -> None:
-    """Refuse a figure unless each written table grew by exactly one row per transaction, others by 0."""
+    """Refuse a figure unless each written table (or the messages) grew by exactly one per
+    transaction, the others by 0."""
     for table, count in after.items():
         expected = committed if table in variant.writes else 0
         if count - before[table] != expected:
             raise BenchmarkError(
                 f"B1 {variant.name}: {committed} transactions committed, but {table} grew by "
-                f"{count - before[table]} rows instead of {expected}: its rate would not measure B1"
+                f"{count - before[table]} instead of {expected}: its rate would not measure B1"
             )

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 import outbox
 from outbox import SETTINGS_KEY, OutboxSettings
+from outbox.settings import WriteAs
 from runtime.kafka import KafkaSettings
 from runtime.process import ExitCode
 from tests.conftest import PgSchema
@@ -86,6 +87,7 @@ class Sidecar:
     topic: str
     env: dict[str, str]
     notify: bool = True
+    write_as: WriteAs = "row"  # how the app writes its events (OUTBOXKIT_OUTBOX_WRITE_AS)
 
     def start(self, **env: str) -> RelayProcess:
         return RelayProcess(self.env | env)
@@ -103,9 +105,8 @@ class Sidecar:
 
     def write(self, count: int, *, first: int = 0, groups: int = 5) -> None:
         """`count` committed transactions, one new thing each (n = first, ...), over `groups` keys."""
-        settings = OutboxSettings(
-            topic_template=self.topic, notify_channel="outboxkit" if self.notify else ""
-        )
+        notify = "outboxkit" if self.notify else ""
+        settings = OutboxSettings(topic_template=self.topic, notify_channel=notify, write_as=self.write_as)
         for n in range(first, first + count):
             with Session(self.app, info={SETTINGS_KEY: settings}) as session:
                 session.add(Thing(group=f"g{n % groups}", n=n))

@@ -36,7 +36,9 @@ from wire.jobs import Job
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_b1_quick_reports_both_variants_and_a_ratio(pg_database: str, tmp_path: Path) -> None:
+def test_b1_quick_reports_the_outbox_as_rows_and_as_messages_with_their_ratios(
+    pg_database: str, tmp_path: Path
+) -> None:
     results = tmp_path / "b1.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "b1", "--quick", "--clients", "1,8", "--json", str(results)],
@@ -49,8 +51,14 @@ def test_b1_quick_reports_both_variants_and_a_ratio(pg_database: str, tmp_path: 
     )
     assert done.returncode == 0, done.stderr
     assert "| B1 app-transaction | 1 |" in done.stdout
+    assert "| B1 app-transaction, outbox as logical messages | 1 |" in done.stdout
+    assert "| >= 0.85x plain | 1 client(s), outbox as logical messages |" in done.stdout  # judged, met or not
     document = json.loads(results.read_text())
-    assert [r["clients"] for r in document["results"]] == [1, 8]
+    assert [(r["benchmark"], r["clients"]) for r in document["results"]] == [
+        (benchmark, clients)
+        for clients in (1, 8)
+        for benchmark in ("B1 app-transaction", "B1 app-transaction, outbox as logical messages")
+    ]
     for result in document["results"]:
         for variant in ("baseline", "outbox"):
             assert len(result[variant]) == 1  # --quick: one repetition
@@ -89,7 +97,7 @@ def outbox_losing_its_rows() -> Iterator[None]:
 
 @pytest.mark.usefixtures("outbox_losing_its_rows")
 def test_b1_refuses_a_figure_when_the_outbox_wrote_no_rows(pg_database: str) -> None:
-    with pytest.raises(BenchmarkError, match="outbox grew by 0 rows"):
+    with pytest.raises(BenchmarkError, match="outbox grew by 0 instead of"):
         b1.run(pg_database, Options(seconds=0.2, reps=1, clients=(1,), quick=True))
 
 

@@ -15,10 +15,15 @@ consumer, never through the source's internals, so the same test holds any sourc
   under a running relay.
 
 **Adding a source** is adding its name to `CAPTURE_KINDS` and a branch to `capture_source`:
-in-process tests get the source from that factory; process tests pass the name to the relay as
-`OUTBOXKIT_RELAY_CAPTURE`, the relay setting `capture` that selects the source ("poll", the
-default, or "wal"), with the source's server-side state (a replication slot) made by the
+in-process tests get the source from that factory; process tests pass its relay setting to the
+relay as `OUTBOXKIT_RELAY_CAPTURE`, the relay setting `capture` that selects the source ("poll",
+the default, or "wal"), with the source's server-side state (a replication slot) made by the
 factory before the app writes and dropped after.
+
+"wal-message" is WAL capture of an app that writes its events as logical messages
+(`OUTBOXKIT_OUTBOX_WRITE_AS=message`) instead of rows: the same guarantees, held by the same
+source, for the other write path. Where a test writes rows by hand (COPY), they mix with the
+app's messages in one transaction.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from sqlalchemy.orm import Session
 import outbox
 from outbox import SETTINGS_KEY, OutboxSettings
 from outbox.ids import EventIdGenerator
+from outbox.rows import Draft, write
+from outbox.settings import WriteAs
 from relay import Relay
 from relay.capture import CaptureSource, PostgresCapture
 from relay.capture.wal import WalCapture, drop_slot
@@ -54,8 +61,10 @@ from tests.processes import stopped
 from tests.sidecars import Sidecar, assert_exactly_once_in_commit_order, running_sidecar, wait_for_records
 from wire import shard_key
 
-# Every capture source the relay has, by the name of its `capture` setting.
-CAPTURE_KINDS = ("poll", "wal")
+# Every capture source the relay has, with the relay's `capture` setting and the app's
+# `write_as` setting that make it.
+KINDS = {"poll": ("poll", "row"), "wal": ("wal", "row"), "wal-message": ("wal", "message")}
+CAPTURE_KINDS = tuple(KINDS)
 
 
 @contextmanager
@@ -67,7 +76,7 @@ def capture_source(kind: str, engine: Engine, source_id: str, shard: Shard = ONL
     if kind == "poll":
         yield PostgresCapture(engine, shard)
         return
-    if kind == "wal":
+    if KINDS[kind][0] == "wal":
         source = WalCapture(engine, source_id, shard)
         try:
             yield source
@@ -91,13 +100,18 @@ class Captured:
     app: Engine
     topic: str
     new_relay: Callable[[int], Relay]
+    write_as: WriteAs
     relay: Relay = field(init=False)
 
     def __post_init__(self) -> None:
         self.relay = self.new_relay(1)
 
+    @property
+    def settings(self) -> OutboxSettings:
+        return OutboxSettings(topic_template=self.topic, write_as=self.write_as)
+
     def session(self) -> Session:
-        return Session(self.app, info={SETTINGS_KEY: OutboxSettings(topic_template=self.topic)})
+        return Session(self.app, info={SETTINGS_KEY: self.settings})
 
     def publish_all(self) -> int:
         """Run the relay until the outbox is drained; return how many events it published."""
@@ -141,7 +155,7 @@ def captured(
             relay.start()
             return relay
 
-        yield Captured(app, new_topic(), new_relay)
+        yield Captured(app, new_topic(), new_relay, KINDS[capture_kind][1])
     app.dispose()
 
 
@@ -303,7 +317,7 @@ def test_a_multi_row_insert_is_published_row_by_row_once_across_batches_and_rest
     with captured.session() as session:
         session.add_all(Thing(id=n, group=f"g{n % groups}", n=n // groups) for n in range(45))
         session.commit()  # one flush: outbox.store writes all 45 rows in one statement
-    assert sum("INSERT INTO outbox " in statement for statement in inserts) == 1
+    assert sum(("INSERT INTO outbox " in s or "pg_logical_emit_message" in s) for s in inserts) == 1
 
     # 7 rows a batch, a new relay for each: positions fall inside the one transaction
     assert captured.publish_restarting(45, batch_size=7) == 45
@@ -332,7 +346,12 @@ def test_a_hundred_thousand_row_transaction_is_published_whole_once_and_in_order
 ) -> None:
     rows = 100_000
     with captured.session() as session:
-        copy_events(session, captured.topic, "big", rows)
+        if captured.write_as == "message":  # one statement emitting them all, as the app's writes do
+            payloads = ({"state": {"group": "big", "n": n}} for n in range(rows))
+            drafts = [Draft(captured.topic, "ThingCopied", "thing", "big", payload) for payload in payloads]
+            write(session.connection(), drafts, captured.settings)
+        else:
+            copy_events(session, captured.topic, "big", rows)
         session.commit()
     captured.relay = captured.new_relay(500)
 
@@ -348,11 +367,13 @@ def sidecar(
     new_topic: Callable[..., str],
     unique_name: Callable[[str], str],
 ) -> Iterator[Sidecar]:
-    capture = {"OUTBOXKIT_RELAY_CAPTURE": capture_kind}
+    capture_setting, write_as = KINDS[capture_kind]
+    capture = {"OUTBOXKIT_RELAY_CAPTURE": capture_setting}
     # What a source keeps on the server for itself (a slot) exists before the app writes, as it
     # would in production: a slot created later never sees rows committed before it.
     with ExitStack() as stack:
         sidecar = stack.enter_context(running_sidecar(kafka, pg_schema, new_topic(3), unique_name, **capture))
+        sidecar.write_as = write_as
         stack.enter_context(
             capture_source(capture_kind, sidecar.app, sidecar.env["OUTBOXKIT_RELAY_SOURCE_ID"])
         )

@@ -42,6 +42,7 @@ from typing import NamedTuple
 
 from sqlalchemy import BigInteger, Connection, Engine, String, create_engine, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import NullPool
 
 import outbox
 from bench.pg import scratch_database, server_facts
@@ -169,38 +170,41 @@ def _measure(messages: _MessageCounter, variant: Variant, clients: int, seconds:
 
 
 class _MessageCounter:
-    """Counts the logical messages written in the scratch database, through a replication slot of
-    its own (dropped on exit: a slot left behind would pin WAL and keep the database from being
-    dropped). Each count decodes what was written since the last one, outside any timed part."""
+    """Counts the logical messages written in the scratch database, through a temporary
+    replication slot on a connection of its own: the server drops it when that connection ends,
+    also when the run dies or PostgreSQL restarts under it (a slot left behind would pin the
+    server's WAL and keep the scratch database from being dropped). Each count decodes what was
+    written since the last one, outside any timed part."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._name = f"b1_{engine.url.database}"
+        self._own = create_engine(engine.url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        self._conn: Connection | None = None
         self._counted = 0
 
     def __enter__(self) -> _MessageCounter:
-        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            if conn.execute(text("SELECT current_setting('wal_level')")).scalar_one() != "logical":
-                raise BenchmarkError(
-                    "B1 measures events written as logical messages too, which needs PostgreSQL with "
-                    "wal_level=logical: run it against the server scripts/services starts"
-                )
-            conn.execute(text(f'CREATE PUBLICATION "{self._name}"'))  # none of the tables: messages only
-            conn.execute(
-                text("SELECT pg_create_logical_replication_slot(:slot, 'pgoutput')"), {"slot": self._name}
+        self._conn = conn = self._own.connect()
+        if conn.execute(text("SELECT current_setting('wal_level')")).scalar_one() != "logical":
+            raise BenchmarkError(
+                "B1 measures events written as logical messages too, which needs PostgreSQL with "
+                "wal_level=logical: run it against the server scripts/services starts"
             )
+        conn.execute(text(f'CREATE PUBLICATION "{self._name}"'))  # none of the tables: messages only
+        conn.execute(
+            text("SELECT pg_create_logical_replication_slot(:slot, 'pgoutput', true)"), {"slot": self._name}
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("SELECT pg_drop_replication_slot(:slot)"), {"slot": self._name})
-            conn.execute(text(f'DROP PUBLICATION "{self._name}"'))
+        if self._conn is not None:
+            self._conn.close()  # and with it the slot
+        self._own.dispose()
 
     def total(self) -> int:
         """Messages written since the counter started."""
-        with self.engine.connect() as conn:
-            self._counted += _decoded_messages(conn, self._name)
-            conn.commit()
+        assert self._conn is not None, "count inside the counter's `with` block"
+        self._counted += _decoded_messages(self._conn, self._name)
         return self._counted
 
 

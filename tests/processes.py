@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -46,14 +47,32 @@ def outboxkit(*args: str, env: dict[str, str], timeout: float = 120) -> subproce
 @contextmanager
 def stopped(service: str) -> Iterator[None]:
     """The `scripts/services` instance of `service` is down for the block, and up again after."""
-    external = {"kafka": "OUTBOXKIT_KAFKA_BOOTSTRAP", "postgres": "OUTBOXKIT_PG_URL"}[service]
-    if external in os.environ:
-        pytest.skip(f"{service} is external: this test stops and starts the one scripts/services runs")
+    _expect_local(service)
     services("down", service)
     try:
         yield
     finally:
         services("up", service)
+
+
+@contextmanager
+def stopping(service: str) -> Iterator[Future[None]]:
+    """The `scripts/services` instance of `service` is being stopped while the block runs (its
+    `down` in a thread: the future's result fails if it did not stop); up again after the block."""
+    _expect_local(service)
+    with ThreadPoolExecutor(1) as pool:
+        down = pool.submit(services, "down", service)
+        try:
+            yield down
+        finally:
+            down.exception()  # the block's end waits for the stop (its failure is the block's to judge)
+            services("up", service)
+
+
+def _expect_local(service: str) -> None:
+    external = {"kafka": "OUTBOXKIT_KAFKA_BOOTSTRAP", "postgres": "OUTBOXKIT_PG_URL"}[service]
+    if external in os.environ:
+        pytest.skip(f"{service} is external: this test stops and starts the one scripts/services runs")
 
 
 def get(port: int, path: str, timeout: float = 5) -> tuple[int, str]:

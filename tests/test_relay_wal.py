@@ -9,7 +9,9 @@ consumer. Every relay's slot and publication is dropped at the end (a slot left 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 import psycopg
@@ -26,7 +28,7 @@ from relay.capture import CapturedRow, CaptureSource, Position
 from relay.capture.wal import WalCapture, drop_slot, slot_name
 from relay.checkpoint import Checkpoints
 from relay.dead_letters import DeadLetters
-from relay.errors import ConfigError, PublishAbortedError, UnsafeOutboxError
+from relay.errors import CaptureError, ConfigError, PublishAbortedError, UnsafeOutboxError
 from relay.publisher import TransactionalPublisher
 from relay.run import transactional_id
 from relay.shards import Shard
@@ -35,6 +37,7 @@ from runtime.kafka import KafkaSettings
 from tests.conftest import PgSchema
 from tests.helpers import committed_event_ids, committed_records
 from tests.models import Base, Thing, ThingFlagged
+from tests.processes import stopping
 from wire import shard_key
 
 _COLUMNS = "event_id, aggregatetype, aggregateid, aggregateversion, type, topic, key, payload, shard_key"
@@ -505,3 +508,25 @@ def test_a_message_kafka_refuses_for_good_is_a_dead_letter_kept_whole_and_writte
     ]
     assert json.loads(letters[0].payload) == {"group": "a", "reason": "x" * 20_000}
     assert all(d.id < 0 and d.topic == wal.topic and d.reason for d in letters)  # no row to point to
+
+
+def test_a_fetch_failing_while_postgresql_stops_lets_it_stop(wal: WalSource, pg_schema: PgSchema) -> None:
+    """Found by B2: a stopping server waits for each slot's walsender, which waits until its
+    client confirmed all it was sent. A relay holding rows it has not published yet (a backlog),
+    whose fetches failed — the stopping server refuses the connections a fetch asks for — kept
+    its stream open while it backed off, and the server never stopped (`pg_ctl stop` timed out)."""
+    capture = WalCapture(wal.app, wal.source_id)
+    with raw_connection(pg_schema) as conn:
+        wal.insert(conn, "held", 3)
+    batch = capture.fetch(Position(), 10)  # received; its Kafka transaction is yet to commit
+    assert len(batch.rows) == 3
+    with stopping("postgres") as down:
+        try:
+            while not down.done():  # the relay retries its fetch, failing, as the server stops
+                with suppress(CaptureError):
+                    capture.fetch(batch.position, 10)
+                time.sleep(0.5)
+            down.result()  # it stopped (`pg_ctl stop` gives up after 60 s)
+        finally:
+            capture.close()
+    wal.app.dispose()  # its connections died with the server

@@ -152,6 +152,12 @@ class WalCapture:
             self.close()  # the slot re-sends from its confirmed position on the next fetch
             self._expect_kept()  # the server ends the stream of a slot it invalidates
             raise CaptureError(f"cannot stream the outbox from replication slot {self.slot}: {exc}") from exc
+        except CaptureError:
+            # A stopping server waits for the slot's walsender, which waits for this stream to
+            # confirm all it was sent: left open while the relay backs off (the server refusing the
+            # connections `_receive` asks for), it held a fast shutdown for as long (seen in B2).
+            self.close()
+            raise
         taken = [self._ready[i] for i in range(min(limit, len(self._ready)))]
         if not taken:
             return Batch([], after if decoded <= (after.lsn or 0) else Position(lsn=decoded, index=0))

@@ -6,17 +6,27 @@ tables). On the shared PostgreSQL and Kafka; each relay's slot is dropped at the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 
-from sqlalchemy import make_url, text
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import create_engine, make_url, text
 
+import outbox
 from relay import Relay, RelaySettings
 from relay.capture.slots import slot_name, slot_state
-from relay.leases import SoleLease
+from relay.capture.wal import WalCapture
+from relay.errors import RelayError
+from relay.leases import AdvisoryLeases, SoleLease
 from relay.service import RelayService
+from relay.shards import ONLY, Shard
+from relay.slot_commands import reset_slots
 from relay.status import relay_status
+from runtime.process import ExitCode
 from tests.conftest import PgSchema
-from tests.processes import metric
+from tests.processes import metric, outboxkit
 from tests.test_relay_wal import WalSource, publish, raw_connection, wal
+from tests.test_relay_wal import _drain as drain
 
 __all__ = ["wal"]  # the fixture, shared with the WAL capture specifications
 
@@ -32,14 +42,15 @@ def write_elsewhere(pg_schema: PgSchema) -> None:
         )
 
 
+def url_of(pg_schema: PgSchema) -> str:
+    """The schema's URL, its search path in it: what a process is given."""
+    with_path = make_url(pg_schema.url).update_query_dict(pg_schema.connect_args)
+    return with_path.render_as_string(hide_password=False)
+
+
 def settings_of(wal: WalSource, pg_schema: PgSchema) -> RelaySettings:
-    url = (
-        make_url(pg_schema.url)
-        .update_query_dict(pg_schema.connect_args)
-        .render_as_string(hide_password=False)
-    )
     return RelaySettings(
-        database_url=url,
+        database_url=url_of(pg_schema),
         source_id=wal.source_id,
         checkpoint_topic=wal.checkpoints,
         kafka=wal.kafka,
@@ -153,3 +164,99 @@ def test_without_heartbeats_the_slot_keeps_other_tables_wal(wal: WalSource, pg_s
     state = slot_state(wal.app, slot_name(wal.source_id))
     assert state is not None
     assert (state.lag_bytes or 0) >= _OTHER_ROWS * 60
+
+
+def migrate(wal: WalSource, pg_schema: PgSchema, *flags: str) -> None:
+    """`outboxkit migrate --wal-source` on the schema, as the tables' owner (who creates them)."""
+    outbox.metadata.drop_all(wal.app)  # the tables are migrate's to create here
+    done = outboxkit("migrate", "--url", url_of(pg_schema), "--wal-source", wal.source_id, *flags, env={})
+    assert done.returncode == ExitCode.OK, done.stderr
+
+
+def test_migrate_creates_a_wal_sources_slots_ahead_of_its_relays_and_drop_slot_retires_them(
+    wal: WalSource, pg_schema: PgSchema
+) -> None:
+    migrate(wal, pg_schema, "--wal-shards", "2")
+    shards = [Shard(index, 2) for index in range(2)]
+    slots = [slot_name(wal.source_id, shard) for shard in shards]
+    assert all(slot_state(wal.app, slot) is not None for slot in slots)
+    with raw_connection(pg_schema) as conn:
+        wal.insert(conn, "t", 4)  # before any relay of the source ever ran: captured all the same
+    captures = [WalCapture(wal.app, wal.source_id, shard) for shard in shards]
+    try:
+        seen = [[row.envelope.event_id for row in drain(capture, 2)] for capture in captures]
+    finally:
+        for capture in captures:
+            capture.close()
+    assert seen == [["t-0", "t-2"], ["t-1", "t-3"]]
+
+    env = {
+        "OUTBOXKIT_RELAY_DATABASE_URL": url_of(pg_schema),
+        "OUTBOXKIT_RELAY_SOURCE_ID": wal.source_id,
+        "OUTBOXKIT_RELAY_CAPTURE": "wal",
+        "OUTBOXKIT_RELAY_SHARDS": "2",
+    }
+    assert outboxkit("relay", "drop-slot", env=env).returncode == ExitCode.CONFIG  # not without --yes
+    assert all(slot_state(wal.app, slot) is not None for slot in slots)
+    dropped = outboxkit("relay", "drop-slot", "--yes", env=env)
+    assert dropped.returncode == ExitCode.OK, dropped.stderr
+    assert all(slot_state(wal.app, slot) is None for slot in slots)
+    with wal.app.connect() as conn:
+        assert (
+            conn.execute(
+                text("select count(*) from pg_publication where pubname = any(:n)"), {"n": slots}
+            ).scalar()
+            == 0
+        )
+
+
+def test_reset_slot_refuses_while_a_relay_holds_the_shard(wal: WalSource, pg_schema: PgSchema) -> None:
+    held = AdvisoryLeases(wal.app, wal.source_id, 1)
+    try:
+        assert held.refresh() == {ONLY}
+        with pytest.raises(RelayError, match="a running relay holds shard 1/1"):
+            reset_slots(settings_of(wal, pg_schema))  # the slot is missing: reset, once the relay stops
+    finally:
+        held.close()
+    assert slot_state(wal.app, slot_name(wal.source_id)) is None  # nothing done
+
+
+@pytest.fixture
+def least_role(wal: WalSource, pg_schema: PgSchema, unique_name: Callable[[str], str]) -> Iterator[str]:
+    """A role with what the README says a relay needs once `migrate` made the tables, the
+    publication and the slot: its URL. Dropped at the end."""
+    migrate(wal, pg_schema)
+    role = unique_name("relay").replace("-", "_")[:60]
+    statements = [
+        f'create role "{role}" login replication',
+        f'grant usage on schema "{pg_schema.name}" to "{role}"',
+        f'grant select, delete on outbox to "{role}"',
+        f'grant select, insert on outbox_dead_letters to "{role}"',
+    ]
+    with wal.app.begin() as conn:
+        for statement in statements:
+            conn.execute(text(statement))
+    yield make_url(url_of(pg_schema)).set(username=role).render_as_string(hide_password=False)
+    with wal.app.begin() as conn:
+        conn.execute(text(f'drop owned by "{role}"'))
+        conn.execute(text(f'drop role "{role}"'))
+
+
+def test_a_relay_runs_with_the_least_role_the_readme_names(
+    wal: WalSource, pg_schema: PgSchema, least_role: str
+) -> None:
+    limited = create_engine(least_role)
+    try:
+        relay = Relay.for_shard(limited, wal.kafka, wal.source_id, wal.checkpoints, capture="wal")
+        wal.relays.append(relay)
+        relay.start()
+        with raw_connection(pg_schema) as conn:
+            expected = wal.insert(conn, "t", 3)
+        publish(relay, 3)
+        assert relay.delete_published(100, None) == 3
+        relay.close()
+        settings = settings_of(wal, pg_schema).model_copy(update={"database_url": SecretStr(least_role)})
+        assert relay_status(settings).shards[0].problem is None
+    finally:
+        limited.dispose()
+    assert wal.published() == expected

@@ -49,7 +49,27 @@ def register(commands: Commands) -> None:
     migrate.add_argument(
         "--downgrade", action="store_true", help="go down to REVISION instead ('base' drops the tables)"
     )
+    migrate.add_argument(
+        "--wal-source",
+        metavar="SOURCE_ID",
+        help="also create the publication and replication slot of each shard of this WAL capture source "
+        "(its OUTBOXKIT_RELAY_SOURCE_ID), if missing: rows written from then on are captured, and the "
+        "relays' role needs no ownership of the outbox table. Needs REPLICATION and the relay extra",
+    )
+    migrate.add_argument(
+        "--wal-shards",
+        type=_shard_count,
+        default=1,
+        metavar="N",
+        help="the source's shard count (OUTBOXKIT_RELAY_SHARDS; default 1), with --wal-source",
+    )
     migrate.set_defaults(handler=_migrate)
+
+
+def _shard_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a shard count is 1 or more, not {text!r}")
+    return int(text)
 
 
 def _database_url(text: str) -> str:
@@ -68,7 +88,32 @@ def _migrate(args: argparse.Namespace, named: Named) -> int:
     named.database(setting, url)
     (schema.downgrade if args.downgrade else schema.upgrade)(url, args.revision)
     print(f"outboxkit migrate: the outbox tables are at {args.revision} in {make_url(url)!r}")
+    if args.wal_source is not None:
+        named.extras = "relay"
+        _prepare_wal_source(url, args.wal_source, args.wal_shards)
     return ExitCode.OK
+
+
+def _prepare_wal_source(url: str, source_id: str, shards: int) -> None:
+    """The publications and slots of a WAL source's shards (`relay.capture.slots.prepare_source`)."""
+    from sqlalchemy import create_engine
+
+    from relay.capture.slots import prepare_source
+    from relay.errors import ConfigError
+
+    engine = create_engine(url)
+    try:
+        if engine.dialect.name != "postgresql":
+            raise ConfigError("--wal-source is for PostgreSQL: WAL capture reads its write-ahead log")
+        made = prepare_source(engine, source_id, shards)
+    finally:
+        engine.dispose()
+    print(
+        f"outboxkit migrate: replication slot(s) {', '.join(made)} created for WAL source {source_id}; "
+        "they keep WAL until its relays confirm it"
+        if made
+        else f"outboxkit migrate: the replication slots of WAL source {source_id} were there already"
+    )
 
 
 def _url(args: argparse.Namespace, named: Named) -> tuple[str, str]:

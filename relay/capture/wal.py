@@ -2,9 +2,10 @@
 
 A publication on the outbox table (inserts only; with shards, one per shard with the row filter
 `coalesce(shard_key, 0) % N = i`) and a logical replication slot with the `pgoutput` plugin, both
-named after the source id and shard (`slot_name`), created by the relay at start if missing —
-publication first, as the plugin reads it as of each change. The relay's role needs REPLICATION
-(or superuser) and, to create the publication, ownership of the outbox table.
+named after the source id and shard (`slot_name`), created by `outboxkit migrate --wal-source`
+or by the relay at start if missing (`relay.capture.slots`) — publication first, as the plugin
+reads it as of each change. The relay's role needs REPLICATION (or superuser) and, to create the
+publication, ownership of the outbox table.
 
 Both promises come from the log itself. pgoutput sends each committed transaction whole, at its
 commit, in commit order, its rows in the order they were written; nothing of a transaction that
@@ -23,8 +24,9 @@ twice. A successor taking over a shard ends the connection its predecessor may s
 slot on (a slot serves one at a time): that relay has lost the shard's lease and been fenced.
 
 Limits of this preview:
-* rows committed before the slot existed are never captured: start a source in `wal` mode on an
-  empty outbox, or under a new source id once polling drained it;
+* rows committed before the slot existed are never captured: create the slots with the tables
+  (`outboxkit migrate --wal-source`), or start a source in `wal` mode on an empty outbox, or
+  under a new source id once polling drained it;
 * a transaction is kept in memory whole until its commit arrives (pgoutput protocol 1 does not
   stream open transactions);
 * an idle outbox pins WAL from the last published commit on, unless the relay heartbeats: an
@@ -65,16 +67,27 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extras
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from outbox.table import MESSAGE_PREFIX
 from relay.capture import pgoutput, rows
 from relay.capture.rows import OUTBOX
-from relay.capture.slots import LSN, slot_name, slot_problem, slot_state
+from relay.capture.slots import (
+    LSN,
+    drop_slot,
+    end_streaming,
+    ensure_slot,
+    slot_name,
+    slot_problem,
+    slot_state,
+)
 from relay.capture.source import Backlog, Batch, CapturedRow, Position
 from relay.errors import CaptureError, SlotInvalidatedError, UnsafeOutboxError
 from relay.shards import ONLY, Shard
+
+# drop_slot and slot_name live in relay.capture.slots, and are imported from here too.
+__all__ = ["WalCapture", "drop_slot", "replication_connection", "slot_name"]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +96,6 @@ _INTEGERS = frozenset({"id", "aggregateversion", "schema_version", "shard_key", 
 # between fetches, so a fetch must return well within the lease timeout (15 s by default).
 CATCH_UP_SECONDS = 5.0
 _PING_SECONDS = 0.02  # between requests for the server's position while catching up
-_PRIVILEGES = " (the relay's role needs REPLICATION, and to own the outbox table for the publication)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +141,7 @@ class WalCapture:
         rows.expect_dialect(engine, "postgresql", "it reads the write-ahead log")
         self._engine, self._shard = engine, shard
         self.slot = slot_name(source_id, shard)
-        self._created = self._ensure_slot()
+        self._created = ensure_slot(engine, self.slot, shard)
         self._prefix = MESSAGE_PREFIX + str(self._query("select cast(to_regclass('outbox') as oid)"))
         self._stream: Any = None  # the replication cursor, opened by the first fetch
         self._ready: deque[_Entry] = deque()  # rows of committed transactions, not yet published
@@ -331,7 +343,7 @@ class WalCapture:
         hold the shard's log until `wal_sender_timeout`. Its relay can commit nothing more."""
         try:
             with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                if _end_streaming(conn, self.slot):
+                if end_streaming(conn, self.slot):
                     log.warning(
                         "ended the connection still streaming slot %s: its relay lost the shard", self.slot
                     )
@@ -348,31 +360,12 @@ class WalCapture:
         cursor.send_feedback(flush_lsn=after.lsn or 0)
         return cursor
 
-    def _ensure_slot(self) -> bool:
-        """Create the publication, then the slot, if missing; whether the slot was created."""
-        try:
-            ensure_publication(self._engine, self.slot, self._shard)
-        except SQLAlchemyError as exc:
-            raise CaptureError(f"cannot create publication {self.slot}: {exc}{_PRIVILEGES}") from exc
-        if self._query("select 1 from pg_replication_slots where slot_name = :slot") is not None:
-            return False
-        # Waits for transactions running now to end: the slot starts where no open one began earlier.
-        self._execute("select pg_create_logical_replication_slot(:slot, 'pgoutput')")
-        return True
-
     def _query(self, sql: str) -> Any:
         try:
             with self._engine.connect() as conn:
                 return conn.execute(text(sql), {"slot": self.slot}).scalar()
         except SQLAlchemyError as exc:
             raise CaptureError(f"cannot read replication slot {self.slot}: {exc}") from exc
-
-    def _execute(self, sql: str) -> None:
-        try:
-            with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.execute(text(sql), {"slot": self.slot})
-        except SQLAlchemyError as exc:
-            raise CaptureError(f"cannot create replication slot {self.slot}: {exc}{_PRIVILEGES}") from exc
 
 
 def replication_connection(engine: Engine) -> Any:
@@ -388,56 +381,6 @@ def replication_connection(engine: Engine) -> Any:
         options="-c DateStyle=ISO -c TimeZone=UTC",
         connection_factory=psycopg2.extras.LogicalReplicationConnection,
     )
-
-
-def ensure_publication(engine: Engine, name: str, shard: Shard) -> None:
-    """Create the publication of a source's shard if missing: the outbox table's inserts, with
-    shards only those of the shard's rows (the row filter)."""
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        table = conn.execute(
-            text(
-                "select format('%I.%I', n.nspname, c.relname) from pg_class c "
-                "join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass('outbox')"
-            )
-        ).scalar()
-        if table is None:
-            raise CaptureError("no outbox table on this database's search path: run `outboxkit migrate`")
-        if conn.execute(text("select 1 from pg_publication where pubname = :name"), {"name": name}).first():
-            return
-        where = "" if shard.count == 1 else f" where (coalesce(shard_key, 0) % {shard.count} = {shard.index})"
-        conn.execute(
-            text(f"create publication \"{name}\" for table {table}{where} with (publish = 'insert')")
-        )
-
-
-def drop_slot(engine: Engine, source_id: str, shard: Shard = ONLY, *, publication: bool = True) -> None:
-    """Drop a source shard's slot and (with `publication`) its publication, ending the connection
-    streaming it if any: its WAL is released, and what it had not published is never captured."""
-    name = slot_name(source_id, shard)
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        _end_streaming(conn, name)
-        conn.execute(
-            text(
-                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = :slot"
-            ),
-            {"slot": name},
-        )
-        if publication:
-            conn.execute(text(f'drop publication if exists "{name}"'))
-
-
-def _end_streaming(conn: Connection, slot: str) -> bool:
-    """End the connection streaming `slot`, if any; whether there was one."""
-    ended = conn.execute(
-        text(
-            # With a timeout it waits until the walsender has exited (PostgreSQL 14+): without one
-            # it only signals, and what comes next may find the slot still active (seen).
-            "select pg_terminate_backend(active_pid, 10000) from pg_replication_slots "
-            "where slot_name = :slot and active_pid is not null"
-        ),
-        {"slot": slot},
-    ).first()
-    return ended is not None
 
 
 def message_id(event_id: str) -> int:

@@ -1,5 +1,10 @@
-"""`outboxkit relay reset-slot`: a WAL source goes on after PostgreSQL invalidated (or someone
-dropped) a shard's replication slot, with nothing lost and nothing published twice.
+"""`outboxkit relay reset-slot` and `drop-slot`: the operator's commands for a WAL source's
+replication slots. Both hold the shards' leases while they work, and refuse while a relay runs.
+
+`drop-slot` retires a source: its slots and publications are dropped, their WAL released.
+
+`reset-slot`: a WAL source goes on after PostgreSQL invalidated (or someone dropped) a shard's
+replication slot, with nothing lost and nothing published twice.
 
 A lost slot cannot tell which rows committed after its confirmed position: that WAL is gone. The
 outbox table still holds those rows (cleanup deletes only rows it saw published), and also rows
@@ -29,7 +34,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +44,8 @@ from sqlalchemy import Connection, Engine, create_engine, func, select, text
 from relay import names
 from relay.capture import Position, rows
 from relay.capture.rows import OUTBOX, WIRE
-from relay.capture.slots import slot_name, slot_state
-from relay.capture.wal import drop_slot, ensure_publication, replication_connection
+from relay.capture.slots import drop_slot, ensure_publication, failover_slots, slot_name, slot_state
+from relay.capture.wal import replication_connection
 from relay.checkpoint import Checkpoints
 from relay.errors import RelayError
 from relay.leases import AdvisoryLeases
@@ -78,29 +84,59 @@ def reset_slots(settings: RelaySettings) -> list[SlotReset]:
     all slots can go on. Raises `RelayError` if a running relay holds such a shard."""
     engine = create_engine(settings.database_url.get_secret_value())
     try:
-        shards = [Shard(index, settings.shards) for index in range(settings.shards)]
-        stuck = [shard for shard in shards if _unusable(engine, slot_name(settings.source_id, shard))]
-        if not stuck:
-            return []
-        leases = AdvisoryLeases(
-            engine,
-            settings.source_id,
-            settings.shards,
-            interval=settings.lease_interval,
-            timeout=settings.lease_timeout,
-        )
-        try:
-            busy = sorted(set(stuck) - leases.refresh())
-            if busy:
-                raise RelayError(
-                    f"a running relay holds {', '.join(map(str, busy))} of source {settings.source_id}: "
-                    "stop the source's relays (scale them to 0), then run reset-slot again"
-                )
+        stuck = [
+            shard for shard in _shards(settings) if _unusable(engine, slot_name(settings.source_id, shard))
+        ]
+        with _holding(engine, settings, stuck, "reset-slot"):
             return [_reset(settings, engine, shard) for shard in stuck]
-        finally:
-            leases.close()
     finally:
         engine.dispose()
+
+
+def drop_slots(settings: RelaySettings) -> list[str]:
+    """Drop every shard's slot and publication of a source being retired (its relays stopped):
+    the WAL they kept is released, and what they had not streamed is never captured. Returns the
+    slots dropped. Raises `RelayError` if a running relay holds a shard."""
+    engine = create_engine(settings.database_url.get_secret_value())
+    try:
+        shards = _shards(settings)
+        present = [shard for shard in shards if slot_state(engine, slot_name(settings.source_id, shard))]
+        with _holding(engine, settings, shards, "drop-slot"):
+            for shard in shards:
+                drop_slot(engine, settings.source_id, shard)
+        return [slot_name(settings.source_id, shard) for shard in present]
+    finally:
+        engine.dispose()
+
+
+def _shards(settings: RelaySettings) -> list[Shard]:
+    return [Shard(index, settings.shards) for index in range(settings.shards)]
+
+
+@contextmanager
+def _holding(engine: Engine, settings: RelaySettings, shards: list[Shard], command: str) -> Iterator[None]:
+    """Hold the leases of `shards` for the block, so no relay publishes them meanwhile; refuse
+    (`RelayError`) if a running relay holds one."""
+    if not shards:
+        yield
+        return
+    leases = AdvisoryLeases(
+        engine,
+        settings.source_id,
+        settings.shards,
+        interval=settings.lease_interval,
+        timeout=settings.lease_timeout,
+    )
+    try:
+        busy = sorted(set(shards) - leases.refresh())
+        if busy:
+            raise RelayError(
+                f"a running relay holds {', '.join(map(str, busy))} of source {settings.source_id}: "
+                f"stop the source's relays (scale them to 0), then run {command} again"
+            )
+        yield
+    finally:
+        leases.close()
 
 
 def _unusable(engine: Engine, name: str) -> bool:
@@ -137,10 +173,11 @@ def _reset(settings: RelaySettings, engine: Engine, shard: Shard) -> SlotReset:
 def _slot_in_snapshot(engine: Engine, conn: Connection, name: str) -> int:
     """Create slot `name` and make `conn`'s transaction see what the slot will not stream: the
     snapshot the slot exported, as of its consistent point. Returns that point (an LSN)."""
+    options = "SNAPSHOT 'export'" + (", FAILOVER" if failover_slots(engine) else "")  # as `create_slot`
     exporter = replication_connection(engine)
     try:
         cursor = exporter.cursor()
-        cursor.execute(f"CREATE_REPLICATION_SLOT \"{name}\" LOGICAL pgoutput (SNAPSHOT 'export')")
+        cursor.execute(f'CREATE_REPLICATION_SLOT "{name}" LOGICAL pgoutput ({options})')
         _, start, snapshot, _ = cursor.fetchone()
         if not _SNAPSHOT.match(snapshot):
             raise RelayError(f"unexpected snapshot name {snapshot!r} from creating slot {name}")

@@ -183,6 +183,17 @@ def test_rows_written_with_raw_sql_without_xid_are_captured(wal: WalSource, pg_s
     assert wal.published() == expected
 
 
+def restart_after_three(first: Relay, wal: WalSource, expected: list[str]) -> None:
+    """`first` publishes 3 events of a bigger transaction and stops; its successor skips exactly
+    those 3 of the transaction the slot re-sends whole, and publishes the rest once."""
+    publish(first, 3)
+    first.close()  # confirmed up to the big transaction's commit: the slot re-sends all of it
+    second = wal.relay(batch_size=3)
+    assert second.stats.position.index == 3
+    publish(second, len(expected) - 3)
+    assert wal.published() == expected
+
+
 def test_a_restart_after_a_batch_that_ended_inside_a_transaction_skips_exactly_what_was_published(
     wal: WalSource, pg_schema: PgSchema
 ) -> None:
@@ -191,12 +202,7 @@ def test_a_restart_after_a_batch_that_ended_inside_a_transaction_skips_exactly_w
         expected = wal.insert(conn, "big", 10)  # ten rows at one commit LSN
     with raw_connection(pg_schema) as conn:
         expected += wal.insert(conn, "next", 2)
-    publish(first, 3)
-    first.close()  # confirmed up to the big transaction's commit: the slot re-sends all of it
-    second = wal.relay(batch_size=3)
-    assert second.stats.position.index == 3
-    publish(second, 9)
-    assert wal.published() == expected
+    restart_after_three(first, wal, expected)
 
 
 def test_a_relay_dead_before_the_slot_was_confirmed_is_resent_and_nothing_published_twice(
@@ -417,12 +423,7 @@ def test_a_restart_inside_a_transaction_of_messages_and_rows_skips_exactly_what_
     with messages(wal) as session:
         expected += [flag(session, "next")]
         session.commit()
-    publish(first, 3)
-    first.close()  # confirmed up to the big transaction's commit: the slot re-sends all of it
-    second = wal.relay(batch_size=3)
-    assert second.stats.position.index == 3
-    publish(second, 8)
-    assert wal.published() == expected
+    restart_after_three(first, wal, expected)
 
 
 def test_the_relay_keeps_its_shards_messages_which_publication_row_filters_do_not_filter(

@@ -5,6 +5,7 @@ it is, recreate the replication slots PostgreSQL invalidated, or drop a retired 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from outboxkit.commands import Commands, Handler
@@ -72,33 +73,51 @@ def _status(args: argparse.Namespace, named: Named) -> int:
 def _reset_slot(args: argparse.Namespace, named: Named) -> int:
     from relay.slot_commands import reset_slots
 
-    settings = _wal_settings(named, "reset-slot")
-    if not args.yes:
-        return _confirm(
+    def warning(settings: RelaySettings) -> str:
+        return (
             f"outboxkit relay reset-slot recreates each lost or missing replication slot of source "
             f"{settings.source_id} and publishes what its outbox table holds that Kafka does not (see the "
             "README: it reads the outbox's topics back whole)"
         )
-    done = reset_slots(settings)
-    print(
-        "\n".join(reset.render() for reset in done) or "every slot of the source can go on: nothing to reset"
-    )
-    return ExitCode.OK
+
+    def reset(settings: RelaySettings) -> str:
+        done = reset_slots(settings)
+        nothing = "every slot of the source can go on: nothing to reset"
+        return "\n".join(item.render() for item in done) or nothing
+
+    return _slot_command(args, named, "reset-slot", warning, reset)
 
 
 def _drop_slot(args: argparse.Namespace, named: Named) -> int:
     from relay.slot_commands import drop_slots
 
-    settings = _wal_settings(named, "drop-slot")
-    if not args.yes:
-        return _confirm(
+    def warning(settings: RelaySettings) -> str:
+        return (
             f"outboxkit relay drop-slot drops the replication slots and publications of source "
             f"{settings.source_id}: rows its relays have not published are never captured"
         )
-    dropped = drop_slots(settings)
-    print(
-        f"dropped {', '.join(dropped)}" if dropped else "the source has no replication slot: nothing to drop"
-    )
+
+    def drop(settings: RelaySettings) -> str:
+        dropped = drop_slots(settings)
+        nothing = "the source has no replication slot: nothing to drop"
+        return f"dropped {', '.join(dropped)}" if dropped else nothing
+
+    return _slot_command(args, named, "drop-slot", warning, drop)
+
+
+def _slot_command(
+    args: argparse.Namespace,
+    named: Named,
+    command: str,
+    warning: Callable[[RelaySettings], str],
+    act: Callable[[RelaySettings], str],
+) -> int:
+    """A command that changes a wal source's slots: it says what it would do (`warning`) unless
+    given --yes, and then does it (`act`), printing the outcome."""
+    settings = _wal_settings(named, command)
+    if not args.yes:
+        return _confirm(warning(settings))
+    print(act(settings))
     return ExitCode.OK
 
 

@@ -120,7 +120,11 @@ def _repetition(
     ]
     for size in plan.batch_sizes:
         variants += [
-            (_outboxkit(c, size), plan.rows, partial(drain.outboxkit, engine, kafka, checkpoints, size, c))
+            (
+                _outboxkit(c, size),
+                plan.rows,
+                partial(drain.outboxkit, engine, kafka, checkpoints, size, c, plan.rows),
+            )
             for c in captures
         ]
         variants.append(

@@ -27,7 +27,8 @@ transactional id registered before the checkpoint is read):
 What it costs: every topic the shard's remaining rows go to is read from the start of its
 retention, and the rows are read once, in one REPEATABLE READ transaction (which holds back
 vacuum meanwhile). A row whose event Kafka's retention deleted already is published again: the
-sink keeps the newer version, so it changes nothing there.
+sink keeps the newer version, so it changes nothing there. Events written as logical messages
+(table-less writes) are not recovered: they were in the lost WAL only, never in the table.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ LSN = "({} - '0/0'::pg_lsn)::bigint"  # an LSN as the bigint positions hold
 # `wal_status` of a slot PostgreSQL invalidated (`max_slot_wal_keep_size` exceeded): it can never
 # stream again, the WAL it needed is gone.
 LOST = "lost"
+RESET_SLOT = (
+    "Nothing was skipped or deleted. Stop the source's relays and run `outboxkit relay reset-slot --yes`: "
+    "it recreates the slot and publishes from the outbox table what is not in Kafka yet"
+)
 FAILOVER_VERSION = 170000  # server_version_num from which slots can be failover slots
 _PRIVILEGES = " (the role needs REPLICATION, and to own the outbox table for the publication)"
 MISSING = "the slot was missing (dropped, or another database): rows committed meanwhile were not kept"

@@ -75,6 +75,7 @@ from relay.capture import pgoutput, rows
 from relay.capture.rows import OUTBOX
 from relay.capture.slots import (
     LSN,
+    RESET_SLOT,
     drop_slot,
     end_streaming,
     ensure_slot,
@@ -235,9 +236,11 @@ class WalCapture:
         )
         problem = slot_problem(int(current or 0), confirmed, self._created, position.lsn, self._checked)
         if problem is not None:
+            # A slot gone or moved is what reset-slot mends; a database behind Kafka is not.
+            remedy = rows.START_OVER if int(current or 0) < position.lsn else RESET_SLOT
             raise UnsafeOutboxError(
                 f"replication slot {self.slot} cannot continue the checkpoint ({position}): {problem}. "
-                f"{rows.START_OVER}"
+                + remedy
             )
 
     def _expect_kept(self) -> None:

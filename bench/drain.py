@@ -132,9 +132,8 @@ def outboxkit(  # noqa: PLR0917 - one measurement's whole setting
     made now, before the backlog is loaded (a wal source's slot, made with the relay, sees only
     rows committed after it), and draining the `rows` of the outbox when called.
 
-    It runs until it published them, not with `drain`: a wal fetch still decoding the log when
-    `relay.capture.wal.CATCH_UP_SECONDS` ran out returns no rows, which drain mode takes for an
-    outbox caught up (seen: a drain of 200,000 rows stopped at 0 under load)."""
+    It runs until it published them: the measurement ends with the last event, not with the next
+    fetch that finds the log caught up."""
     source = f"bench-b2-{uuid.uuid4().hex[:8]}"
     relay = Relay.for_shard(engine, kafka, source, checkpoint_topic, batch_size=batch_size, capture=capture)
 

@@ -69,6 +69,7 @@ class Relay:
         self._clock = clock
         self._checkpointed = Position()  # the position in Kafka: read at start, then each commit's
         self._checkpointed_at = clock()
+        self._caught_up = True
 
     @classmethod
     def for_shard(
@@ -129,6 +130,11 @@ class Relay:
         """What this relay has done so far: a copy, because only the relay counts."""
         return replace(self._stats)
 
+    @property
+    def caught_up(self) -> bool:
+        """Whether the last step reached the end of what had committed (see `Batch.caught_up`)."""
+        return self._caught_up
+
     def start(self) -> None:
         """Fence older instances, then resume from the committed checkpoint (in that order)."""
         self._checkpoints.ensure_topic()
@@ -171,6 +177,7 @@ class Relay:
             break
         self._isolating = max(0, self._isolating - len(envelopes))
         self._stats.position = batch.position
+        self._caught_up = batch.caught_up
         if envelopes:
             self._committed(len(envelopes), batch.position)
         else:

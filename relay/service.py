@@ -56,6 +56,12 @@ class ShardRelay(Protocol):
     def close(self) -> None: ...
 
     @property
+    def caught_up(self) -> bool:
+        """Whether the last step reached the end of what had committed: one that published
+        nothing only for lack of time is no reason to idle, nor for a drain to stop."""
+        ...
+
+    @property
     def stats(self) -> RelayStats:
         """What the relay has done so far: a copy, read-only to the loop."""
         ...
@@ -151,7 +157,7 @@ class RelayService:
                 if published is None:
                     continue  # a failure: the backoff has already waited
                 self._backoff.reset()
-                if published == 0:
+                if published == 0 and all(relay.caught_up for relay in self._active.values()):
                     if drain and why is None:
                         break
                     self._wait_for_work()

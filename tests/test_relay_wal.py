@@ -25,6 +25,7 @@ from outbox import SETTINGS_KEY, OutboxSettings
 from outbox.table import MESSAGE_PREFIX
 from relay import Relay, RelaySettings
 from relay.capture import CapturedRow, CaptureSource, Position
+from relay.capture import wal as wal_capture
 from relay.capture.wal import WalCapture, drop_slot, slot_name
 from relay.checkpoint import Checkpoints
 from relay.dead_letters import DeadLetters
@@ -213,11 +214,26 @@ def test_a_relay_dead_before_the_slot_was_confirmed_is_resent_and_nothing_publis
     for tag in ("t1", "t2", "t3"):
         with raw_connection(pg_schema) as conn:
             expected += wal.insert(conn, tag, 3)
-    publish(dying, 4)  # 2 + 2: the last batch ends inside t2
+    publish(dying, 4)  # at least 4: the last batch ends inside t2 (or at its end, if t1 came alone)
     dying.close()  # its Kafka transactions committed; the slot was never confirmed
     assert confirmed_lsn(wal) < (dying.stats.position.lsn or 0)
     successor = wal.relay(batch_size=2)
-    publish(successor, 5)  # the slot re-sent t1 and t2 whole: only t2's last two rows and t3 are new
+    publish(successor, len(expected) - dying.stats.published)  # the slot re-sent t1 and t2 whole
+    assert wal.published() == expected
+
+
+def test_a_drain_goes_on_while_the_log_is_still_being_decoded_and_stops_once_caught_up(
+    wal: WalSource, pg_schema: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay = wal.relay()
+    monkeypatch.setattr(wal_capture, "CATCH_UP_SECONDS", 0.0)  # every fetch runs out of time at once
+    with raw_connection(pg_schema) as conn:  # WAL the slot must decode before the rows behind it
+        conn.execute(
+            "create table filler as select n, repeat('x', 200) as pad from generate_series(1, 20000) n"
+        )
+    with raw_connection(pg_schema) as conn:
+        expected = wal.insert(conn, "behind", 3)
+    relay.run(lambda: False, drain=True)  # empty fetches out of time are not "caught up"
     assert wal.published() == expected
 
 

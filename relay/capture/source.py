@@ -104,10 +104,16 @@ class CapturedRow:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Rows to publish, in order, and the position to checkpoint with them."""
+    """Rows to publish, in order, and the position to checkpoint with them.
+
+    `caught_up` False: the source stopped short of the end of what had committed (WAL capture
+    out of its time while decoding a long stretch of other tables' WAL), so an empty batch does
+    not mean there is nothing to publish: `relay run --drain` must not stop on it, nor the relay
+    idle."""
 
     rows: Sequence[CapturedRow]
     position: Position
+    caught_up: bool = True
 
 
 class CaptureSource(Protocol):

@@ -173,7 +173,8 @@ class WalCapture:
             raise
         taken = [self._ready[i] for i in range(min(limit, len(self._ready)))]
         if not taken:
-            return Batch([], after if decoded <= (after.lsn or 0) else Position(lsn=decoded, index=0))
+            moved = after if decoded <= (after.lsn or 0) else Position(lsn=decoded, index=0)
+            return Batch([], moved, caught_up=decoded > 0)
         last = taken[-1]
         return Batch([entry.row for entry in taken], Position(lsn=last.lsn, index=last.index + 1))
 

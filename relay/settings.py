@@ -39,7 +39,7 @@ class RelaySettings(BaseSettings):
     capture: CaptureMode = Field(
         "poll",
         description="How the relay finds committed rows on PostgreSQL: `poll` (snapshot deltas, woken by "
-        "NOTIFY) or `wal` (preview: a logical replication slot; the role needs REPLICATION).",
+        "NOTIFY) or `wal` (a logical replication slot; the role needs REPLICATION).",
     )
     heartbeat_interval: float = Field(
         10.0,

@@ -1,4 +1,4 @@
-"""Capture from PostgreSQL's write-ahead log (preview; the contract is in `relay.capture.source`).
+"""Capture from PostgreSQL's write-ahead log (the contract is in `relay.capture.source`).
 
 A publication on the outbox table (inserts only; with shards, one per shard with the row filter
 `coalesce(shard_key, 0) % N = i`) and a logical replication slot with the `pgoutput` plugin, both
@@ -23,7 +23,7 @@ Kafka commit and the confirmation): rows up to the checkpoint are skipped, nothi
 twice. A successor taking over a shard ends the connection its predecessor may still stream the
 slot on (a slot serves one at a time): that relay has lost the shard's lease and been fenced.
 
-Limits of this preview:
+Limits:
 * rows committed before the slot existed are never captured: create the slots with the tables
   (`outboxkit migrate --wal-source`), or start a source in `wal` mode on an empty outbox, or
   under a new source id once polling drained it;

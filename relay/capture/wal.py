@@ -290,7 +290,7 @@ class WalCapture:
             if decoded is not None:
                 return decoded
             self._stream.send_feedback(reply=True)  # asks for a keepalive with the server's position
-            select.select([self._stream], [], [], _PING_SECONDS)
+            _wait_readable(self._stream, _PING_SECONDS)
         return 0
 
     def _caught_up(self, end: int, deadline: float) -> int | None:
@@ -385,6 +385,14 @@ def replication_connection(engine: Engine) -> Any:
         options="-c DateStyle=ISO -c TimeZone=UTC",
         connection_factory=psycopg2.extras.LogicalReplicationConnection,
     )
+
+
+def _wait_readable(stream: Any, seconds: float) -> None:
+    """Wait up to `seconds` for the stream's socket to have data: with poll(2), not select(2),
+    which refuses descriptors above 1023 (a process with many open files: seen in the suite)."""
+    poller = select.poll()
+    poller.register(stream, select.POLLIN)
+    poller.poll(seconds * 1000)
 
 
 def message_id(event_id: str) -> int:

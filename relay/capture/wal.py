@@ -60,8 +60,8 @@ import logging
 import select
 import time
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,7 +92,6 @@ __all__ = ["WalCapture", "drop_slot", "replication_connection", "slot_name"]
 
 log = logging.getLogger(__name__)
 
-_INTEGERS = frozenset({"id", "aggregateversion", "schema_version", "shard_key", "xid"})
 # Seconds one fetch reads the log at most to catch up with its end: the relay checks its leases
 # between fetches, so a fetch must return well within the lease timeout (15 s by default).
 CATCH_UP_SECONDS = 5.0
@@ -128,6 +127,21 @@ class _WalRow:
     headers: str
     created_at: datetime
 
+    @classmethod
+    def of(cls, values: Sequence[Any]) -> _WalRow:
+        """The row from the values of `rows.WIRE`, in its order (the fields'), in PostgreSQL's text
+        form (a row) or JSON's (a message): positional, as this runs once per captured event."""
+        (row_id, event, topic, key, payload, kind, aggregate, aggregate_id, version, schema, headers, at) = (
+            values
+        )
+        return cls(
+            int(row_id), event, topic, key, payload, kind, aggregate, aggregate_id,
+            int(version), int(schema), headers, datetime.fromisoformat(str(at)),
+        )  # fmt: skip
+
+
+_WIRE_COLUMNS = tuple(column.name for column in rows.WIRE)
+
 
 class WalCapture:
     """Streams one shard of a PostgreSQL outbox from a logical replication slot (see the module
@@ -148,7 +162,7 @@ class WalCapture:
         self._ready: deque[_Entry] = deque()  # rows of committed transactions, not yet published
         self._open: list[CapturedRow] | None = None  # the rows of the transaction being received
         self._open_lsn = 0
-        self._columns: dict[int, tuple[str, ...]] = {}
+        self._layouts: dict[int, tuple[int, ...]] = {}  # per table oid: see `_layout`
         self._published: deque[CapturedRow] = deque()  # for cleanup
         self._checked = False
         self._confirmed_at = datetime.now(UTC)  # when `published` last confirmed the slot
@@ -310,9 +324,10 @@ class WalCapture:
         if isinstance(message, pgoutput.Begin):
             self._open, self._open_lsn = [], message.commit_lsn
         elif isinstance(message, pgoutput.Relation):
-            self._columns[message.oid] = message.columns
+            self._layouts[message.oid] = _layout(message)
         elif isinstance(message, pgoutput.Insert) and self._open is not None:
-            self._open.append(_captured(dict(zip(self._columns[message.oid], message.values, strict=True))))
+            values = message.values
+            self._open.append(_captured([values[i] for i in self._layouts[message.oid]]))
         elif isinstance(message, pgoutput.LogicalMessage) and self._open is not None:
             self._open.extend(self._event_of(message))
         elif isinstance(message, pgoutput.Commit) and self._open is not None:
@@ -336,7 +351,8 @@ class WalCapture:
         columns = json.loads(message.content)
         if (columns["shard_key"] or 0) % self._shard.count != self._shard.index:
             return []
-        return [_captured(columns | {"id": message_id(columns["event_id"])})]
+        columns["id"] = message_id(columns["event_id"])
+        return [_captured([columns.get(name) for name in _WIRE_COLUMNS])]
 
     def _start(self, after: Position) -> Any:
         """A replication connection streaming the slot from its confirmed position.
@@ -403,10 +419,18 @@ def message_id(event_id: str) -> int:
     return -1 - (digest >> 1)
 
 
-def _captured(columns: Mapping[str, Any]) -> CapturedRow:
-    values: dict[str, Any] = {field.name: columns.get(field.name) for field in fields(_WalRow)}
-    for name in _INTEGERS & values.keys():
-        values[name] = None if values[name] is None else int(values[name])
-    values["created_at"] = datetime.fromisoformat(str(values["created_at"]))
-    row = _WalRow(**values)
+def _layout(relation: pgoutput.Relation) -> tuple[int, ...]:
+    """Where each of `_WIRE_COLUMNS` is among the values of the table's `Insert`s."""
+    place = {name: index for index, name in enumerate(relation.columns)}
+    missing = [name for name in _WIRE_COLUMNS if name not in place]
+    if missing:
+        raise CaptureError(
+            f"table {relation.namespace}.{relation.name} streamed by the outbox's publication has no "
+            f"column(s) {', '.join(missing)}: upgrade its schema with `outboxkit migrate`"
+        )
+    return tuple(place[name] for name in _WIRE_COLUMNS)
+
+
+def _captured(values: Sequence[Any]) -> CapturedRow:
+    row = _WalRow.of(values)
     return CapturedRow(id=row.id, envelope=rows.envelope_of(row))

@@ -123,7 +123,9 @@ def captured(rows: Sequence[Row[Any]]) -> list[CapturedRow]:
 
 def envelope_of(row: Row[Any] | OutboxRow) -> Envelope:
     """An outbox row as the envelope to produce: the one mapping from table to wire."""
-    headers: dict[str, str] = {} if row.headers in (None, "", "{}") else json.loads(row.headers)
+    extra: tuple[tuple[str, bytes], ...] = ()  # most rows have none: nothing to parse then (per event)
+    if row.headers not in (None, "", "{}"):
+        extra = tuple((name, value.encode()) for name, value in json.loads(row.headers).items())
     return Envelope(
         event_id=row.event_id,
         topic=row.topic,
@@ -134,7 +136,7 @@ def envelope_of(row: Row[Any] | OutboxRow) -> Envelope:
         aggregate_id=row.aggregateid,
         aggregate_version=row.aggregateversion,
         schema_version=row.schema_version,
-        extra_headers=tuple((name, value.encode()) for name, value in headers.items()),
+        extra_headers=extra,
         created_at=_utc(row.created_at),
     )
 

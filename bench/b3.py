@@ -14,7 +14,8 @@ An idle relay sleeps `poll_interval` between polls, so the latency is measured a
 by default), and the highest rate each variant sustains is named. `--wakeup` adds the relay woken
 by the app's NOTIFY (`relay.wakeup.Listener`, polling 0.5 s as fallback), which `Relay.run` does not use. Each
 variant runs with each capture (`--capture`; polling and wal by default, wal compared with its
-polling twin): a wal relay waits the same way between reads of its slot's stream. Each
+polling twin): an idle wal relay waits on its slot's replication socket, woken by the commit
+itself, so its poll interval (and the NOTIFY of `--wakeup`) only bounds that wait. Each
 measurement starts from an empty outbox with a fresh topic and a fresh relay source (with wal,
 a fresh slot, made before the writers start and dropped after), and repetitions are interleaved
 (0.5, 0.02, 0.5, ...). Latencies are percentiles of every event of a

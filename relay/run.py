@@ -233,6 +233,9 @@ class Relay:
         self._capture.close()
         self._publisher.close()
 
+    def wakeup_fd(self) -> int | None:
+        return self._capture.wakeup_fd()
+
     def run(
         self, should_stop: Callable[[], bool], *, drain: bool = False, poll_interval: float = 0.5
     ) -> RelayStats:

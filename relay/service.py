@@ -33,7 +33,7 @@ from relay.errors import (
 from relay.leases import Leases
 from relay.shards import Shard
 from relay.stats import RelayStats
-from relay.wakeup import Listener
+from relay.wakeup import Listener, wait_readable
 from runtime.backoff import Backoff
 from runtime.observe import EVERY_INTERFACE, Health, Histogram, Metrics, serve
 from runtime.startup import StartWindow
@@ -54,6 +54,10 @@ class ShardRelay(Protocol):
     def delete_published(self, limit: int, created_before: datetime | None) -> int: ...
 
     def close(self) -> None: ...
+
+    def wakeup_fd(self) -> int | None:
+        """What to wait on for work when idle, if its capture has one (`CaptureSource.wakeup_fd`)."""
+        ...
 
     @property
     def caught_up(self) -> bool:
@@ -166,9 +170,16 @@ class RelayService:
         return self.stats()
 
     def _wait_for_work(self) -> None:
+        """Until a shard may have work, for at most the poll interval: on the sockets of the
+        shards' captures if each has one (WAL capture: woken by the commit itself), else for the
+        app's NOTIFY (or the interval alone)."""
         if self._kafka_check is not None:
             self._kafka_check()
-        self._idle(self._poll_interval)
+        sockets = [fd for relay in self._active.values() if (fd := relay.wakeup_fd()) is not None]
+        if self._active and len(sockets) == len(self._active):
+            wait_readable(sockets, self._poll_interval)
+        else:
+            self._idle(self._poll_interval)
 
     def _still_starting(self, starting: StartWindow | None, published: int | None) -> StartWindow | None:
         """The start-up window after this round: gone once a round went through whole; while it is

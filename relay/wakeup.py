@@ -4,12 +4,18 @@
 listens on a connection of its own and fetches as soon as one arrives. Notifications are only a
 hint: one that is lost (or a driver without LISTEN support, or SQLite) leaves plain polling, so
 correctness never depends on them.
+
+A WAL capture needs no hint: the server streams each commit to its replication socket, so a
+relay whose shards all read the log waits on those sockets instead (`wait_readable`), for at
+most the poll interval too (`CaptureSource.wakeup_fd`).
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import time
+from collections.abc import Sequence
 
 import psycopg
 from sqlalchemy import Engine
@@ -55,3 +61,13 @@ class Listener:
             conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel)))
             self._conn = conn
         return self._conn
+
+
+def wait_readable(fds: Sequence[int], seconds: float) -> bool:
+    """Wait up to `seconds` for one of `fds` to turn readable (or hung up); whether one did. With
+    poll(2), not select(2), which refuses descriptors above 1023 (a process with many open files:
+    seen in the suite)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return bool(poller.poll(seconds * 1000))

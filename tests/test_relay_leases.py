@@ -130,7 +130,9 @@ class Starting:
     def relay_for(self, shard: Shard) -> Any:
         self.together.wait()
         self.started.append(shard)
-        return SimpleNamespace(step=lambda: 0, close=lambda: None, stats=RelayStats(), caught_up=True)
+        return SimpleNamespace(
+            step=lambda: 0, close=lambda: None, stats=RelayStats(), caught_up=True, wakeup_fd=lambda: None
+        )
 
 
 class Noted:

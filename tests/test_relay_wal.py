@@ -9,6 +9,7 @@ consumer. Every relay's slot and publication is dropped at the end (a slot left 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -96,7 +97,7 @@ class _Unconfirmed:
         self._inner = inner
         self.fetch, self.backlog, self.check = inner.fetch, inner.backlog, inner.check
         self.delete_published, self.close = inner.delete_published, inner.close
-        self.dead_lettered = inner.dead_lettered
+        self.dead_lettered, self.wakeup_fd = inner.dead_lettered, inner.wakeup_fd
 
     def published(self, position: Position) -> None:
         """Never reached: the process died right after the Kafka commit."""
@@ -547,3 +548,37 @@ def test_a_fetch_failing_while_postgresql_stops_lets_it_stop(wal: WalSource, pg_
         finally:
             capture.close()
     wal.app.dispose()  # its connections died with the server
+
+
+def test_an_idle_relay_is_woken_by_the_commit_itself_not_by_its_poll_interval(
+    wal: WalSource, pg_schema: PgSchema
+) -> None:
+    relay, stop = wal.relay(), threading.Event()
+    runner = threading.Thread(
+        target=relay.run, args=(stop.is_set,), kwargs={"poll_interval": 3600.0}, daemon=True
+    )
+    with psycopg.connect(
+        pg_schema.url.replace("postgresql+psycopg", "postgresql"),
+        options=f"-csearch_path={pg_schema.name}",
+        autocommit=True,  # each insert commits at once; raw SQL sends no NOTIFY either
+    ) as conn:
+        expected = wal.insert(conn, "first", 1)
+        runner.start()
+        try:
+            until(lambda: relay.stats.published == 1)  # the stream is open; next, the relay idles
+            time.sleep(1.0)
+            expected += wal.insert(conn, "woken", 2)
+            until(lambda: relay.stats.published == 3)  # within minutes, not the hour it would poll after
+        finally:
+            stop.set()
+            wal.insert(conn, "stop", 1)  # wakes it once more, to see the stop
+            runner.join(timeout=120)
+    assert not runner.is_alive()
+    assert wal.published()[:3] == expected
+
+
+def until(condition: Callable[[], bool], seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within the test's cap"
+        time.sleep(0.01)

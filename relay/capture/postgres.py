@@ -58,7 +58,7 @@ from relay.shards import ONLY, Shard
 _EMPTY_SNAPSHOT = "1:1:"
 
 
-class PostgresCapture:
+class PostgresCapture(rows.Polling):
     """Drains a PostgreSQL outbox snapshot delta by snapshot delta (see the module docstring).
 
     With a `shard`, only the rows of that shard: deltas are per shard, as are positions.
@@ -99,15 +99,6 @@ class PostgresCapture:
             and_(_visible_in(target), OUTBOX.id <= position.after_id),
         )
         return rows.backlog(self._engine, [~published, *self._in_shard()])
-
-    def published(self, position: Position) -> None:
-        """Nothing to let go of: polling keeps nothing in the database for the relay."""
-
-    def dead_lettered(self, row_id: int) -> None:
-        """Nothing to forget: the next read of the table no longer finds the row."""
-
-    def close(self) -> None:
-        """Nothing held open: each read takes a pooled connection."""
 
     def check(self, position: Position) -> None:
         """A database's snapshots only move forward; one older than the checkpoint's is another

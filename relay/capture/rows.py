@@ -88,6 +88,24 @@ def backlog(engine: Engine, unpublished: list[ColumnElement[bool]]) -> Backlog:
     return Backlog(int(rows), None if oldest is None else _utc(oldest))
 
 
+class Polling:
+    """What the polling sources (`relay.capture.postgres`, `relay.capture.sqlite`) do alike: they
+    re-read the table each fetch, so nothing is kept for the relay and nothing waits for them."""
+
+    def published(self, position: Position) -> None:
+        """Nothing to let go of: polling keeps nothing in the database for the relay."""
+
+    def dead_lettered(self, row_id: int) -> None:
+        """Nothing to forget: the next read of the table no longer finds the row."""
+
+    def close(self) -> None:
+        """Nothing held open: each read takes a pooled connection."""
+
+    def wakeup_fd(self) -> int | None:
+        """None: nothing tells a polling source of a commit but the app's NOTIFY."""
+        return None
+
+
 class OutboxRow(Protocol):
     """An outbox row's wire columns as another source than a query builds it (WAL capture)."""
 

@@ -158,6 +158,14 @@ class CaptureSource(Protocol):
         """Release what the source holds open (WAL capture: its replication connection)."""
         ...
 
+    def wakeup_fd(self) -> int | None:
+        """A file descriptor that turns readable when rows may have committed since the last
+        fetch, which the relay waits on when idle instead of for its poll interval: WAL capture's
+        replication socket, on which the server streams each transaction as it commits. None
+        where there is none (the polling sources; WAL capture before its first fetch or after a
+        failed one): the relay then waits for the app's NOTIFY or its poll interval."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Backlog:

@@ -25,7 +25,7 @@ _SEQUENCE = table("sqlite_sequence", column("name"), column("seq"))
 _MASTER = table("sqlite_master", column("type"), column("name"), column("sql"))
 
 
-class SqliteCapture:
+class SqliteCapture(rows.Polling):
     """Polls an SQLite outbox by id: with one writer at a time, id order is commit order."""
 
     def __init__(self, engine: Engine) -> None:
@@ -48,15 +48,6 @@ class SqliteCapture:
 
     def backlog(self, position: Position) -> Backlog:
         return rows.backlog(self._engine, [OUTBOX.id > position.after_id])
-
-    def published(self, position: Position) -> None:
-        """Nothing to let go of: polling keeps nothing in the database for the relay."""
-
-    def dead_lettered(self, row_id: int) -> None:
-        """Nothing to forget: the next read of the table no longer finds the row."""
-
-    def close(self) -> None:
-        """Nothing held open: each read takes a pooled connection."""
 
     def check(self, position: Position) -> None:
         """Ids never come back while the id counter is at or past the checkpoint and the checkpoint's

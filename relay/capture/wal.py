@@ -57,7 +57,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import select
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -86,6 +85,7 @@ from relay.capture.slots import (
 from relay.capture.source import Backlog, Batch, CapturedRow, Position
 from relay.errors import CaptureError, SlotInvalidatedError, UnsafeOutboxError
 from relay.shards import ONLY, Shard
+from relay.wakeup import wait_readable
 
 # drop_slot and slot_name live in relay.capture.slots, and are imported from here too.
 __all__ = ["WalCapture", "drop_slot", "replication_connection", "slot_name"]
@@ -264,6 +264,12 @@ class WalCapture:
         if slot is not None and slot.lost:
             raise SlotInvalidatedError(self.slot)
 
+    def wakeup_fd(self) -> int | None:
+        """The replication connection's socket (once the first fetch opened it): the server sends
+        each transaction on it at its commit, and keepalives now and then (a fetch that finds only
+        those returns an empty batch)."""
+        return None if self._stream is None else int(self._stream.fileno())
+
     def close(self) -> None:
         """Close the replication connection: what it received and did not publish is re-sent."""
         if self._stream is not None:
@@ -304,7 +310,7 @@ class WalCapture:
             if decoded is not None:
                 return decoded
             self._stream.send_feedback(reply=True)  # asks for a keepalive with the server's position
-            _wait_readable(self._stream, _PING_SECONDS)
+            wait_readable([self._stream.fileno()], _PING_SECONDS)
         return 0
 
     def _caught_up(self, end: int, deadline: float) -> int | None:
@@ -406,14 +412,6 @@ def replication_connection(engine: Engine) -> Any:
         options="-c DateStyle=ISO -c TimeZone=UTC",
         connection_factory=psycopg2.extras.LogicalReplicationConnection,
     )
-
-
-def _wait_readable(stream: Any, seconds: float) -> None:
-    """Wait up to `seconds` for the stream's socket to have data: with poll(2), not select(2),
-    which refuses descriptors above 1023 (a process with many open files: seen in the suite)."""
-    poller = select.poll()
-    poller.register(stream, select.POLLIN)
-    poller.poll(seconds * 1000)
 
 
 def message_id(event_id: str) -> int:

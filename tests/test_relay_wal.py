@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 import outbox
 from outbox import SETTINGS_KEY, OutboxSettings
 from outbox.table import MESSAGE_PREFIX
-from relay import Relay, RelaySettings
+from relay import Relay, RelayService, RelaySettings, SoleLease
 from relay.capture import CapturedRow, CaptureSource, Position
 from relay.capture import wal as wal_capture
 from relay.capture.wal import WalCapture, drop_slot, slot_name
@@ -554,9 +554,8 @@ def test_an_idle_relay_is_woken_by_the_commit_itself_not_by_its_poll_interval(
     wal: WalSource, pg_schema: PgSchema
 ) -> None:
     relay, stop = wal.relay(), threading.Event()
-    runner = threading.Thread(
-        target=relay.run, args=(stop.is_set,), kwargs={"poll_interval": 3600.0}, daemon=True
-    )
+    service = RelayService(SoleLease(), lambda _: relay, poll_interval=3600.0, lease_interval=3600.0)
+    runner = threading.Thread(target=service.run, args=(stop.is_set,), daemon=True)
     with psycopg.connect(
         pg_schema.url.replace("postgresql+psycopg", "postgresql"),
         options=f"-csearch_path={pg_schema.name}",

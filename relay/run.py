@@ -89,12 +89,14 @@ class Relay:
         waiting: Callable[[str], None] = lambda why: None,
         capture: CaptureMode | CaptureSource = "poll",
         heartbeat_interval: float = 0.0,
+        cleanup: bool = True,
     ) -> Relay:
         """The relay of `shard` of source `source_id` (not started): the one place its parts are picked.
         `capture` reads the shard: a mode (`capture_for` picks the engine's source of it: polling by
         default, `wal`), or a source built by the caller (the capture contract suite's). With a
         `heartbeat_interval`, an idle relay checkpoints the position its source moved to that often
-        (see `step`): what WAL capture needs to let its slot go of other tables' WAL.
+        (see `step`): what WAL capture needs to let its slot go of other tables' WAL. `cleanup`
+        False: `delete_published` is never called (a WAL source then remembers nothing for it).
 
         Fencing depends on the transactional id (see `transactional_id`): the relay that starts
         for a shard must register the id every earlier relay of that shard used, so that its
@@ -113,7 +115,7 @@ class Relay:
             waiting=waiting,
         )
         return cls(
-            capture_for(engine, shard, mode=capture, source_id=source_id)
+            capture_for(engine, shard, mode=capture, source_id=source_id, cleanup=cleanup)
             if isinstance(capture, str)
             else capture,
             publisher,
@@ -315,6 +317,7 @@ def _started_relay(
         capture=settings.capture,
         # Polling sources hold nothing on the server for an idle relay: no heartbeat to pay for.
         heartbeat_interval=settings.heartbeat_interval if settings.capture == "wal" else 0.0,
+        cleanup=settings.cleanup,
     )
     try:
         relay.start()

@@ -170,18 +170,17 @@ class RelayService:
         return self.stats()
 
     def _wait_for_work(self) -> None:
-        """Until a shard may have work: on the sockets of the shards' captures if each has one
-        (WAL capture: woken by the commit itself), else for the app's NOTIFY (or the time alone).
-        For at most the poll interval, and never past the next lease refresh: a poll interval
-        longer than the lease timeout would otherwise let an idle relay's leases lapse."""
+        """Until a shard may have work, for at most the poll interval: on the sockets of the
+        shards' captures if each has one (WAL capture: woken by the commit itself), else for the
+        app's NOTIFY (or the interval alone). An idle relay refreshes its leases once per wait
+        (hence `RelaySettings`' bound on the poll interval)."""
         if self._kafka_check is not None:
             self._kafka_check()
-        seconds = max(0.0, min(self._poll_interval, self._next_refresh - self._clock()))
         sockets = [fd for relay in self._active.values() if (fd := relay.wakeup_fd()) is not None]
         if self._active and len(sockets) == len(self._active):
-            wait_readable(sockets, seconds)
+            wait_readable(sockets, self._poll_interval)
         else:
-            self._idle(seconds)
+            self._idle(self._poll_interval)
 
     def _still_starting(self, starting: StartWindow | None, published: int | None) -> StartWindow | None:
         """The start-up window after this round: gone once a round went through whole; while it is

@@ -127,6 +127,11 @@ class RelaySettings(BaseSettings):
             raise ValueError(
                 "lease_timeout must be more than twice lease_interval, or healthy relays lose leases"
             )
+        if self.lease_timeout <= 2 * self.poll_interval:
+            raise ValueError(
+                "lease_timeout must be more than twice poll_interval: an idle relay refreshes its "
+                "leases once per poll interval, and would lose them"
+            )
         return self
 
     @model_validator(mode="after")

@@ -115,6 +115,8 @@ def test_a_source_published_with_another_shard_count_is_refused_not_published_ag
 def test_settings_that_cannot_work_are_refused() -> None:
     with pytest.raises(ValidationError, match="lease_timeout must be more than twice lease_interval"):
         RelaySettings(lease_interval=5, lease_timeout=8)
+    with pytest.raises(ValidationError, match="lease_timeout must be more than twice poll_interval"):
+        RelaySettings(poll_interval=10)  # lease_timeout 15 by default
     with pytest.raises(ConfigError, match="SHARDS=1"):
         capture_for(create_engine("sqlite://"), Shard(0, 2))
 
@@ -170,48 +172,3 @@ def test_a_successor_takes_every_shard_of_a_dead_holder_in_one_round_and_starts_
 
     assert set(starting.started) == everything
     assert next(held for held in successor.seen if held) == everything  # one round took them all
-
-
-def test_an_idle_relay_waits_no_longer_than_its_next_lease_refresh_whatever_its_poll_interval() -> None:
-    idle = SimpleNamespace(
-        step=lambda: 0, close=lambda: None, stats=RelayStats(), caught_up=True, wakeup_fd=lambda: None
-    )
-    leases, time_ = Counting(), FakeTime()
-    service = RelayService(
-        leases, lambda _: idle, poll_interval=3600.0, lease_interval=2.0, sleep=time_.sleep, clock=time_.now
-    )
-    service.run(lambda: leases.count >= 3)
-    assert time_.slept
-    assert max(time_.slept) <= 2.0  # not the hour: the leases (timeout 15 s by default) stay held
-
-
-class Counting:
-    """One shard's lease, always held; counts the refreshes."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def refresh(self) -> frozenset[Shard]:
-        self.count += 1
-        return frozenset({Shard(0, 1)})
-
-    def close(self) -> None:
-        pass
-
-    @property
-    def unheld(self) -> int:
-        return 0
-
-
-class FakeTime:
-    """A clock that moves only when slept on."""
-
-    def __init__(self) -> None:
-        self.at, self.slept = 0.0, list[float]()
-
-    def now(self) -> float:
-        return self.at
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.at += seconds

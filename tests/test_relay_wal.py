@@ -56,11 +56,17 @@ class WalSource:
     checkpoints: str
     relays: list[Relay] = field(default_factory=list)
 
-    def relay(self, batch_size: int = 500, *, confirming: bool = True) -> Relay:
+    def relay(self, batch_size: int = 500, *, confirming: bool = True, cleanup: bool = True) -> Relay:
         """A started relay; with `confirming=False`, one that dies before each slot confirmation
         (its Kafka transactions commit, the slot never hears of them)."""
         relay = Relay.for_shard(
-            self.app, self.kafka, self.source_id, self.checkpoints, batch_size=batch_size, capture="wal"
+            self.app,
+            self.kafka,
+            self.source_id,
+            self.checkpoints,
+            batch_size=batch_size,
+            capture="wal",
+            cleanup=cleanup,
         )
         if not confirming:
             relay = Relay(
@@ -279,6 +285,19 @@ def test_a_row_kafka_refuses_for_good_becomes_a_dead_letter_and_the_rest_flows(
     assert wal.published() == ["t-0", "t-2"]
     with wal.app.connect() as conn:
         assert conn.execute(text("select event_id from outbox_dead_letters")).scalars().all() == ["t-1"]
+
+
+def test_with_cleanup_off_a_relay_remembers_no_published_row_for_it(
+    wal: WalSource, pg_schema: PgSchema
+) -> None:
+    relay = wal.relay(batch_size=2, cleanup=False)  # OUTBOXKIT_RELAY_CLEANUP=false
+    with raw_connection(pg_schema) as conn:
+        wal.insert(conn, "t", 3)
+    publish(relay, 3)
+    relay.step()  # past the checkpoint of the last batch: what cleanup would have been given
+    assert relay.delete_published(100, None) == 0  # nothing kept to delete, so nothing piles up
+    with wal.app.connect() as conn:
+        assert conn.execute(text("select event_id from outbox")).scalars().all() == ["t-0", "t-1", "t-2"]
 
 
 def test_cleanup_deletes_the_published_rows_and_keeps_the_rest(wal: WalSource, pg_schema: PgSchema) -> None:

@@ -26,15 +26,21 @@ __all__ = [
 
 
 def capture_for(
-    engine: Engine, shard: Shard = ONLY, *, mode: CaptureMode = "poll", source_id: str = "default"
+    engine: Engine,
+    shard: Shard = ONLY,
+    *,
+    mode: CaptureMode = "poll",
+    source_id: str = "default",
+    cleanup: bool = True,
 ) -> CaptureSource:
     """The capture source for the engine's database (and one shard of it, on PostgreSQL); with
-    `mode="wal"`, PostgreSQL's log through the slot of `source_id`'s shard."""
+    `mode="wal"`, PostgreSQL's log through the slot of `source_id`'s shard. `cleanup` False: the
+    relay never deletes published rows (a WAL source then remembers none for it)."""
     if mode == "wal":
         # Only here: psycopg2 (the `wal` extra) is loaded by relays that stream the log.
         from relay.capture.wal import WalCapture  # noqa: PLC0415
 
-        return WalCapture(engine, source_id, shard)
+        return WalCapture(engine, source_id, shard, cleanup=cleanup)
     if engine.dialect.name == "postgresql":
         return PostgresCapture(engine, shard)
     expect_shards(engine, shard.count)

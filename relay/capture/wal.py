@@ -47,7 +47,8 @@ only the transactional ones with its outbox's prefix, and of those the ones of i
 (`message_id`): cleanup has nothing to delete for them, and a dead letter keeps them whole.
 
 Cleanup deletes the rows this relay has seen published, by id: those of transactions it handed
-out and whose checkpoint committed, and those the slot re-sent at start below the checkpoint.
+out and whose checkpoint committed, and those the slot re-sent at start below the checkpoint
+(only their ids and ages are kept for it, and nothing with cleanup off).
 What was published before the slot's confirmed position by an earlier relay, and not yet deleted
 when it stopped, is left behind (already in Kafka; delete it by hand, or keep it for retention).
 """
@@ -150,9 +151,13 @@ class WalCapture:
     A fetch that returns no rows has caught up with the log: every transaction committed before the
     fetch began was received (or `CATCH_UP_SECONDS` passed; the next fetch goes on). So an empty
     batch means what it means for the polling sources, and `relay run --drain` stops only once
-    what was committed before it is in Kafka."""
+    what was committed before it is in Kafka.
 
-    def __init__(self, engine: Engine, source_id: str, shard: Shard = ONLY) -> None:
+    With `cleanup` False (`OUTBOXKIT_RELAY_CLEANUP=false`: rows are kept, or deleted by other
+    means) nothing is remembered for `delete_published`, which then deletes nothing: otherwise the
+    id of every row published would be kept for a cleanup that never comes, growing without end."""
+
+    def __init__(self, engine: Engine, source_id: str, shard: Shard = ONLY, *, cleanup: bool = True) -> None:
         rows.expect_dialect(engine, "postgresql", "it reads the write-ahead log")
         self._engine, self._shard = engine, shard
         self.slot = slot_name(source_id, shard)
@@ -163,7 +168,8 @@ class WalCapture:
         self._open: list[CapturedRow] | None = None  # the rows of the transaction being received
         self._open_lsn = 0
         self._layouts: dict[int, tuple[int, ...]] = {}  # per table oid: see `_layout`
-        self._published: deque[CapturedRow] = deque()  # for cleanup
+        self._cleanup = cleanup
+        self._published: deque[tuple[int, datetime | None]] = deque()  # for cleanup: id, created_at
         self._checked = False
         self._confirmed_at = datetime.now(UTC)  # when `published` last confirmed the slot
 
@@ -212,17 +218,16 @@ class WalCapture:
     def delete_published(self, position: Position, limit: int, created_before: datetime | None) -> int:
         self._forget(position)
         chosen = [
-            row
-            for row in list(self._published)
-            if created_before is None
-            or (row.envelope.created_at is not None and row.envelope.created_at < created_before)
+            row_id
+            for row_id, created_at in list(self._published)
+            if created_before is None or (created_at is not None and created_at < created_before)
         ][:limit]
         if not chosen:
             return 0
         self.check(position)
-        deleted = rows.delete_oldest(self._engine, [OUTBOX.id.in_([row.id for row in chosen])], limit, None)
-        gone = {row.id for row in chosen}
-        self._published = deque(row for row in self._published if row.id not in gone)
+        deleted = rows.delete_oldest(self._engine, [OUTBOX.id.in_(chosen)], limit, None)
+        gone = set(chosen)
+        self._published = deque(kept for kept in self._published if kept[0] not in gone)
         return deleted
 
     def backlog(self, position: Position) -> Backlog:
@@ -283,8 +288,9 @@ class WalCapture:
             self._keep_for_cleanup(self._ready.popleft().row)
 
     def _keep_for_cleanup(self, row: CapturedRow) -> None:
-        if row.has_row:  # a logical message left nothing in the table
-            self._published.append(row)
+        """Remember the row's id and age for cleanup: only those, not the row (the whole event)."""
+        if self._cleanup and row.has_row:  # a logical message left nothing in the table
+            self._published.append((row.id, row.envelope.created_at))
 
     def _receive(self, after: Position, limit: int) -> int:
         """Read the log until `limit` rows are ready, or some are and nothing more has arrived, or

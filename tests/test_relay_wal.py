@@ -27,6 +27,7 @@ from outbox.table import MESSAGE_PREFIX
 from relay import Relay, RelayService, RelaySettings, SoleLease
 from relay.capture import CapturedRow, CaptureSource, Position
 from relay.capture import wal as wal_capture
+from relay.capture.rows import WIRE
 from relay.capture.wal import WalCapture, drop_slot, slot_name
 from relay.checkpoint import Checkpoints
 from relay.dead_letters import DeadLetters
@@ -600,3 +601,9 @@ def until(condition: Callable[[], bool], seconds: float = 120.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "not within the test's cap"
         time.sleep(0.01)
+
+
+def test_a_row_from_the_log_takes_its_values_in_the_order_of_the_wire_columns() -> None:
+    """`_WalRow.of` reads its values positionally, in `rows.WIRE`'s order: a column moved in one
+    and not the other would put values in the wrong fields, silently."""
+    assert wal_capture._WalRow._fields == tuple(column.name for column in WIRE)

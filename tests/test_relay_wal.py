@@ -604,6 +604,6 @@ def until(condition: Callable[[], bool], seconds: float = 120.0) -> None:
 
 
 def test_a_row_from_the_log_takes_its_values_in_the_order_of_the_wire_columns() -> None:
-    """`_WalRow.of` reads its values positionally, in `rows.WIRE`'s order: a column moved in one
-    and not the other would put values in the wrong fields, silently."""
+    """The log's rows carry exactly the columns a polling read takes (`rows.WIRE`), in its order:
+    the two captures build one envelope from the same columns."""
     assert wal_capture._WalRow._fields == tuple(column.name for column in WIRE)

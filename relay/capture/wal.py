@@ -130,8 +130,8 @@ class _WalRow(NamedTuple):
 
     @classmethod
     def of(cls, values: Sequence[Any]) -> _WalRow:
-        """The row from the values of `rows.WIRE`, in its order (the fields'), in PostgreSQL's text
-        form (a row) or JSON's (a message): positional, as this runs once per captured event."""
+        """The row from its fields' values, in their order (`_layout` picks them so), in PostgreSQL's
+        text form (a row) or JSON's (a message): positional, as this runs once per captured event."""
         (row_id, event, topic, key, payload, kind, aggregate, aggregate_id, version, schema, headers, at) = (
             values
         )
@@ -139,9 +139,6 @@ class _WalRow(NamedTuple):
             int(row_id), event, topic, key, payload, kind, aggregate, aggregate_id,
             int(version), int(schema), headers, datetime.fromisoformat(str(at)),
         )  # fmt: skip
-
-
-_WIRE_COLUMNS = tuple(column.name for column in rows.WIRE)
 
 
 class WalCapture:
@@ -219,7 +216,7 @@ class WalCapture:
         self._forget(position)
         chosen = [
             row_id
-            for row_id, created_at in list(self._published)
+            for row_id, created_at in self._published
             if created_before is None or (created_at is not None and created_at < created_before)
         ][:limit]
         if not chosen:
@@ -369,7 +366,7 @@ class WalCapture:
         if (columns["shard_key"] or 0) % self._shard.count != self._shard.index:
             return []
         columns["id"] = message_id(columns["event_id"])
-        return [_captured([columns.get(name) for name in _WIRE_COLUMNS])]
+        return [_captured([columns.get(name) for name in _WalRow._fields])]
 
     def _start(self, after: Position) -> Any:
         """A replication connection streaming the slot from its confirmed position.
@@ -429,15 +426,15 @@ def message_id(event_id: str) -> int:
 
 
 def _layout(relation: pgoutput.Relation) -> tuple[int, ...]:
-    """Where each of `_WIRE_COLUMNS` is among the values of the table's `Insert`s."""
+    """Where each of `_WalRow._fields` is among the values of the table's `Insert`s."""
     place = {name: index for index, name in enumerate(relation.columns)}
-    missing = [name for name in _WIRE_COLUMNS if name not in place]
+    missing = [name for name in _WalRow._fields if name not in place]
     if missing:
         raise CaptureError(
             f"table {relation.namespace}.{relation.name} streamed by the outbox's publication has no "
             f"column(s) {', '.join(missing)}: upgrade its schema with `outboxkit migrate`"
         )
-    return tuple(place[name] for name in _WIRE_COLUMNS)
+    return tuple(place[name] for name in _WalRow._fields)
 
 
 def _captured(values: Sequence[Any]) -> CapturedRow:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel
 from sqlalchemy import event, inspect
@@ -114,9 +114,9 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
     snapshots: dict[int, dict[str, Any]] = session.info.pop(_SNAPSHOTS, {})
     settings = settings_for(session)
     drafts: list[Draft | None] = []
-    new = sorted(
-        (o for o in session.new if isinstance(o, OutboxMixin)), key=lambda o: inspect(o).insert_order
-    )
+    new = [o for o in session.new if isinstance(o, OutboxMixin)]
+    if len(new) > 1:
+        new.sort(key=lambda o: inspect(o).insert_order)
     drafts += [_draft(o, "created", _payload(o, _state(o, _columns(o))), settings) for o in new]
     drafts += [_update_draft(o, settings) for o in session.dirty if isinstance(o, OutboxMixin)]
     drafts += [
@@ -146,40 +146,68 @@ def _update_draft(obj: OutboxMixin, settings: OutboxSettings) -> Draft | None:
     return _draft(obj, "updated", {**payload, "changed": changed}, settings)
 
 
+class _Model(NamedTuple):
+    """What every event of one model class shares, worked out once per class (a flush drafts an
+    event per changed object; inspecting the mapper again for each is most of the mixin's cost)."""
+
+    aggregate_type: str
+    event_types: dict[Operation, str | None]
+    columns: tuple[str, ...]  # captured in the payload's state
+    key: tuple[str, ...]  # attributes whose values make the aggregate id
+
+
+_models: dict[type[OutboxMixin], _Model] = {}
+
+
+def _model(cls: type[OutboxMixin]) -> _Model:
+    if (known := _models.get(cls)) is not None:
+        return known
+    config, mapper = cls.__outbox__, inspect(cls)
+    payload = config.payload
+    columns = payload if payload is not None and not isinstance(payload, type) else mapper.column_attrs.keys()
+    key = (
+        [config.key]
+        if config.key is not None
+        else [mapper.get_property_by_column(c).key for c in mapper.primary_key]
+    )
+    names: dict[Operation, str | None] = {}
+    for operation in ("created", "updated", "deleted"):
+        name = getattr(config, operation)
+        names[operation] = None if name is None else name or f"{cls.__name__}{operation.capitalize()}"
+    aggregate_type = config.aggregate_type or cls.__tablename__  # type: ignore[attr-defined]
+    known = _models[cls] = _Model(aggregate_type, names, tuple(columns), tuple(key))
+    return known
+
+
 def _draft(
     obj: OutboxMixin, operation: Operation, payload: dict[str, Any], settings: OutboxSettings
 ) -> Draft | None:
-    config, cls = obj.__outbox__, type(obj)
-    name = getattr(config, operation)
+    model = _model(type(obj))
+    name = model.event_types[operation]
     if name is None:
         return None
-    aggregate_type = config.aggregate_type or cls.__tablename__  # type: ignore[attr-defined]
     return Draft(
-        topic=config.topic or settings.topic_template.format(aggregate_type=aggregate_type),
-        event_type=name or f"{cls.__name__}{operation.capitalize()}",
-        aggregate_type=aggregate_type,
-        aggregate_id=_aggregate_id(obj),
+        topic=obj.__outbox__.topic or settings.topic_template.format(aggregate_type=model.aggregate_type),
+        event_type=name,
+        aggregate_type=model.aggregate_type,
+        aggregate_id=_aggregate_id(obj, model.key),
         payload=payload,
-        schema_version=config.schema_version,
+        schema_version=obj.__outbox__.schema_version,
     )
 
 
-def _aggregate_id(obj: OutboxMixin) -> str:
-    key = obj.__outbox__.key
-    if key is not None:
-        return str(getattr(obj, key))
-    # The mapper, not the identity key: new objects get their identity only after the flush ends.
-    identity = inspect(type(obj)).primary_key_from_instance(obj)
+def _aggregate_id(obj: OutboxMixin, key: tuple[str, ...]) -> str:
+    # The attributes, not the identity key: new objects get their identity only after the flush ends.
+    if len(key) == 1 and obj.__outbox__.key is not None:
+        return str(getattr(obj, key[0]))
+    identity = [getattr(obj, name) for name in key]
     if any(part is None for part in identity):
         raise ConfigurationError(f"{type(obj).__name__} has no primary key value to use as the aggregate id")
     return composite_key([str(part) for part in identity])
 
 
-def _columns(obj: OutboxMixin) -> list[str]:
-    payload = obj.__outbox__.payload
-    if payload is not None and not isinstance(payload, type):
-        return list(payload)
-    return [attr.key for attr in inspect(type(obj)).column_attrs]
+def _columns(obj: OutboxMixin) -> tuple[str, ...]:
+    return _model(type(obj)).columns
 
 
 def _state(obj: OutboxMixin, columns: Iterable[str]) -> dict[str, Any]:

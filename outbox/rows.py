@@ -67,7 +67,7 @@ def write(conn: Connection, drafts: Sequence[Draft], settings: OutboxSettings) -
         return []
     trace = current_trace_headers()
     rows = [_row(draft, settings, trace) for draft in drafts]
-    store(conn, rows, settings.write_as)
+    store(conn, rows, settings.write_as, settings.write_at)
     return [row["event_id"] for row in rows]
 
 
@@ -93,7 +93,7 @@ def _row(draft: Draft, settings: OutboxSettings, trace: Mapping[str, str]) -> di
         "key": key,
         "shard_key": shard_key(key),
         "payload": payload,
-        "headers": json.dumps({**trace, **_checked_headers(draft.headers)}),
+        "headers": _headers(trace, draft.headers),
         "schema_version": draft.schema_version,
     }
     _check_lengths(row, draft)
@@ -127,6 +127,12 @@ def serialise(payload: Any, draft: Draft) -> str:
             f"the payload of the {draft.event_type!r} event of {draft.aggregate_type} {draft.aggregate_id} "
             f"is not JSON-serialisable ({exc}); give it plain values, or a pydantic model that serialises"
         ) from exc
+
+
+def _headers(trace: Mapping[str, str], headers: Mapping[str, str]) -> str:
+    if not trace and not headers:
+        return "{}"  # most events: no JSON to encode
+    return json.dumps({**trace, **_checked_headers(headers)})
 
 
 def _checked_headers(headers: Mapping[str, str]) -> dict[str, str]:

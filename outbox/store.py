@@ -38,8 +38,9 @@ from typing import Any
 from sqlalchemy import Connection, TextClause, insert, text
 from sqlalchemy.dialects import sqlite
 
+from outbox import deferred
 from outbox.errors import ConfigurationError
-from outbox.settings import WriteAs
+from outbox.settings import WriteAs, WriteAt
 from outbox.table import MESSAGE_PREFIX, outbox_table, versions_table
 
 Row = dict[str, Any]
@@ -100,13 +101,16 @@ _EVENT_COLUMNS = (
 )  # fmt: skip
 
 
-def store(conn: Connection, rows: Sequence[Row], write_as: WriteAs = "row") -> None:
+def store(
+    conn: Connection, rows: Sequence[Row], write_as: WriteAs = "row", write_at: WriteAt = "flush"
+) -> None:
     """Write `rows` (outbox columns but the version) in order, each with its aggregate's next
-    version: as outbox rows, or on PostgreSQL as logical messages (`OutboxSettings.write_as`)."""
+    version: as outbox rows, or on PostgreSQL as logical messages (`OutboxSettings.write_as`), at
+    once or with the COMMIT (`OutboxSettings.write_at`, see `outbox.deferred`)."""
     if conn.dialect.name == "postgresql":
         if write_as == "message":
             _expect_logical(conn)
-        _store_postgresql(conn, rows, write_as)
+        _store_postgresql(conn, rows, write_as, write_at)
     elif conn.dialect.name == "sqlite":
         if write_as == "message":
             raise ConfigurationError(
@@ -134,13 +138,16 @@ def _expect_logical(conn: Connection) -> None:
         )
 
 
-def _store_postgresql(conn: Connection, rows: Sequence[Row], write_as: WriteAs) -> None:
+def _store_postgresql(conn: Connection, rows: Sequence[Row], write_as: WriteAs, write_at: WriteAt) -> None:
     aggregates = {(row["aggregatetype"], row["aggregateid"]) for row in rows}
     if len(aggregates) == 1 and len(rows) <= _ONE_AGGREGATE_MOST:
         params: Row = {"aggregatetype": rows[0]["aggregatetype"], "aggregateid": rows[0]["aggregateid"]}
         for n, row in enumerate(rows):
             params |= {f"{column}_{n}": row[column] for column in _ONE_AGGREGATE_COLUMNS}
-        conn.execute(_one_aggregate(len(rows), write_as), params)
+        clause = _one_aggregate(len(rows), write_as)
+        if write_at == "commit" and deferred.defer(conn, _deferrable(len(rows), write_as), params):
+            return
+        conn.execute(clause, params)
         return
     _store_many_postgresql(conn, rows, write_as)
 
@@ -185,6 +192,11 @@ def _one_aggregate(count: int, write_as: WriteAs) -> TextClause:
         ORDER BY e.rank
         """  # noqa: S608 - only counts and parameter names are formatted in
     )
+
+
+@cache
+def _deferrable(count: int, write_as: WriteAs) -> deferred.Statement:
+    return deferred.statement(f"{write_as}_{count}", _one_aggregate(count, write_as).text)
 
 
 def _store_many_postgresql(conn: Connection, rows: Sequence[Row], write_as: WriteAs) -> None:

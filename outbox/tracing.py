@@ -7,11 +7,13 @@ The processes read it back with `runtime.tracing`.
 
 from __future__ import annotations
 
+from opentelemetry import context
 from opentelemetry.propagate import inject
 
 
 def current_trace_headers() -> dict[str, str]:
     """Headers carrying the active trace context; empty when no span is recording."""
     carrier: dict[str, str] = {}
-    inject(carrier)
+    if context.get_current():  # propagators inject what the context holds: nothing in an empty one
+        inject(carrier)
     return carrier

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from functools import cache
 from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import Engine, event
@@ -37,9 +38,13 @@ def wrote_events(session: Session, engine: Engine) -> None:
     it, with what to do, rather than a hook after a commit that already happened."""
     if engine.dialect.name == "postgresql" and (channel := settings_for(session).notify_channel):
         session.info[_WROTE] = _notifier(engine, channel)
-        if not event.contains(Session, "after_commit", _after_commit):
-            event.listen(Session, "after_commit", _after_commit)
-            event.listen(Session, "after_rollback", _after_rollback)
+        _listen_once()
+
+
+@cache
+def _listen_once() -> None:
+    event.listen(Session, "after_commit", _after_commit)
+    event.listen(Session, "after_rollback", _after_rollback)
 
 
 def _after_commit(session: Session) -> None:
@@ -53,6 +58,8 @@ def _after_rollback(session: Session) -> None:
 
 
 def _notifier(engine: Engine, channel: str) -> Notifier:
+    if (notifier := _notifiers.get(engine)) is not None:
+        return notifier
     with _notifiers_guard:
         notifier = _notifiers.get(engine)
         if notifier is None:

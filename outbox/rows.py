@@ -67,7 +67,7 @@ def write(conn: Connection, drafts: Sequence[Draft], settings: OutboxSettings) -
         return []
     trace = current_trace_headers()
     rows = [_row(draft, settings, trace) for draft in drafts]
-    store(conn, rows, settings.write_as, settings.write_at)
+    store(conn, rows, settings.write_as)
     return [row["event_id"] for row in rows]
 
 

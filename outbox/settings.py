@@ -17,7 +17,6 @@ from wire.jobs import DEFAULT_JOBS_TOPIC
 
 SETTINGS_KEY: Final = "outboxkit.settings"
 WriteAs = Literal["row", "message"]
-WriteAt = Literal["flush", "commit"]
 
 
 class OutboxSettings(BaseSettings):
@@ -46,13 +45,6 @@ class OutboxSettings(BaseSettings):
         "`message`: a transactional logical decoding message in the write-ahead log, no row (no table "
         "growth, no cleanup); only a relay with OUTBOXKIT_RELAY_CAPTURE=wal reads them, and the server "
         "needs wal_level=logical. Refused on SQLite.",
-    )
-    write_at: WriteAt = Field(
-        "commit",
-        description="When a flush's outbox statement reaches PostgreSQL. `commit`: with the COMMIT, in its "
-        "round trip (psycopg 3; anything else the transaction runs first sends it, so every later query "
-        "sees the rows, savepoints included). `flush`: at once, in a round trip of its own. Either way the "
-        "rows commit or roll back with the transaction.",
     )
     jobs_topic: str = Field(
         DEFAULT_JOBS_TOPIC,

@@ -38,9 +38,8 @@ from typing import Any
 from sqlalchemy import Connection, TextClause, insert, text
 from sqlalchemy.dialects import sqlite
 
-from outbox import deferred
 from outbox.errors import ConfigurationError
-from outbox.settings import WriteAs, WriteAt
+from outbox.settings import WriteAs
 from outbox.table import MESSAGE_PREFIX, outbox_table, versions_table
 
 Row = dict[str, Any]
@@ -101,16 +100,13 @@ _EVENT_COLUMNS = (
 )  # fmt: skip
 
 
-def store(
-    conn: Connection, rows: Sequence[Row], write_as: WriteAs = "row", write_at: WriteAt = "flush"
-) -> None:
+def store(conn: Connection, rows: Sequence[Row], write_as: WriteAs = "row") -> None:
     """Write `rows` (outbox columns but the version) in order, each with its aggregate's next
-    version: as outbox rows, or on PostgreSQL as logical messages (`OutboxSettings.write_as`), at
-    once or with the COMMIT (`OutboxSettings.write_at`, see `outbox.deferred`)."""
+    version: as outbox rows, or on PostgreSQL as logical messages (`OutboxSettings.write_as`)."""
     if conn.dialect.name == "postgresql":
         if write_as == "message":
             _expect_logical(conn)
-        _store_postgresql(conn, rows, write_as, write_at)
+        _store_postgresql(conn, rows, write_as)
     elif conn.dialect.name == "sqlite":
         if write_as == "message":
             raise ConfigurationError(
@@ -138,16 +134,13 @@ def _expect_logical(conn: Connection) -> None:
         )
 
 
-def _store_postgresql(conn: Connection, rows: Sequence[Row], write_as: WriteAs, write_at: WriteAt) -> None:
+def _store_postgresql(conn: Connection, rows: Sequence[Row], write_as: WriteAs) -> None:
     aggregates = {(row["aggregatetype"], row["aggregateid"]) for row in rows}
     if len(aggregates) == 1 and len(rows) <= _ONE_AGGREGATE_MOST:
         params: Row = {"aggregatetype": rows[0]["aggregatetype"], "aggregateid": rows[0]["aggregateid"]}
         for n, row in enumerate(rows):
             params |= {f"{column}_{n}": row[column] for column in _ONE_AGGREGATE_COLUMNS}
-        clause = _one_aggregate(len(rows), write_as)
-        if write_at == "commit" and deferred.defer(conn, _deferrable(len(rows), write_as), params):
-            return
-        conn.execute(clause, params)
+        conn.execute(_one_aggregate(len(rows), write_as), params)
         return
     _store_many_postgresql(conn, rows, write_as)
 
@@ -192,11 +185,6 @@ def _one_aggregate(count: int, write_as: WriteAs) -> TextClause:
         ORDER BY e.rank
         """  # noqa: S608 - only counts and parameter names are formatted in
     )
-
-
-@cache
-def _deferrable(count: int, write_as: WriteAs) -> deferred.Statement:
-    return deferred.statement(f"{write_as}_{count}", _one_aggregate(count, write_as).text)
 
 
 def _store_many_postgresql(conn: Connection, rows: Sequence[Row], write_as: WriteAs) -> None:

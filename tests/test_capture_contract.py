@@ -108,9 +108,7 @@ class Captured:
 
     @property
     def settings(self) -> OutboxSettings:
-        # At flush, not with the COMMIT: these cases need a transaction that holds its outbox rows
-        # (their ids, their place in the WAL) open while others write and commit.
-        return OutboxSettings(topic_template=self.topic, write_as=self.write_as, write_at="flush")
+        return OutboxSettings(topic_template=self.topic, write_as=self.write_as)
 
     def session(self) -> Session:
         return Session(self.app, info={SETTINGS_KEY: self.settings})

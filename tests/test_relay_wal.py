@@ -151,7 +151,7 @@ def test_orm_events_are_published_once_in_commit_order_not_first_write_order(
     wal: WalSource, pg_schema: PgSchema
 ) -> None:
     relay = wal.relay()
-    settings = {SETTINGS_KEY: OutboxSettings(topic_template=wal.topic, write_at="flush")}  # rows at flush
+    settings = {SETTINGS_KEY: OutboxSettings(topic_template=wal.topic)}
     with Session(wal.app, info=settings) as first, Session(wal.app, info=settings) as second:
         first.add(Thing(id=1, group="a", n=1))
         first.flush()  # first write, first LSN, and the transaction stays open...
@@ -364,9 +364,7 @@ def test_positions_keep_older_checkpoints_readable() -> None:
 
 def messages(wal: WalSource) -> Session:
     """A session of an app that writes its events as logical messages, not rows."""
-    # At flush: these cases mix in raw-driver writes, which a write with the COMMIT would follow.
-    settings = OutboxSettings(topic_template=wal.topic, write_as="message", write_at="flush")
-    return Session(wal.app, info={SETTINGS_KEY: settings})
+    return Session(wal.app, info={SETTINGS_KEY: OutboxSettings(topic_template=wal.topic, write_as="message")})
 
 
 def flag(session: Session, group: str, reason: str = "test") -> str:

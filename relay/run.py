@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -20,7 +20,15 @@ from opentelemetry.trace import Link, SpanKind, Tracer
 from sqlalchemy import Engine, create_engine
 
 from relay import names
-from relay.capture import Backlog, CaptureMode, CaptureSource, Position, capture_for, expect_shards
+from relay.capture import (
+    Backlog,
+    CapturedRow,
+    CaptureMode,
+    CaptureSource,
+    Position,
+    capture_for,
+    expect_shards,
+)
 from relay.checkpoint import Checkpoints
 from relay.dead_letters import DeadLetters
 from relay.errors import PublishAbortedError, RelayError, UnpublishableRecordError
@@ -160,7 +168,8 @@ class Relay:
         while True:
             limit = 1 if self._isolating else self._batch_size
             batch = self._capture.fetch(self._stats.position, limit)
-            envelopes = [row.envelope for row in batch.rows]
+            publishable = self._publishable(batch.rows)
+            envelopes = [row.envelope for row in publishable]
             try:
                 if envelopes:
                     self._publish(envelopes, batch.position)
@@ -169,9 +178,7 @@ class Relay:
                     self._isolating = len(envelopes)
                     log.warning("%s; finding the refused record one transaction at a time", exc)
                 else:
-                    self._dead_letters.move(batch.rows[exc.index], exc.reason)
-                    self._capture.dead_lettered(batch.rows[exc.index].id)
-                    self._stats.dead_letters += 1
+                    self._dead_letter(publishable[exc.index], exc.reason)
                 continue
             except PublishAbortedError:
                 self._stats.aborted += 1  # the service retries it from the position this relay holds
@@ -185,6 +192,19 @@ class Relay:
         else:
             self._heartbeat(batch.position)
         return len(batch.rows)
+
+    def _publishable(self, rows: Sequence[CapturedRow]) -> list[CapturedRow]:
+        """`rows` but those that cannot be published as they are, which become dead letters now:
+        before the rest's checkpoint, so a relay that dies in between finds them again."""
+        for row in rows:
+            if row.refused is not None:
+                self._dead_letter(row, row.refused)
+        return [row for row in rows if row.refused is None]
+
+    def _dead_letter(self, row: CapturedRow, reason: str) -> None:
+        self._dead_letters.move(row, reason)
+        self._capture.dead_lettered(row.id)
+        self._stats.dead_letters += 1
 
     def _heartbeat(self, position: Position) -> None:
         """Checkpoint `position`, which no event came with, if a heartbeat is due (see `step`)."""

@@ -288,6 +288,31 @@ def test_a_row_kafka_refuses_for_good_becomes_a_dead_letter_and_the_rest_flows(
         assert conn.execute(text("select event_id from outbox_dead_letters")).scalars().all() == ["t-1"]
 
 
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [("not json", "not JSON"), ('["a"]', "a JSON list"), ('{"n": 1}', "not strings: the value(s) of n")],
+    ids=["not-json", "not-an-object", "not-strings"],
+)
+def test_a_row_whose_headers_kafka_cannot_carry_becomes_a_dead_letter_and_the_rest_flows(
+    wal: WalSource, pg_schema: PgSchema, headers: str, why: str
+) -> None:
+    relay = wal.relay()
+    with raw_connection(pg_schema) as conn:
+        rows = [(*row, "{}") for row in wal.rows("t", 3)]
+        rows[1] = (*rows[1][:-1], headers)  # written around outboxkit
+        with conn.cursor().copy(f"copy outbox ({_COLUMNS}, headers) from stdin") as copy:
+            for row in rows:
+                copy.write_row(row)
+    publish(relay, 2)
+    assert wal.published() == ["t-0", "t-2"]
+    assert relay.stats.dead_letters == 1
+    with wal.app.connect() as conn:
+        dead = conn.execute(text("select event_id, headers, reason from outbox_dead_letters")).one()
+    assert (dead.event_id, dead.headers) == ("t-1", headers)  # kept as written, for an operator to fix
+    assert why in dead.reason
+    assert "publish it again" in dead.reason
+
+
 def test_with_cleanup_off_a_relay_remembers_no_published_row_for_it(
     wal: WalSource, pg_schema: PgSchema
 ) -> None:

@@ -136,14 +136,27 @@ class OutboxRow(Protocol):
 
 
 def captured(rows: Sequence[Row[Any]]) -> list[CapturedRow]:
-    return [CapturedRow(id=row.id, envelope=envelope_of(row)) for row in rows]
+    return [captured_row(row) for row in rows]
 
 
-def envelope_of(row: Row[Any] | OutboxRow) -> Envelope:
-    """An outbox row as the envelope to produce: the one mapping from table to wire."""
+def captured_row(row: Row[Any] | OutboxRow) -> CapturedRow:
+    """`row` to publish; or, if it cannot be (see `CapturedRow.refused`), to make a dead letter of."""
+    try:
+        return CapturedRow(id=row.id, envelope=envelope_of(row))
+    except MalformedHeadersError as exc:
+        return CapturedRow(id=row.id, envelope=envelope_of(row, headers=False), refused=str(exc))
+
+
+class MalformedHeadersError(ValueError):
+    """An outbox row's headers are not a JSON object of strings (outboxkit never writes such)."""
+
+
+def envelope_of(row: Row[Any] | OutboxRow, *, headers: bool = True) -> Envelope:
+    """An outbox row as the envelope to produce: the one mapping from table to wire. Raises
+    `MalformedHeadersError` for headers it cannot carry (`headers=False`: leaves them out)."""
     extra: tuple[tuple[str, bytes], ...] = ()  # most rows have none: nothing to parse then (per event)
-    if row.headers not in (None, "", "{}"):
-        extra = tuple((name, value.encode()) for name, value in json.loads(row.headers).items())
+    if headers and row.headers not in (None, "", "{}"):
+        extra = _extra_headers(row.headers)
     return Envelope(
         event_id=row.event_id,
         topic=row.topic,
@@ -177,6 +190,27 @@ def columns_of(row: CapturedRow) -> dict[str, object]:
         "schema_version": envelope.schema_version,
         "created_at": envelope.created_at,
     }
+
+
+def _extra_headers(text: str) -> tuple[tuple[str, bytes], ...]:
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise MalformedHeadersError(_malformed(text, f"not JSON: {exc}")) from exc
+    if not isinstance(parsed, dict):
+        raise MalformedHeadersError(_malformed(text, f"a JSON {type(parsed).__name__}, not an object"))
+    not_text = sorted(name for name, value in parsed.items() if not isinstance(value, str))
+    if not_text:
+        raise MalformedHeadersError(_malformed(text, f"not strings: the value(s) of {', '.join(not_text)}"))
+    return tuple((name, value.encode()) for name, value in parsed.items())
+
+
+def _malformed(text: str, why: str) -> str:
+    shown = text if len(text) <= 200 else f"{text[:200]}..."
+    return (
+        f"its headers are {why} ({shown!r}); Kafka headers come from a JSON object of strings, as "
+        "outboxkit writes them: fix the headers of the dead letter and publish it again"
+    )
 
 
 def _utc(at: datetime) -> datetime:

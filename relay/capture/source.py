@@ -91,10 +91,15 @@ class CapturedRow:
     capture only) has no row: its id is negative (`relay.capture.wal.message_id`), so cleanup,
     which deletes rows by id, never counts it, and its dead letter is written whole from the
     envelope instead of moved from the table.
+
+    `refused`: why the row cannot be published as it is (headers that are not a JSON object of
+    strings, written around outboxkit): the relay makes it a dead letter with that reason instead
+    of publishing it, and its envelope is the rest of the row, without those headers.
     """
 
     id: int
     envelope: Envelope
+    refused: str | None = None
 
     @property
     def has_row(self) -> bool:

@@ -438,5 +438,4 @@ def _layout(relation: pgoutput.Relation) -> tuple[int, ...]:
 
 
 def _captured(values: Sequence[Any]) -> CapturedRow:
-    row = _WalRow.of(values)
-    return CapturedRow(id=row.id, envelope=rows.envelope_of(row))
+    return rows.captured_row(_WalRow.of(values))

@@ -18,13 +18,13 @@ from typing import Any
 
 import dramatiq
 from confluent_kafka import Consumer, TopicPartition
-from sqlalchemy import create_engine
 
 from jobs.dead_letters import dead_letter_queues
 from jobs.delivery import DramatiqDelivery, broker_from_url
 from jobs.errors import JobsError
 from jobs.inbox import Inbox, InboxCounts
 from jobs.settings import JobsSettings
+from runtime import urls
 
 KAFKA_TIMEOUT = 10.0  # seconds per metadata or offsets request
 
@@ -98,7 +98,7 @@ def inbox_counts(settings: JobsSettings) -> InboxCounts | None:
     """The workers' inbox, read from OUTBOXKIT_JOBS_INBOX_URL; None when it is not set."""
     if settings.inbox_url is None:
         return None
-    engine = create_engine(settings.inbox_url.get_secret_value())
+    engine = urls.engine(settings.inbox_url.get_secret_value())
     try:
         return Inbox(engine).counts()
     finally:

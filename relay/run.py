@@ -17,7 +17,7 @@ from datetime import datetime
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Tracer
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine
 
 from relay import names
 from relay.capture import (
@@ -39,6 +39,7 @@ from relay.settings import RelaySettings
 from relay.shards import ONLY, Shard
 from relay.stats import RelayStats
 from relay.wakeup import Listener
+from runtime import urls
 from runtime.backoff import Backoff
 from runtime.kafka import BrokerCheck, KafkaSettings
 from runtime.observe import Health, Histogram
@@ -278,7 +279,7 @@ def relay_from_settings(
     health = Health(services=[settings.kafka.client_log])
     # No pool_pre_ping: a connection lost to a database restart fails one fetch, the pool drops
     # it, and the retry gets a new one — cheaper than a ping before every fetch.
-    engine = create_engine(settings.database_url.get_secret_value())
+    engine = urls.engine(settings.database_url.get_secret_value())
     expect_shards(engine, settings.shards)  # SQLite takes no lease: shards would go unnoticed
     leases: Leases = (
         AdvisoryLeases(

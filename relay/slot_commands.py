@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, func, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 
 from relay import names
 from relay.capture import Position, rows
@@ -55,6 +55,7 @@ from relay.run import transactional_id
 from relay.settings import RelaySettings
 from relay.shards import Shard
 from relay.topics import published_event_ids
+from runtime import urls
 from runtime.kafka import KafkaSettings
 from wire import Envelope
 
@@ -83,7 +84,7 @@ class SlotReset:
 def reset_slots(settings: RelaySettings) -> list[SlotReset]:
     """Reset every shard of the source whose slot is lost or missing (see the module); none if
     all slots can go on. Raises `RelayError` if a running relay holds such a shard."""
-    engine = create_engine(settings.database_url.get_secret_value())
+    engine = urls.engine(settings.database_url.get_secret_value())
     try:
         stuck = [
             shard for shard in _shards(settings) if _unusable(engine, slot_name(settings.source_id, shard))
@@ -98,7 +99,7 @@ def drop_slots(settings: RelaySettings) -> list[str]:
     """Drop every shard's slot and publication of a source being retired (its relays stopped):
     the WAL they kept is released, and what they had not streamed is never captured. Returns the
     slots dropped. Raises `RelayError` if a running relay holds a shard."""
-    engine = create_engine(settings.database_url.get_secret_value())
+    engine = urls.engine(settings.database_url.get_secret_value())
     try:
         shards = _shards(settings)
         present = [shard for shard in shards if slot_state(engine, slot_name(settings.source_id, shard))]

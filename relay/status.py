@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import Engine, func, select
 
 from outbox.table import dead_letters_table, outbox_table
 from relay.capture import Backlog, CaptureSource, Position, capture_for, rows
@@ -22,6 +22,7 @@ from relay.errors import SlotInvalidatedError, UnsafeOutboxError
 from relay.leases import holders
 from relay.settings import RelaySettings
 from relay.shards import Shard
+from runtime import urls
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def _slot_line(slot: SlotStatus | None) -> str:
 
 
 def relay_status(settings: RelaySettings, *, dead_letters_shown: int = 5) -> RelayStatus:
-    engine = create_engine(settings.database_url.get_secret_value())
+    engine = urls.engine(settings.database_url.get_secret_value())
     try:
         shards = [
             _shard_status(settings, engine, Shard(index, settings.shards)) for index in range(settings.shards)

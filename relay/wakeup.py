@@ -21,6 +21,7 @@ import psycopg
 from sqlalchemy import Engine
 
 from relay import names
+from runtime import urls
 
 log = logging.getLogger(names.LOGGER)
 
@@ -56,7 +57,9 @@ class Listener:
         if self._conn is None:
             url = self._engine.url.set(drivername="postgresql")
             conn: psycopg.Connection[object] = psycopg.connect(
-                url.render_as_string(hide_password=False), autocommit=True
+                url.render_as_string(hide_password=False),
+                autocommit=True,
+                connect_timeout=urls.connect_timeout(url),
             )
             conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel)))
             self._conn = conn

@@ -4,14 +4,20 @@ A URL that cannot work — unparsable, a port that is not a number, a dialect SQ
 know or one the process cannot use, a driver that is not installed — is a settings error naming
 its field (exit code 2), not a traceback at the first connection. Messages never repeat the URL:
 it may hold a password.
+
+And the engines the processes make from them (`engine`): a PostgreSQL that does not answer (a
+network partition, a blackholed address) fails a connection attempt within
+`CONNECT_TIMEOUT_SECONDS`, instead of the kernel's two minutes of SYN retries or, against a peer
+that accepts and says nothing, for ever, while a probe, a lease or a shutdown waits on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Final
 
 from pydantic import SecretStr
-from sqlalchemy import URL, make_url
+from sqlalchemy import URL, Engine, create_engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 
@@ -47,3 +53,24 @@ def parsed_url(text: str, dialects: tuple[str, ...] = ()) -> URL:
             "name an installed one (postgresql+psycopg://, sqlite://, duckdb://)"
         ) from None
     return url
+
+
+CONNECT_TIMEOUT_SECONDS: Final = 10  # libpq's connect_timeout, unless the URL sets its own
+
+
+def engine(url: str | URL, **kwargs: Any) -> Engine:
+    """`create_engine(url, **kwargs)`, with PostgreSQL connections that give up connecting after
+    `CONNECT_TIMEOUT_SECONDS` (or the URL's `?connect_timeout=`)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        kwargs["connect_args"] = {
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            **kwargs.get("connect_args", {}),
+        }
+    return create_engine(parsed, **kwargs)
+
+
+def connect_timeout(url: URL) -> int:
+    """The connect timeout for a connection made by hand to `url`'s server (replication, LISTEN)."""
+    given = url.query.get("connect_timeout")
+    return int(given if isinstance(given, str) else CONNECT_TIMEOUT_SECONDS)

@@ -7,8 +7,9 @@ import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy import Engine, make_url
 
+from runtime import urls
 from runtime.backoff import Backoff
 from runtime.kafka import BrokerCheck
 from runtime.observe import Endpoints
@@ -39,7 +40,7 @@ def warehouse_url(settings: SinkSettings) -> str:
 def warehouse(settings: SinkSettings) -> Iterator[Engine]:
     """An engine on the warehouse with the bookkeeping tables in place, disposed after use (for
     the tools: status, replay)."""
-    engine = create_engine(warehouse_url(settings))
+    engine = urls.engine(warehouse_url(settings))
     try:
         create_bookkeeping(engine)
         yield engine
@@ -78,7 +79,7 @@ def sink_from_settings(settings: SinkSettings) -> Sink:
 
 def _started_sink(settings: SinkSettings, endpoints: Endpoints) -> Sink:
     starting = StartWindow(settings.start_timeout)
-    engine = create_engine(warehouse_url(settings))
+    engine = urls.engine(warehouse_url(settings))
     waiting = endpoints.health.turned
     writer = starting.retry(
         "preparing the warehouse",

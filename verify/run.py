@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import Connection, TextClause, bindparam, create_engine, make_url, text
+from sqlalchemy import Connection, TextClause, bindparam, make_url, text
 
+from runtime import urls
 from verify import checks
 from verify.checks import Aggregate, Findings
 from verify.kafka import committed
@@ -52,7 +53,7 @@ def _connected(url: SecretStr) -> Iterator[Connection]:
     parsed = make_url(url.get_secret_value())
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    engine = create_engine(parsed)
+    engine = urls.engine(parsed)
     try:
         with engine.connect() as conn:
             yield conn

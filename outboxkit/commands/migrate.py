@@ -16,6 +16,7 @@ from sqlalchemy import make_url
 
 from outboxkit.commands import Commands
 from outboxkit.failures import Named
+from runtime import urls
 from runtime.process import ExitCode
 from runtime.urls import parsed_url, usable_url
 
@@ -96,12 +97,11 @@ def _migrate(args: argparse.Namespace, named: Named) -> int:
 
 def _prepare_wal_source(url: str, source_id: str, shards: int) -> None:
     """The publications and slots of a WAL source's shards (`relay.capture.slots.prepare_source`)."""
-    from sqlalchemy import create_engine
 
     from relay.capture.slots import prepare_source
     from relay.errors import ConfigError
 
-    engine = create_engine(url)
+    engine = urls.engine(url)
     try:
         if engine.dialect.name != "postgresql":
             raise ConfigError("--wal-source is for PostgreSQL: WAL capture reads its write-ahead log")

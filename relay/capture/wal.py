@@ -87,6 +87,7 @@ from relay.capture.source import Backlog, Batch, CapturedRow, Position
 from relay.errors import CaptureError, SlotInvalidatedError, UnsafeOutboxError
 from relay.shards import ONLY, Shard
 from relay.wakeup import wait_readable
+from runtime import urls
 
 # drop_slot and slot_name live in relay.capture.slots, and are imported from here too.
 __all__ = ["WalCapture", "drop_slot", "replication_connection", "slot_name"]
@@ -411,6 +412,7 @@ def replication_connection(engine: Engine) -> Any:
         user=url.username,
         password=url.password,
         dbname=url.database,
+        connect_timeout=urls.connect_timeout(url),
         # Values come in the server's text form: pin the forms `_captured` reads.
         options="-c DateStyle=ISO -c TimeZone=UTC",
         connection_factory=psycopg2.extras.LogicalReplicationConnection,

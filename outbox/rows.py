@@ -22,7 +22,7 @@ from outbox.store import store
 from outbox.table import outbox_table
 from outbox.tracing import current_trace_headers
 from wire import shard_key
-from wire.headers import RESERVED_HEADERS
+from wire.headers import RESERVED_HEADERS, not_text
 
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # The outbox's text columns with a length, in characters as PostgreSQL counts them (outbox_versions
@@ -139,7 +139,6 @@ def _checked_headers(headers: Mapping[str, str]) -> dict[str, str]:
     clashes = sorted(RESERVED_HEADERS.intersection(headers))
     if clashes:
         raise HeaderError(f"header name(s) {', '.join(clashes)} are reserved by outboxkit; rename them")
-    not_text = sorted(name for name, value in headers.items() if not isinstance(value, str))
-    if not_text:
-        raise HeaderError(f"header(s) {', '.join(not_text)} must be strings")
+    if wrong := not_text(headers):
+        raise HeaderError(f"header(s) {', '.join(wrong)} must be strings")
     return dict(headers)

@@ -7,6 +7,7 @@ these names (and `wire.envelope` for what each one holds).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 HEADER_EVENT_ID: Final = "outboxkit-event-id"
@@ -31,3 +32,9 @@ RESERVED_HEADERS: Final = frozenset(
     )
 )
 JSON: Final = "application/json"
+
+
+def not_text(headers: Mapping[str, object]) -> list[str]:
+    """The names, sorted, of `headers` whose values are not strings: a Kafka header the envelope
+    carries is text (the app refuses such headers when it writes them, the relay when it reads)."""
+    return sorted(name for name, value in headers.items() if not isinstance(value, str))

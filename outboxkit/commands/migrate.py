@@ -18,7 +18,6 @@ from outboxkit.commands import Commands
 from outboxkit.failures import Named
 from runtime import urls
 from runtime.process import ExitCode
-from runtime.urls import parsed_url, usable_url
 
 
 class MigrateSettings(BaseSettings):
@@ -31,7 +30,7 @@ class MigrateSettings(BaseSettings):
         hide_input_in_errors=True,  # the URL may hold a password
     )
 
-    url: Annotated[SecretStr, AfterValidator(usable_url())] = Field(
+    url: Annotated[SecretStr, AfterValidator(urls.usable_url())] = Field(
         description="SQLAlchemy URL of the application database (or pass --url)."
     )
 
@@ -76,7 +75,7 @@ def _shard_count(text: str) -> int:
 def _database_url(text: str) -> str:
     """`--url`, refused by argparse (exit 2, naming the flag) when it cannot work."""
     try:
-        parsed_url(text)
+        urls.parsed_url(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -97,7 +96,6 @@ def _migrate(args: argparse.Namespace, named: Named) -> int:
 
 def _prepare_wal_source(url: str, source_id: str, shards: int) -> None:
     """The publications and slots of a WAL source's shards (`relay.capture.slots.prepare_source`)."""
-
     from relay.capture.slots import prepare_source
     from relay.errors import ConfigError
 

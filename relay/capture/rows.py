@@ -16,6 +16,7 @@ from outbox.table import outbox_table
 from relay.capture.source import Backlog, CapturedRow, CaptureMode, Position
 from relay.errors import CaptureError, ConfigError
 from wire import Envelope
+from wire.headers import not_text
 
 OUTBOX = outbox_table.c
 # The columns that go on the wire, `created_at` among them (history validity); no more is fetched.
@@ -199,9 +200,8 @@ def _extra_headers(text: str) -> tuple[tuple[str, bytes], ...]:
         raise MalformedHeadersError(_malformed(text, f"not JSON: {exc}")) from exc
     if not isinstance(parsed, dict):
         raise MalformedHeadersError(_malformed(text, f"a JSON {type(parsed).__name__}, not an object"))
-    not_text = sorted(name for name, value in parsed.items() if not isinstance(value, str))
-    if not_text:
-        raise MalformedHeadersError(_malformed(text, f"not strings: the value(s) of {', '.join(not_text)}"))
+    if wrong := not_text(parsed):
+        raise MalformedHeadersError(_malformed(text, f"not strings: the value(s) of {', '.join(wrong)}"))
     return tuple((name, value.encode()) for name, value in parsed.items())
 
 

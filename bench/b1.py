@@ -198,7 +198,11 @@ class _MessageCounter:
 
     def __exit__(self, *exc: object) -> None:
         if self._conn is not None:
-            self._conn.close()  # and with it the slot
+            try:  # dropped here, not left to the closing connection: its backend ends a moment after
+                # the close returns, and the scratch database's DROP refuses a slot still active
+                self._conn.execute(text("SELECT pg_drop_replication_slot(:slot)"), {"slot": self._name})
+            finally:
+                self._conn.close()  # and with it the slot, should the drop have failed
         self._own.dispose()
 
     def total(self) -> int:

@@ -18,7 +18,7 @@ from sink import columns
 from sink.columns import SQL_TYPES, Kind
 from sink.loaders import Loader, loader_for, quote
 from sink.mapping import TableMapping, TableSchema
-from sink.tables import bookkeeping, catalog
+from sink.tables import bookkeeping_for, catalog, commits
 
 
 class Catalogue:
@@ -74,14 +74,7 @@ class Catalogue:
             if stored == working:
                 return
         name = quote(conn, mapping.table)
-        wanted = columns.metadata_columns(mapping.mode) | working.columns
-        key = columns.KEY if mapping.mode == "upsert" else columns.EVENT_ID
-        definitions = ", ".join(
-            f"{quote(conn, column)} {self._types[kind]}" for column, kind in wanted.items()
-        )
-        conn.exec_driver_sql(
-            f"CREATE TABLE IF NOT EXISTS {name} ({definitions}, PRIMARY KEY ({quote(conn, key)}))"
-        )
+        self._create(conn, mapping, working)
         for column, kind in working.columns.items():
             before = None if stored is None else stored.columns.get(column)
             if before is None:
@@ -103,6 +96,17 @@ class Catalogue:
             )
         )
 
+    def _create(self, conn: Connection, mapping: TableMapping, working: TableSchema) -> None:
+        """The table if it is missing, with its key where the warehouse has keys."""
+        wanted = columns.metadata_columns(mapping.mode) | working.columns
+        definitions = ", ".join(
+            f"{quote(conn, column)} {self._types[kind]}" for column, kind in wanted.items()
+        )
+        if self._loader.keys:
+            key = columns.KEY if mapping.mode == "upsert" else columns.EVENT_ID
+            definitions += f", PRIMARY KEY ({quote(conn, key)})"
+        conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {quote(conn, mapping.table)} ({definitions})")
+
 
 def create_bookkeeping(engine: Engine, loader: Loader | None = None) -> None:
     """Create the sink's own tables if missing. Serialised among sinks: several starting at once
@@ -110,7 +114,9 @@ def create_bookkeeping(engine: Engine, loader: Loader | None = None) -> None:
     loader = loader or loader_for(engine.dialect.name, engine.driver)
     with engine.begin() as conn:
         loader.lock(conn, "bookkeeping")
-        bookkeeping.create_all(conn)
+        bookkeeping_for(keyed=loader.keys).create_all(conn)
+        if not loader.keys and conn.execute(select(commits).limit(1)).first() is None:
+            conn.execute(insert(commits).values(batches=0))  # two first starts may add two: harmless
 
 
 def _load(conn: Connection, table: str | None = None) -> dict[str, TableSchema]:

@@ -1,5 +1,6 @@
-"""DuckDB's bulk path, apart from `sink.loaders` because it imports the DuckDB driver: a sink
-writing to PostgreSQL must run with `outboxkit[sink]` alone, without `[duckdb]`."""
+"""DuckDB's bulk path, for DuckDB files and DuckLake catalogs, apart from `sink.loaders` because
+it imports the DuckDB driver: a sink writing to PostgreSQL must run with `outboxkit[sink]` alone,
+without `[duckdb]`."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from collections.abc import Mapping
 
 import duckdb
 import orjson
-from sqlalchemy import Connection
+from sqlalchemy import Connection, update
 
 from sink.columns import SQL_TYPES, Kind, to_json
 from sink.loaders import Rows, column_list, quote
+from sink.tables import commits
 
 DATA_ERRORS = (
     duckdb.ConversionException,
@@ -27,6 +29,7 @@ class DuckDBLoader:
     """`INSERT ... SELECT FROM read_json(file)`: DuckDB's own bulk path from Python."""
 
     dialect = "duckdb"
+    keys = True
 
     def load(self, conn: Connection, table: str, columns: Mapping[str, Kind], rows: Rows) -> None:
         if not rows:
@@ -54,6 +57,36 @@ class DuckDBLoader:
 
     def lock(self, conn: Connection, table: str) -> None:
         """Nothing to do: one process writes a DuckDB file at a time."""
+
+    def guard(self, conn: Connection) -> None:
+        """Nothing to do: one process writes a DuckDB file at a time."""
+
+    def conflicted(self, error: BaseException) -> bool:
+        return False
+
+
+class DuckLakeLoader(DuckDBLoader):
+    """DuckLake: DuckDB's bulk path, no keys, and batches kept apart by commit conflicts.
+
+    DuckLake checks at commit whether a concurrent commit touched what this transaction did, and
+    refuses it then; but concurrent inserts never conflict, so two sinks could both insert a
+    partition's first offset, or both append a batch. Every batch therefore also updates the one
+    row of `outboxkit_commits`: updates of one table do conflict, so of two batches that overlap
+    in time one commits and the other fails (`conflicted`) and is planned again from the new
+    snapshot, where the offsets' compare-and-set sees the winner's move. Several sinks on one
+    lake so commit one at a time, however many partitions they split.
+    """
+
+    keys = False
+
+    def lock(self, conn: Connection, table: str) -> None:
+        """Nothing to do: schema changes of two batches conflict at commit like the rest of them."""
+
+    def guard(self, conn: Connection) -> None:
+        conn.execute(update(commits).values(batches=commits.c.batches + 1))
+
+    def conflicted(self, error: BaseException) -> bool:
+        return isinstance(error, duckdb.TransactionException) and "conflict" in str(error).lower()
 
 
 def _literal(name: str) -> str:

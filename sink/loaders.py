@@ -24,9 +24,11 @@ DATA_CLASSES = ("22", "23")  # SQLSTATE classes of refused values: data exceptio
 
 
 class Loader(Protocol):
-    """Appends rows to an existing table inside the caller's transaction."""
+    """Appends rows to an existing table inside the caller's transaction, and says how the
+    warehouse keeps two writers apart."""
 
-    dialect: str
+    dialect: str  # the SQL types' family (`columns.SQL_TYPES`)
+    keys: bool  # whether tables take primary keys (a lakehouse catalog has none)
 
     def load(self, conn: Connection, table: str, columns: Mapping[str, Kind], rows: Rows) -> None: ...
 
@@ -36,6 +38,16 @@ class Loader(Protocol):
 
     def lock(self, conn: Connection, table: str) -> None:
         """Serialise schema changes of `table` among sinks until the transaction ends."""
+        ...
+
+    def guard(self, conn: Connection) -> None:
+        """Make this batch's transaction fail to commit if another batch commits while it runs,
+        where rows locks and keys do not already (a lakehouse lets concurrent appends through)."""
+        ...
+
+    def conflicted(self, error: BaseException) -> bool:
+        """Whether `error` (raised at commit) is a conflict with another writer's commit: nothing
+        was written, and the batch, planned again from what is committed now, may be retried."""
         ...
 
 
@@ -51,6 +63,7 @@ class PostgresLoader:
     """COPY through psycopg 3 (`postgresql+psycopg://` URLs)."""
 
     dialect = "postgresql"
+    keys = True
 
     def load(self, conn: Connection, table: str, columns: Mapping[str, Kind], rows: Rows) -> None:
         if not rows:
@@ -78,6 +91,12 @@ class PostgresLoader:
             text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": f"outboxkit.sink:{table}"}
         )
 
+    def guard(self, conn: Connection) -> None:
+        """Nothing to do: the offsets' row locks and primary key keep two batches apart."""
+
+    def conflicted(self, error: BaseException) -> bool:
+        return False
+
 
 def loader_for(dialect: str, driver: str) -> Loader:
     """The loader of a SQLAlchemy dialect, or an error naming the URL schemes that work."""
@@ -87,6 +106,11 @@ def loader_for(dialect: str, driver: str) -> Loader:
         from sink.duckdb_loader import DuckDBLoader  # noqa: PLC0415 - only DuckDB needs its driver
 
         return DuckDBLoader()
+    if dialect == "ducklake":
+        from sink.duckdb_loader import DuckLakeLoader  # noqa: PLC0415 - only DuckDB needs its driver
+
+        return DuckLakeLoader()
     raise ValueError(
-        f"no sink writer for {dialect}+{driver}: use a duckdb:/// or postgresql+psycopg:// warehouse URL"
+        f"no sink writer for {dialect}+{driver}: use a duckdb:///, ducklake:///, ducklake+postgresql:// "
+        "or postgresql+psycopg:// warehouse URL"
     )

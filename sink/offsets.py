@@ -27,7 +27,16 @@ def load(conn: Connection, group_id: str, topics: Iterable[str]) -> dict[Where, 
 
 def advance(conn: Connection, group_id: str, moves: Mapping[Where, tuple[int | None, int]]) -> None:
     """Set each partition's offset from `expected` (None: no row yet) to `next`, or raise
-    `PartitionMovedError` if any stored value is not what this sink expected."""
+    `PartitionMovedError` if any stored value is not what this sink expected.
+
+    The stored values are read first and compared: that is the check where the warehouse lets no
+    other writer in meanwhile (a DuckDB file), or refuses the commit if one did (DuckLake), and
+    where the driver cannot count updated rows (DuckDB 1.x). PostgreSQL, where another batch may
+    commit between the read and the update, is held by the update's count and the primary key."""
+    stored = load(conn, group_id, {topic for topic, _ in moves})
+    for partition_at, (expected, _) in moves.items():
+        if stored.get(partition_at) != expected:
+            raise PartitionMovedError(*partition_at)
     for (topic, partition), (expected, next_offset) in moves.items():
         if expected is None:
             try:  # a concurrent first insert blocks on the key, then fails here
@@ -39,14 +48,9 @@ def advance(conn: Connection, group_id: str, moves: Mapping[Where, tuple[int | N
             except IntegrityError:
                 raise PartitionMovedError(topic, partition) from None
             continue
-        where = and_(
-            offsets.c.group_id == group_id,
-            offsets.c.topic == topic,
-            offsets.c.partition == partition,
-            offsets.c.next_offset == expected,
-        )
-        if conn.execute(update(offsets).where(where).values(next_offset=next_offset)).rowcount != 1:
-            raise PartitionMovedError(topic, partition)
+        where = and_(_row(group_id, (topic, partition)), offsets.c.next_offset == expected)
+        if conn.execute(update(offsets).where(where).values(next_offset=next_offset)).rowcount == 0:
+            raise PartitionMovedError(topic, partition)  # -1: not counted (DuckDB), checked above
 
 
 def rewind(conn: Connection, group_id: str, targets: Mapping[Where, int]) -> dict[Where, int]:

@@ -19,7 +19,7 @@ from wire.signing import checked_secret
 
 def _writable(url: SecretStr) -> SecretStr:
     """A warehouse URL the sink has a writer for (plain postgresql:// meaning psycopg 3)."""
-    parsed = parsed_url(url.get_secret_value(), ("duckdb", "postgresql"))
+    parsed = parsed_url(url.get_secret_value(), ("duckdb", "ducklake", "postgresql"))
     driver = "psycopg" if parsed.drivername == "postgresql" else parsed.get_dialect().driver
     loader_for(parsed.get_backend_name(), driver)
     return url
@@ -39,7 +39,8 @@ class SinkSettings(BaseSettings):
 
     warehouse_url: Annotated[SecretStr, AfterValidator(_writable)] = Field(
         SecretStr("duckdb:///outboxkit-warehouse.duckdb"),
-        description="duckdb:///file.duckdb or postgresql+psycopg://user@host/db",
+        description="duckdb:///file.duckdb, ducklake:///catalog.ducklake, "
+        "ducklake+postgresql://user@host/db?data_path=/shared/dir or postgresql+psycopg://user@host/db",
     )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     group_id: str = Field("outboxkit-sink", description="Consumer group; offsets are stored per group.")

@@ -10,8 +10,10 @@ which events are new, so replays and duplicates change nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,6 +30,12 @@ from sink.tables import deleted
 from sink.warehouse import Batch, Outcome
 
 log = logging.getLogger(names.LOGGER)
+# A lakehouse refuses a commit that overlapped another's (see `Loader.conflicted`): the batch is
+# planned again at once, up to this many times, pausing a random moment (up to 20 ms times the
+# attempt) so that two sinks do not keep colliding; after that it is an outage the sink backs off on.
+CONFLICT_ATTEMPTS = 20
+CONFLICT_PAUSE = 0.02
+T = TypeVar("T")
 MARKER_COLUMNS = {
     "table_name": Kind.TEXT,
     "key": Kind.TEXT,
@@ -53,14 +61,18 @@ class SqlWriter:
         self._mappings = {mapping.table: mapping for mapping in mappings}
         self._catalogue = Catalogue(self._loader, self._mappings)
         try:
-            create_bookkeeping(engine, self._loader)
-            with engine.begin() as conn:
-                self._catalogue.load(conn)
-                for mapping in mappings:
-                    if mapping.model is not None:
-                        self._catalogue.evolve_to_model(conn, mapping)
+            self._retrying_conflicts(lambda: create_bookkeeping(engine, self._loader))
+            self._retrying_conflicts(self._prepare_tables)
         except SQLAlchemyError as exc:
             raise WarehouseError(f"cannot prepare the warehouse tables: {exc}") from exc
+
+    def _prepare_tables(self) -> None:
+        """Read the column catalogue, and give each table with a model all of its columns."""
+        with self._engine.begin() as conn:
+            self._catalogue.load(conn)
+            for mapping in self._mappings.values():
+                if mapping.model is not None:
+                    self._catalogue.evolve_to_model(conn, mapping)
 
     @property
     def schemas(self) -> Mapping[str, TableSchema]:
@@ -74,30 +86,48 @@ class SqlWriter:
             raise WarehouseError(f"cannot read the stored offsets ({type(exc).__name__}): {exc}") from exc
 
     def write(self, group_id: str, batch: Batch) -> Outcome:
-        outcome = Outcome()
         try:
-            with self._engine.begin() as conn:
-                offsets.advance(conn, group_id, batch.moves)
-                for table, working in batch.schemas.items():
-                    self._catalogue.ensure(conn, self._mappings[table], working)
-                refused: dict[tuple[str, int, int], str] = {}
-                for table, rows in batch.rows.items():
-                    plan = self._apply(conn, self._mappings[table], batch.schemas[table], rows)
-                    outcome.applied += plan.applied
-                    outcome.skipped += plan.skipped
-                    for letter in plan.dead:
-                        source = letter.source
-                        refused.setdefault((source.topic, source.partition, source.offset), letter.reason)
-                if refused:
-                    raise RecordsRefusedError(refused)  # rolls back: the sink settles them per policy
-                outcome.dead_letters = batch.dead_letters
-                dead_letters.store(conn, group_id, outcome.dead_letters)
+            outcome = self._retrying_conflicts(lambda: self._write(group_id, batch))
         except SQLAlchemyError as exc:
             raise WarehouseError(
                 f"the warehouse rejected a batch ({type(exc).__name__}): {exc}",
                 data=self._loader.refused_data(getattr(exc, "orig", exc)),
             ) from exc
         self._catalogue.committed(batch.schemas)
+        return outcome
+
+    def _retrying_conflicts(self, attempt: Callable[[], T]) -> T:
+        """`attempt()`, again while its commit conflicts with another writer's (`Loader.conflicted`):
+        each attempt is its own transaction, planned from what is committed when it starts."""
+        for number in range(1, CONFLICT_ATTEMPTS):
+            try:
+                return attempt()
+            except SQLAlchemyError as exc:
+                if not self._loader.conflicted(getattr(exc, "orig", exc)):
+                    raise
+            time.sleep(random.uniform(0, CONFLICT_PAUSE * number))  # noqa: S311 - not a secret
+        return attempt()
+
+    def _write(self, group_id: str, batch: Batch) -> Outcome:
+        """One attempt: plan and apply the batch in one transaction, from what is committed now."""
+        outcome = Outcome()
+        with self._engine.begin() as conn:
+            self._loader.guard(conn)
+            offsets.advance(conn, group_id, batch.moves)
+            for table, working in batch.schemas.items():
+                self._catalogue.ensure(conn, self._mappings[table], working)
+            refused: dict[tuple[str, int, int], str] = {}
+            for table, rows in batch.rows.items():
+                plan = self._apply(conn, self._mappings[table], batch.schemas[table], rows)
+                outcome.applied += plan.applied
+                outcome.skipped += plan.skipped
+                for letter in plan.dead:
+                    source = letter.source
+                    refused.setdefault((source.topic, source.partition, source.offset), letter.reason)
+            if refused:
+                raise RecordsRefusedError(refused)  # rolls back: the sink settles them per policy
+            outcome.dead_letters = batch.dead_letters
+            dead_letters.store(conn, group_id, outcome.dead_letters)
         return outcome
 
     def close(self) -> None:

@@ -211,13 +211,30 @@ def kafka_classpath() -> str:
     return str(jars[-1].parent / "*")
 
 
-@pytest.fixture(params=["duckdb", "postgresql"])
+# Every warehouse target. The contract suite runs on each; the sink's other tests leave out DuckLake
+# with a file catalog, the same writer as with PostgreSQL's catalog, which several sinks share.
+WAREHOUSES = ("duckdb", "postgresql", "ducklake", "ducklake+postgresql")
+
+
+@pytest.fixture(params=["duckdb", "postgresql", "ducklake+postgresql"])
 def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Every sink test runs against each warehouse target (the same contract suite). A URL, so a
-    sink process can be pointed at it too: PostgreSQL's carries the test's schema as search_path."""
+    """Sink tests run against each warehouse target (see `url_of_warehouse`)."""
+    return url_of_warehouse(request, tmp_path)
+
+
+def url_of_warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a new warehouse of the kind `request.param` names, so a sink process can be
+    pointed at it too: PostgreSQL's carries the test's schema as search_path, DuckLake's
+    PostgreSQL catalog lives in the test's schema too."""
     if request.param == "duckdb":
         return f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    if request.param == "ducklake":
+        return f"ducklake:///{tmp_path / 'lake.ducklake'}"
     schema: PgSchema = request.getfixturevalue("pg_schema")
+    if request.param == "ducklake+postgresql":
+        url = make_url(schema.url).set(drivername="ducklake+postgresql")
+        query = {"data_path": str(tmp_path / "lake"), "metadata_schema": schema.name}
+        return url.update_query_dict(query).render_as_string(hide_password=False)
     url = make_url(schema.url).update_query_dict({"options": f"-csearch_path={schema.name}"})
     return url.render_as_string(hide_password=False)
 

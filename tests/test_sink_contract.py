@@ -1,4 +1,4 @@
-"""The sink-writer contract, run against every warehouse target (DuckDB and PostgreSQL).
+"""The sink-writer contract, run against every warehouse target (DuckDB, PostgreSQL, DuckLake).
 
 Each test settles in-memory Kafka records through the same path as the running sink (decode ->
 map -> one warehouse transaction with the offsets) and reads the real tables back.
@@ -10,6 +10,7 @@ import datetime
 import decimal
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +19,23 @@ from sqlalchemy import Engine, text
 
 from sink import PartitionMovedError, TableMapping, WarehouseError
 from sink.columns import Kind
+from sink.loaders import loader_for
 from sink.writer import SqlWriter
+from tests.conftest import WAREHOUSES, url_of_warehouse
 from tests.sinkkit import T0, Settle, message, tombstone
 
 UPSERT = TableMapping(topic="things", table="things")
+
+
+@pytest.fixture(params=WAREHOUSES)
+def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The contract holds on every warehouse target, DuckLake with either catalog."""
+    return url_of_warehouse(request, tmp_path)
+
+
+def duckdb_types(warehouse: Engine) -> bool:
+    """Whether the warehouse has DuckDB's column types (a DuckDB file, DuckLake)."""
+    return loader_for(warehouse.dialect.name, warehouse.driver).dialect == "duckdb"
 
 
 def test_a_batch_and_its_offsets_commit_together(warehouse: Engine) -> None:
@@ -396,7 +410,7 @@ def test_with_policy_stop_a_tombstone_for_an_unknown_key_stops_its_partition(war
     assert [(row["offset"], row["action"]) for row in settle.dead_letters()] == [(1, "stopped")]
 
 
-@pytest.mark.parametrize("warehouse_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("warehouse_url", ["postgresql", "ducklake+postgresql"], indirect=True)
 def test_sinks_starting_together_on_a_new_warehouse_create_its_tables_once(warehouse: Engine) -> None:
     errors: list[BaseException] = []
 
@@ -457,7 +471,7 @@ def test_high_precision_json_numbers_are_held_exactly_or_refused_with_the_reason
     settle = Settle(warehouse, [UPSERT])
     outcome = settle(message("things", 0, key="a", payload=value), message("things", 1, key="b"))
 
-    if warehouse.dialect.name == "duckdb":
+    if duckdb_types(warehouse):
         assert [letter.reason for letter in outcome.dead_letters] == [
             "field 'precise' holds 0.1234567890123456789, with 19 digits after the point; a numeric "
             "column on duckdb (DECIMAL(38, 9)) keeps 9 (and 29 before it), and outboxkit never rounds: "
@@ -485,7 +499,7 @@ def test_a_models_decimals_keep_every_digit_or_are_refused_with_the_reason(wareh
     )
 
     amounts = [row["amount"] for row in settle.rows("things")]
-    if warehouse.dialect.name == "duckdb":
+    if duckdb_types(warehouse):
         assert [letter.source.offset for letter in outcome.dead_letters] == [0, 1]
         assert "with 19 digits after the point" in outcome.dead_letters[0].reason
         assert amounts == [decimal.Decimal("12.5")]
@@ -515,7 +529,7 @@ def test_a_value_beyond_a_numeric_columns_range_is_refused_with_the_reason(wareh
     huge = 10**30 + 1  # 31 digits; a double would hold 1e30
     outcome = settle(message("things", 0, key="a", payload={"n": huge}), message("things", 1, key="b"))
 
-    if warehouse.dialect.name == "duckdb":  # DECIMAL(38, 9): 29 digits before the point
+    if duckdb_types(warehouse):  # DECIMAL(38, 9): 29 digits before the point
         assert [letter.reason for letter in outcome.dead_letters] == [
             f"field 'n' holds {huge}, with 31 digits before the point; a numeric column on duckdb "
             "(DECIMAL(38, 9)) keeps 29 (and 9 after it), and outboxkit never rounds: "

@@ -3,16 +3,30 @@ race, time travel, partitioned tables and maintenance, on DuckLake with either c
 
 from __future__ import annotations
 
+import datetime
+import json
+from pathlib import Path
+
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from runtime.process import ExitCode
 from sink import TableMapping, offsets
+from sink.as_of import rows_as_of, snapshots
+from sink.errors import SinkConfigError
 from sink.loaders import loader_for
-from tests.sinkkit import Settle, message
+from tests.conftest import WAREHOUSES, url_of_warehouse
+from tests.processes import outboxkit
+from tests.sinkkit import T0, Settle, message
 
 LAKES = pytest.mark.parametrize("warehouse_url", ["ducklake", "ducklake+postgresql"], indirect=True)
 UPSERT = TableMapping(topic="things", table="things")
+
+
+@pytest.fixture(params=WAREHOUSES)
+def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return url_of_warehouse(request, tmp_path)
 
 
 @LAKES
@@ -58,3 +72,81 @@ def test_without_the_commit_guard_two_first_offsets_would_both_commit(warehouse:
         assert conn.execute(text("SELECT count(*) FROM outboxkit_offsets")).scalar() == 2
     first.close()
     second.close()
+
+
+@LAKES
+def test_a_table_as_of_a_past_snapshot_or_its_time_is_exactly_what_was_committed_then(
+    warehouse: Engine,
+) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    settle(message("things", 0, key="a", payload={"n": 1}), message("things", 1, key="b", payload={"n": 2}))
+    with warehouse.connect() as conn:
+        then = snapshots(conn)[-1]
+    settle(
+        message("things", 2, key="a", payload={"n": 3}),
+        message("things", 3, key="b", event_type="ThingDeleted"),
+        message("things", 4, key="c", payload={"n": 4}),
+    )
+
+    with warehouse.connect() as conn:
+        by_snapshot = rows_as_of(conn, "things", snapshot=then.id)
+        by_time = rows_as_of(conn, "things", snapshot_at=then.committed_at)
+        assert snapshots(conn)[-1].id > then.id
+    assert by_snapshot == by_time
+    names, rows = by_snapshot
+    assert sorted((row[names.index("_key")], row[names.index("n")]) for row in rows) == [("a", 1), ("b", 2)]
+    assert sorted((row["_key"], row["n"]) for row in settle.rows("things")) == [("a", 3), ("c", 4)]
+
+
+@pytest.mark.parametrize("warehouse_url", WAREHOUSES, indirect=True)
+def test_a_history_table_as_of_a_time_holds_each_keys_version_valid_then_by_the_events_times(
+    warehouse: Engine,
+) -> None:
+    """On every warehouse, a history table answers "as of" by when the events were written (here
+    their record times, 1 s apart), however late the sink applied them."""
+    settle = Settle(warehouse, [TableMapping(topic="things", table="versions", mode="history")])
+    settle(message("things", 0, key="a", payload={"n": 1}), message("things", 1, key="b", payload={"n": 2}))
+    settle(
+        message("things", 2, key="a", payload={"n": 3}),
+        message("things", 3, key="b", event_type="ThingDeleted"),
+    )
+    between = datetime.datetime.fromtimestamp((T0 + 1500) / 1000, datetime.UTC)
+
+    with warehouse.connect() as conn:
+        names, rows = rows_as_of(conn, "versions", valid_at=between)
+        latest = rows_as_of(conn, "versions", valid_at=datetime.datetime.now(datetime.UTC))[1]
+    assert sorted((row[names.index("_key")], row[names.index("n")]) for row in rows) == [("a", 1), ("b", 2)]
+    assert [(row[names.index("_key")], row[names.index("n")]) for row in latest] == [("a", 3)]
+
+
+@pytest.mark.parametrize("warehouse_url", ["duckdb"], indirect=True)
+def test_as_of_on_a_sql_warehouse_says_it_needs_a_history_table_or_a_lakehouse(warehouse: Engine) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    settle(message("things", 0))
+    with warehouse.connect() as conn:
+        with pytest.raises(SinkConfigError, match="in upsert mode, which keeps only the latest state"):
+            rows_as_of(conn, "things", valid_at=datetime.datetime.now(datetime.UTC))
+        with pytest.raises(SinkConfigError, match="snapshots are a lakehouse's"):
+            rows_as_of(conn, "things", snapshot=1)
+
+
+@pytest.mark.parametrize("warehouse_url", ["ducklake"], indirect=True)
+def test_sink_query_and_snapshots_read_a_lake_as_it_was(warehouse: Engine, warehouse_url: str) -> None:
+    settle = Settle(warehouse, [UPSERT])
+    settle(message("things", 0, key="a", payload={"n": 1}))
+    settle(message("things", 1, key="a", payload={"n": 2}))
+    warehouse.dispose()  # frees the catalog file for the commands' processes
+    env = {
+        "OUTBOXKIT_SINK_WAREHOUSE_URL": warehouse_url,
+        "OUTBOXKIT_SINK_TABLES": json.dumps([UPSERT.model_dump(mode="json", exclude={"model"})]),
+    }
+
+    listed = outboxkit("sink", "snapshots", env=env)
+    first_write = int(listed.stdout.splitlines()[-2].split("\t")[0])
+    queried = outboxkit("sink", "query", "things", "--snapshot", str(first_write), env=env)
+    refused = outboxkit("sink", "query", "things", "--valid-at", "2026-01-01T00:00:00+00:00", env=env)
+
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["n"] for line in queried.stdout.splitlines()] == [1], queried.stderr
+    assert refused.returncode == ExitCode.CONFIG
+    assert "in upsert mode, which keeps only the latest state" in refused.stderr

@@ -1,5 +1,5 @@
-"""`outboxkit sink run|status|replay|skip`: write Kafka topics to the warehouse, report, rewind the
-stored offsets, or accept a gap."""
+"""`outboxkit sink run|status|replay|skip|query|snapshots`: write Kafka topics to the warehouse,
+report, rewind the stored offsets, accept a gap, or read a table as it was (time travel)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,29 @@ def register(commands: Commands) -> None:
     )
     _register_replay(actions)
     _register_skip(actions)
+    _register_query(actions)
+
+
+def _register_query(actions: Commands) -> None:
+    query = actions.add_parser(
+        "query", help="a table as it was at a time or a lakehouse snapshot, one JSON object per row"
+    )
+    query.add_argument("table")
+    when = query.add_mutually_exclusive_group(required=True)
+    when.add_argument(
+        "--valid-at",
+        type=datetime.fromisoformat,
+        help="ISO time with its zone: a history table's version of each key valid then (by event time)",
+    )
+    when.add_argument("--snapshot", type=int, help="DuckLake: the table at this snapshot (`sink snapshots`)")
+    when.add_argument(
+        "--snapshot-at",
+        type=datetime.fromisoformat,
+        help="DuckLake: the table at its last snapshot by this time",
+    )
+    query.set_defaults(handler=_query)
+    listing = actions.add_parser("snapshots", help="a DuckLake warehouse's snapshots: id and commit time")
+    listing.set_defaults(handler=_snapshots)
 
 
 def _register_replay(actions: Commands) -> None:
@@ -106,4 +129,31 @@ def _skip(args: argparse.Namespace, named: Named) -> int:
     now = skip(named.load(SinkSettings), args.topic, args.partition, args.to_offset)
     stored = "none (nothing to skip)" if now is None else now
     print(f"{args.topic}[{args.partition}]: stored offset {stored}; restart the sink to read on from it")
+    return ExitCode.OK
+
+
+def _query(args: argparse.Namespace, named: Named) -> int:
+    import json
+
+    from sink import SinkSettings
+    from sink.as_of import rows_as_of
+    from sink.run import warehouse
+
+    with warehouse(named.load(SinkSettings)) as engine, engine.connect() as conn:
+        names, rows = rows_as_of(
+            conn, args.table, valid_at=args.valid_at, snapshot=args.snapshot, snapshot_at=args.snapshot_at
+        )
+    for row in rows:
+        print(json.dumps(dict(zip(names, row, strict=True)), default=str))
+    return ExitCode.OK
+
+
+def _snapshots(args: argparse.Namespace, named: Named) -> int:
+    from sink import SinkSettings
+    from sink.as_of import snapshots
+    from sink.run import warehouse
+
+    with warehouse(named.load(SinkSettings)) as engine, engine.connect() as conn:
+        for snapshot in snapshots(conn):
+            print(f"{snapshot.id}\t{snapshot.committed_at.isoformat()}")
     return ExitCode.OK

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib.resources
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,6 +34,9 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from runtime.urls import CONNECT_TIMEOUT_SECONDS
 
 CATALOG = "lake"  # the name the catalog is attached under; `USE lake` on every connection
+CATALOG_CREDENTIALS = (
+    "outboxkit_lake_catalog"  # the in-memory DuckDB secret a PostgreSQL catalog connects with
+)
 EXTENSIONS = {
     "ducklake": "duckdb_extension_ducklake",
     "postgres_scanner": "duckdb_extension_postgres_scanner",
@@ -48,17 +51,25 @@ class DuckLakeError(ValueError):
 class Attachment:
     """Where a DuckLake's catalog and data live, as DuckDB's ATTACH takes them."""
 
-    catalog: str  # the ATTACH target after 'ducklake:' (a file path, or 'postgres:<libpq conninfo>')
+    catalog: str  # the ATTACH target after 'ducklake:' (a file path, or 'postgres:<libpq options>')
     data_path: str
     extensions: tuple[str, ...]
     metadata_schema: str | None = None  # a PostgreSQL catalog's schema (default: the server's)
+    # A PostgreSQL catalog's server and credentials, as a DuckDB secret: in the ATTACH target they
+    # would be quoted whole in every error DuckDB raises about the catalog, password and all.
+    secret: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def statements(self) -> list[str]:
         """What a new DuckDB instance runs to open the lake: LOAD each extension by path, ATTACH."""
         loads = [f"LOAD {_literal(str(extension_path(name)))}" for name in self.extensions]
+        if self.secret:
+            fields = ", ".join(f"{key} {_literal(value)}" for key, value in self.secret)
+            loads.append(f"CREATE SECRET {CATALOG_CREDENTIALS} (TYPE postgres, {fields})")
         options = f"DATA_PATH {_literal(self.data_path)}"
         if self.metadata_schema is not None:
             options += f", METADATA_SCHEMA {_literal(self.metadata_schema)}"
+        if self.secret:
+            options += f", METADATA_PARAMETERS MAP {{'SECRET': {_literal(CATALOG_CREDENTIALS)}}}"
         attach = f"ATTACH {_literal('ducklake:' + self.catalog)} AS {CATALOG} ({options})"
         return [*loads, attach]
 
@@ -83,24 +94,31 @@ def attachment(url: URL) -> Attachment:
             _directory(data_path),
             ("ducklake", "postgres_scanner"),
             metadata_schema=schema,
+            secret=server_secret(url),
         )
     raise DuckLakeError(f"{url.drivername!r}: use ducklake:///catalog-file or ducklake+postgresql://...")
 
 
 def conninfo(url: URL, options: Mapping[str, Any]) -> str:
-    """libpq's key=value form of a PostgreSQL URL (what DuckDB's postgres extension takes), with
+    """libpq's key=value form of the URL's options (what DuckDB's postgres extension takes), with
     the processes' bounded connect unless the URL sets its own (see `runtime.urls`)."""
     pairs = {
-        "host": url.host,
-        "port": url.port,
-        "dbname": url.database,
-        "user": url.username,
-        "password": url.password,
-        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-        **options,
+        "connect_timeout": str(CONNECT_TIMEOUT_SECONDS),
+        **{key: str(value) for key, value in options.items()},
     }
-    given = {key: str(value) for key, value in pairs.items() if value is not None}
-    return " ".join(f"{key}={_conninfo_value(value)}" for key, value in given.items())
+    return " ".join(f"{key}={_conninfo_value(value)}" for key, value in pairs.items())
+
+
+def server_secret(url: URL) -> tuple[tuple[str, str], ...]:
+    """The URL's server and credentials as a DuckDB postgres secret's fields."""
+    given = {
+        "HOST": url.host,
+        "PORT": url.port,
+        "DATABASE": url.database,
+        "USER": url.username,
+        "PASSWORD": url.password,
+    }
+    return tuple((key, str(value)) for key, value in given.items() if value is not None)
 
 
 def extension_path(name: str) -> Path:

@@ -10,6 +10,8 @@ commit conflicting with any other's (`outboxkit_commits`, see `sink.duckdb_loade
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import BigInteger, Column, DateTime, Integer, LargeBinary, MetaData, String, Table, Text, func
 
 
@@ -18,17 +20,13 @@ def _define(metadata: MetaData, *, keyed: bool) -> MetaData:
     Table(
         "outboxkit_offsets",
         metadata,
-        Column("group_id", String(255), primary_key=keyed, nullable=False),
-        Column("topic", String(249), primary_key=keyed, nullable=False),
-        Column("partition", Integer, primary_key=keyed, nullable=False),
+        *_partition_of_group(keyed=keyed),
         Column("next_offset", BigInteger, nullable=False),
     )
     Table(
         "outboxkit_dead_letters",
         metadata,
-        Column("group_id", String(255), primary_key=keyed, nullable=False),
-        Column("topic", String(249), primary_key=keyed, nullable=False),
-        Column("partition", Integer, primary_key=keyed, nullable=False),
+        *_partition_of_group(keyed=keyed),
         Column("offset", BigInteger, primary_key=keyed, nullable=False),
         Column("action", String(16), nullable=False),  # 'dead-letter' (skipped) or 'stopped' (halted here)
         Column("reason", Text, nullable=False),
@@ -59,6 +57,15 @@ def _define(metadata: MetaData, *, keyed: bool) -> MetaData:
     if not keyed:  # one row every batch updates: two batches committing at once conflict
         Table("outboxkit_commits", metadata, Column("batches", BigInteger, nullable=False))
     return metadata
+
+
+def _partition_of_group(*, keyed: bool) -> list[Column[Any]]:
+    """The columns that name one consumer group's partition, the start of two tables' keys."""
+    return [
+        Column("group_id", String(255), primary_key=keyed, nullable=False),
+        Column("topic", String(249), primary_key=keyed, nullable=False),
+        Column("partition", Integer, primary_key=keyed, nullable=False),
+    ]
 
 
 bookkeeping = _define(MetaData(), keyed=True)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from runtime.process import ExitCode
@@ -150,3 +150,11 @@ def test_sink_query_and_snapshots_read_a_lake_as_it_was(warehouse: Engine, wareh
     assert [json.loads(line)["n"] for line in queried.stdout.splitlines()] == [1], queried.stderr
     assert refused.returncode == ExitCode.CONFIG
     assert "in upsert mode, which keeps only the latest state" in refused.stderr
+
+
+def test_a_postgresql_catalog_that_cannot_be_reached_is_reported_without_its_password() -> None:
+    engine = create_engine("ducklake+postgresql://etl:s3cret-pw@127.0.0.1:1/lake?data_path=/nonexistent")
+    with pytest.raises(SQLAlchemyError) as failed:
+        engine.connect()
+    assert "127.0.0.1" in str(failed.value)
+    assert "s3cret-pw" not in str(failed.value)

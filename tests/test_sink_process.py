@@ -194,6 +194,7 @@ def process(
     return SinkProcess(kafka, warehouse_url, new_topic(2), unique_name("g"))
 
 
+@pytest.mark.parametrize("warehouse_url", ["duckdb", "postgresql", "ducklake+postgresql"], indirect=True)
 @pytest.mark.parametrize("point", ["before-write", "before-commit", "after-commit"])
 def test_a_sink_killed_at_any_point_of_a_batch_restarts_as_if_it_had_never_crashed(
     kafka: KafkaSettings, process: SinkProcess, point: str

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select
 
 from sink import columns
 from sink.columns import SQL_TYPES, Kind
+from sink.errors import SinkConfigError
 from sink.loaders import Loader, loader_for, quote
 from sink.mapping import TableMapping, TableSchema
 from sink.tables import bookkeeping_for, catalog, commits
@@ -74,7 +75,7 @@ class Catalogue:
             if stored == working:
                 return
         name = quote(conn, mapping.table)
-        self._create(conn, mapping, working)
+        self._create(conn, mapping, working, new=stored is None)
         for column, kind in working.columns.items():
             before = None if stored is None else stored.columns.get(column)
             if before is None:
@@ -96,8 +97,9 @@ class Catalogue:
             )
         )
 
-    def _create(self, conn: Connection, mapping: TableMapping, working: TableSchema) -> None:
-        """The table if it is missing, with its key where the warehouse has keys."""
+    def _create(self, conn: Connection, mapping: TableMapping, working: TableSchema, *, new: bool) -> None:
+        """The table if it is missing, with its key where the warehouse has keys; a `new` one is
+        partitioned as its mapping says."""
         wanted = columns.metadata_columns(mapping.mode) | working.columns
         definitions = ", ".join(
             f"{quote(conn, column)} {self._types[kind]}" for column, kind in wanted.items()
@@ -106,6 +108,24 @@ class Catalogue:
             key = columns.KEY if mapping.mode == "upsert" else columns.EVENT_ID
             definitions += f", PRIMARY KEY ({quote(conn, key)})"
         conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {quote(conn, mapping.table)} ({definitions})")
+        if new and mapping.partition_by:
+            self._loader.partition(conn, mapping.table, _partition_keys(conn, mapping, working))
+
+
+def _partition_keys(conn: Connection, mapping: TableMapping, working: TableSchema) -> list[str]:
+    """The mapping's partition keys as SQL, each on a column the new table has."""
+    has = columns.metadata_columns(mapping.mode) | working.columns
+    keys = []
+    for key in mapping.partition_by:
+        part, _, rest = key.partition("(")
+        column = rest.rstrip(")") if rest else part
+        if column not in has:
+            raise SinkConfigError(
+                f"table {mapping.table}: partition_by names {column!r}, which the table does not have; name "
+                "one of outboxkit's columns (e.g. day(_event_time)) or a field of the mapping's model"
+            )
+        keys.append(f"{part}({quote(conn, column)})" if rest else quote(conn, column))
+    return keys
 
 
 def create_bookkeeping(engine: Engine, loader: Loader | None = None) -> None:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import duckdb
 import orjson
 from sqlalchemy import Connection, update
 
 from sink.columns import SQL_TYPES, Kind, to_json
-from sink.loaders import Rows, column_list, quote
+from sink.loaders import Rows, column_list, not_partitioned, quote
 from sink.tables import commits
 
 DATA_ERRORS = (
@@ -58,6 +58,9 @@ class DuckDBLoader:
     def lock(self, conn: Connection, table: str) -> None:
         """Nothing to do: one process writes a DuckDB file at a time."""
 
+    def partition(self, conn: Connection, table: str, keys: Sequence[str]) -> None:
+        not_partitioned(self.dialect)
+
     def guard(self, conn: Connection) -> None:
         """Nothing to do: one process writes a DuckDB file at a time."""
 
@@ -81,6 +84,11 @@ class DuckLakeLoader(DuckDBLoader):
 
     def lock(self, conn: Connection, table: str) -> None:
         """Nothing to do: schema changes of two batches conflict at commit like the rest of them."""
+
+    def partition(self, conn: Connection, table: str, keys: Sequence[str]) -> None:
+        """New data files go to one directory per key value (`day=3/`); queries on the key skip
+        the others."""
+        conn.exec_driver_sql(f"ALTER TABLE {quote(conn, table)} SET PARTITIONED BY ({', '.join(keys)})")
 
     def guard(self, conn: Connection) -> None:
         conn.execute(update(commits).values(batches=commits.c.batches + 1))

@@ -17,7 +17,7 @@ from psycopg.sql import SQL, Identifier
 from sqlalchemy import Connection, text
 
 from sink.columns import Kind
-from sink.errors import WarehouseError
+from sink.errors import SinkConfigError, WarehouseError
 
 Rows = Sequence[Sequence[Any]]  # in the order of the columns given with them
 DATA_CLASSES = ("22", "23")  # SQLSTATE classes of refused values: data exception, constraint
@@ -38,6 +38,10 @@ class Loader(Protocol):
 
     def lock(self, conn: Connection, table: str) -> None:
         """Serialise schema changes of `table` among sinks until the transaction ends."""
+        ...
+
+    def partition(self, conn: Connection, table: str, keys: Sequence[str]) -> None:
+        """Partition the new `table` by `keys` (SQL expressions); a lakehouse's alone."""
         ...
 
     def guard(self, conn: Connection) -> None:
@@ -91,11 +95,19 @@ class PostgresLoader:
             text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": f"outboxkit.sink:{table}"}
         )
 
+    def partition(self, conn: Connection, table: str, keys: Sequence[str]) -> None:
+        not_partitioned(self.dialect)
+
     def guard(self, conn: Connection) -> None:
         """Nothing to do: the offsets' row locks and primary key keep two batches apart."""
 
     def conflicted(self, error: BaseException) -> bool:
         return False
+
+
+def not_partitioned(dialect: str) -> None:
+    """A SQL warehouse's tables are not partitioned (the settings refuse partition_by there)."""
+    raise SinkConfigError(f"partition_by is for lakehouse warehouses, not {dialect}")
 
 
 def loader_for(dialect: str, driver: str) -> Loader:

@@ -17,7 +17,7 @@ import datetime
 import functools
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ImportString, ValidationError, field_validator
 
@@ -26,6 +26,8 @@ from sink.columns import Kind
 from sink.records import DeadLetter, Decoded, Source
 
 Mode = Literal["upsert", "append", "history"]
+# A partition key: a column, or a time part of a timestamp column (what DuckLake partitions by).
+PARTITION_KEY = r"^(?:(?:year|month|day|hour)\([A-Za-z_][A-Za-z0-9_]*\)|[A-Za-z_][A-Za-z0-9_]*)$"
 
 
 class TableMapping(BaseModel):
@@ -47,6 +49,11 @@ class TableMapping(BaseModel):
     )
     deletes: Literal["hard", "soft"] = "hard"
     schema_version: int = Field(1, ge=1, description="producer schema version the model was written for")
+    partition_by: tuple[Annotated[str, Field(pattern=PARTITION_KEY)], ...] = Field(
+        (),
+        description="lakehouse partitioning: columns, or year/month/day/hour(column) of a timestamp one, "
+        "e.g. ['day(_event_time)'] (set when the sink creates the table)",
+    )
 
     @field_validator("model")
     @classmethod

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import make_url
 
 from runtime.kafka import KafkaSettings
 from runtime.observe import EVERY_INTERFACE, HttpHost
@@ -96,6 +97,18 @@ class SinkSettings(BaseSettings):
         twice = sorted({name for name in names if names.count(name) > 1})
         if twice:
             raise ValueError(f"tables: each table may be fed by one mapping, {', '.join(twice)} repeat")
+        return self
+
+    @model_validator(mode="after")
+    def _partitions_on_a_lakehouse(self) -> SinkSettings:
+        partitioned = sorted(mapping.table for mapping in self.tables if mapping.partition_by)
+        if partitioned and not make_url(self.warehouse_url.get_secret_value()).drivername.startswith(
+            "ducklake"
+        ):
+            raise ValueError(
+                f"tables: partition_by ({', '.join(partitioned)}) partitions lakehouse tables, and this "
+                "warehouse is not one: remove it, or write to a ducklake:// warehouse"
+            )
         return self
 
     @property

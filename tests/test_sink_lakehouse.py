@@ -16,6 +16,7 @@ from sink import TableMapping, offsets
 from sink.as_of import rows_as_of, snapshots
 from sink.errors import SinkConfigError
 from sink.loaders import loader_for
+from sink.settings import SinkSettings
 from tests.conftest import WAREHOUSES, url_of_warehouse
 from tests.processes import outboxkit
 from tests.sinkkit import T0, Settle, message
@@ -158,3 +159,35 @@ def test_a_postgresql_catalog_that_cannot_be_reached_is_reported_without_its_pas
         engine.connect()
     assert "127.0.0.1" in str(failed.value)
     assert "s3cret-pw" not in str(failed.value)
+
+
+@LAKES
+def test_a_partitioned_mapping_writes_one_directory_per_day_of_event_time(warehouse: Engine) -> None:
+    mapping = TableMapping(topic="things", table="things", partition_by=("day(_event_time)",))
+    settle = Settle(warehouse, [mapping])
+    day = 86_400_000
+    rows = 500  # more than DuckLake keeps inlined in its catalog: these go to Parquet files
+    settle(*(message("things", n, key=f"k{n}", at_ms=T0 - day * (n % 2)) for n in range(rows)))
+
+    with warehouse.connect() as conn:
+        listed = conn.exec_driver_sql("SELECT data_file FROM ducklake_list_files('lake', 'things')")
+        files = [path for (path,) in listed]
+    days = {part for path in files for part in Path(path).parts if part.startswith("day=")}
+    assert len(days) == 2, files
+    assert len(settle.rows("things")) == rows
+
+
+def test_partition_by_on_a_sql_warehouse_is_refused_at_start(tmp_path: Path) -> None:
+    mapping = TableMapping(topic="things", table="things", partition_by=("day(_event_time)",))
+    with pytest.raises(ValueError, match="partition_by \\(things\\) partitions lakehouse tables"):
+        SinkSettings(warehouse_url=f"duckdb:///{tmp_path}/w.duckdb", tables=[mapping])
+
+
+@pytest.mark.parametrize("warehouse_url", ["ducklake"], indirect=True)
+def test_a_partition_key_on_a_column_the_table_lacks_stops_the_sink_with_what_to_name(
+    warehouse: Engine,
+) -> None:
+    settle = Settle(warehouse, [TableMapping(topic="things", table="things", partition_by=("region",))])
+    with pytest.raises(SinkConfigError, match="partition_by names 'region', which the table does not have"):
+        settle(message("things", 0, payload={"n": 1}))
+    assert settle.writer.stored_offsets("g", ["things"]) == {}

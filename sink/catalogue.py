@@ -109,12 +109,11 @@ class Catalogue:
             definitions += f", PRIMARY KEY ({quote(conn, key)})"
         conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {quote(conn, mapping.table)} ({definitions})")
         if new and mapping.partition_by:
-            self._loader.partition(conn, mapping.table, _partition_keys(conn, mapping, working))
+            self._loader.partition(conn, mapping.table, _partition_keys(conn, mapping, wanted))
 
 
-def _partition_keys(conn: Connection, mapping: TableMapping, working: TableSchema) -> list[str]:
-    """The mapping's partition keys as SQL, each on a column the new table has."""
-    has = columns.metadata_columns(mapping.mode) | working.columns
+def _partition_keys(conn: Connection, mapping: TableMapping, has: Mapping[str, Kind]) -> list[str]:
+    """The mapping's partition keys as SQL, each on a column of `has`, the new table's."""
     keys = []
     for key in mapping.partition_by:
         part, _, rest = key.partition("(")
